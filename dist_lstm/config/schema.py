@@ -1,0 +1,140 @@
+"""Dataclass schemas for every config group, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` starts its defaults list with `base_config`, so every YAML file and
+command-line override is merged into these typed dataclasses: a misspelt key or a value of
+the wrong type fails at start-up with the key's full name, before any work begins. Value
+ranges (lr > 0, ...) are checked afterwards by `validate.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece options; they are part of the tokenizer cache key."""
+
+    type: str = "bpe"  # bpe | unigram
+    joint: bool = True  # one vocabulary for source and target, or one per language
+    vocab_size: int = 8000
+    character_coverage: float = 1.0
+    # Sentences sampled to train SentencePiece (0 = all); keeps big corpora fast.
+    input_sentence_size: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel text lives and how it is cut into batches."""
+
+    name: str = MISSING
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    # Languages the files exist for; empty means any (users' own corpora).
+    languages: List[str] = field(default_factory=list)
+    train_src: str = MISSING
+    train_tgt: str = MISSING
+    valid_src: str = MISSING
+    valid_tgt: str = MISSING
+    test_src: Optional[str] = None
+    test_tgt: Optional[str] = None
+    # A SHA256SUMS file; the files it lists are verified on every load.
+    checksums: Optional[str] = None
+    # Token budget of one batch, padding included: batch size x longest sequence.
+    max_tokens: int = 4096
+    # Pairs with more subword tokens than this on either side are dropped from training.
+    max_len: int = 100
+    # Use only the first N pairs (quick experiments); null keeps them all.
+    max_train_examples: Optional[int] = None
+    max_valid_examples: Optional[int] = None
+    # Where trained SentencePiece models are cached, keyed by data checksums + options.
+    cache_dir: str = "${oc.env:DIST_LSTM_CACHE,'~/.cache/dist-lstm'}"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Encoder-decoder LSTM with attention."""
+
+    emb_dim: int = 256
+    # Encoder output size (both directions together) and decoder LSTM size.
+    hidden_size: int = 512
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    bidirectional: bool = True
+    attention: str = "general"  # dot | general | bahdanau
+    input_feeding: bool = True
+    dropout: float = 0.3
+    # Share the target embedding matrix with the output projection.
+    tie_embeddings: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    momentum: float = 0.0  # sgd only
+    schedule: str = "inverse_sqrt"  # constant | inverse_sqrt | cosine | plateau
+    warmup_steps: int = 1000
+    min_lr: float = 0.0  # cosine: the rate reached at trainer.max_steps
+    plateau_factor: float = 0.5  # plateau: multiply the rate by this ...
+    plateau_patience: int = 1  # ... after this many validations without improvement
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop: when to stop, validate and log."""
+
+    max_steps: Optional[int] = None
+    max_epochs: Optional[int] = 20
+    # Wall-clock budget: seconds ("1800") or [[DD:]HH:]MM:SS ("00:30:00").
+    max_time: Optional[str] = None
+    accumulate_grad_batches: int = 1
+    label_smoothing: float = 0.1
+    # Validate every N optimizer steps; 0 validates at the end of every epoch.
+    val_every_steps: int = 0
+    log_every_steps: int = 50
+    # Metric that picks the best checkpoint and drives early stopping / plateau.
+    monitor: str = "val_bleu"  # val_bleu | val_chrf | val_loss | val_ppl
+    # Stop after this many validations without improvement of `monitor`; 0 disables.
+    early_stopping_patience: int = 0
+    # Greedy decoding length limit for validation: a * source_length + b tokens.
+    decode_max_len_a: float = 1.5
+    decode_max_len_b: int = 10
+    device: str = "auto"  # auto | cpu | cuda
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    """The whole run. Group defaults come from conf/config.yaml."""
+
+    seed: int = 1234
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _embedded_data_path(name: str) -> str:
+    """Resolver `${embedded_data:multi30k}`: the dataset folder shipped in the package."""
+    return str(EMBEDDED_DATA_DIR / name)
+
+
+def register_configs() -> None:
+    """Register the schema (idempotent) so conf/config.yaml can start from it."""
+    if not OmegaConf.has_resolver("embedded_data"):
+        OmegaConf.register_new_resolver("embedded_data", _embedded_data_path)
+    ConfigStore.instance().store(name="base_config", node=Config)

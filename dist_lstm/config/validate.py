@@ -1,0 +1,211 @@
+"""Value checks that the type system cannot express, run before any work starts.
+
+Each failure raises ConfigError naming the full key, the bad value and what to set instead,
+so a user fixes the command line instead of reading a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Optional
+
+from omegaconf import DictConfig
+
+from dist_lstm.errors import ConfigError
+
+SCHEDULES = ("constant", "inverse_sqrt", "cosine", "plateau")
+OPTIMIZERS = ("adamw", "sgd")
+ATTENTIONS = ("dot", "general", "bahdanau")
+TOKENIZER_TYPES = ("bpe", "unigram")
+MONITOR_METRICS = ("val_bleu", "val_chrf", "val_loss", "val_ppl")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _require(ok: bool, key: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {fix}")
+
+
+def _choice(key: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    _require(value in choices, key, value, f"choose one of {', '.join(choices)}.")
+
+
+def _positive(key: str, value: Optional[float], allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _require(value is not None and value > 0, key, value, "it must be greater than 0.")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "1800", "30:00", "00:30:00" or "1:00:30:00" (DD:HH:MM:SS).
+
+    Raises ValueError on anything else; the caller names the config key.
+    """
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d*)?", text):
+        return float(text)
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 4 or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise ValueError(text)
+    seconds = 0.0
+    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
+        seconds += int(part) * unit
+    return seconds
+
+
+def validate_data(data: DictConfig) -> None:
+    if data.languages:
+        for key in ("src_lang", "tgt_lang"):
+            _require(
+                data[key] in data.languages,
+                f"data.{key}",
+                data[key],
+                f"dataset '{data.name}' has {', '.join(data.languages)}.",
+            )
+    _require(
+        data.src_lang != data.tgt_lang,
+        "data.tgt_lang",
+        data.tgt_lang,
+        "source and target languages must differ.",
+    )
+    _positive("data.max_len", data.max_len)
+    # A batch must hold at least one maximal pair: max_len tokens plus BOS/EOS.
+    _require(
+        data.max_tokens >= data.max_len + 1,
+        "data.max_tokens",
+        data.max_tokens,
+        f"a batch must hold one sentence of data.max_len={data.max_len} tokens plus EOS; "
+        f"set data.max_tokens >= {data.max_len + 1} or lower data.max_len.",
+    )
+    _positive("data.max_train_examples", data.max_train_examples, allow_none=True)
+    _positive("data.max_valid_examples", data.max_valid_examples, allow_none=True)
+    _choice("data.tokenizer.type", data.tokenizer.type, TOKENIZER_TYPES)
+    _require(
+        data.tokenizer.vocab_size >= 8,
+        "data.tokenizer.vocab_size",
+        data.tokenizer.vocab_size,
+        "use at least 8 (4 special symbols plus pieces); thousands is typical.",
+    )
+    _require(
+        0.0 < data.tokenizer.character_coverage <= 1.0,
+        "data.tokenizer.character_coverage",
+        data.tokenizer.character_coverage,
+        "use a fraction in (0, 1].",
+    )
+
+
+def validate_model(model: DictConfig) -> None:
+    for key in ("emb_dim", "hidden_size", "encoder_layers", "decoder_layers"):
+        _positive(f"model.{key}", model[key])
+    if model.bidirectional:
+        _require(
+            model.hidden_size % 2 == 0,
+            "model.hidden_size",
+            model.hidden_size,
+            "a bidirectional encoder splits it between two directions; use an even size.",
+        )
+    _choice("model.attention", model.attention, ATTENTIONS)
+    _require(
+        0.0 <= model.dropout < 1.0, "model.dropout", model.dropout, "use a value in [0, 1)."
+    )
+
+
+def validate_optim(optim: DictConfig, trainer: DictConfig) -> None:
+    _choice("optim.name", optim.name, OPTIMIZERS)
+    _positive("optim.lr", optim.lr)
+    _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "use >= 0.")
+    _require(
+        len(optim.betas) == 2 and all(0.0 <= b < 1.0 for b in optim.betas),
+        "optim.betas",
+        list(optim.betas),
+        "give two values in [0, 1), e.g. [0.9,0.98].",
+    )
+    _require(0.0 <= optim.momentum < 1.0, "optim.momentum", optim.momentum, "use [0, 1).")
+    _choice("optim.schedule", optim.schedule, SCHEDULES)
+    _require(optim.warmup_steps >= 0, "optim.warmup_steps", optim.warmup_steps, "use >= 0.")
+    _require(
+        optim.clip_grad_norm >= 0,
+        "optim.clip_grad_norm",
+        optim.clip_grad_norm,
+        "use >= 0 (0 disables clipping).",
+    )
+    if optim.schedule == "cosine":
+        _require(
+            trainer.max_steps is not None,
+            "trainer.max_steps",
+            trainer.max_steps,
+            "optim.schedule=cosine decays to trainer.max_steps; set it.",
+        )
+        _require(
+            0 <= optim.min_lr < optim.lr, "optim.min_lr", optim.min_lr, "use 0 <= min_lr < lr."
+        )
+    if optim.schedule == "plateau":
+        _require(
+            optim.warmup_steps == 0,
+            "optim.warmup_steps",
+            optim.warmup_steps,
+            "optim.schedule=plateau has no warmup; set optim.warmup_steps=0.",
+        )
+        _require(
+            0.0 < optim.plateau_factor < 1.0,
+            "optim.plateau_factor",
+            optim.plateau_factor,
+            "use a factor in (0, 1).",
+        )
+
+
+def validate_trainer(trainer: DictConfig) -> None:
+    _require(
+        any(trainer[k] is not None for k in ("max_steps", "max_epochs", "max_time")),
+        "trainer.max_epochs",
+        None,
+        "set at least one of trainer.max_steps, trainer.max_epochs, trainer.max_time.",
+    )
+    _positive("trainer.max_steps", trainer.max_steps, allow_none=True)
+    _positive("trainer.max_epochs", trainer.max_epochs, allow_none=True)
+    if trainer.max_time is not None:
+        try:
+            parse_duration(trainer.max_time)
+        except ValueError:
+            raise ConfigError(
+                f"trainer.max_time={trainer.max_time!r} is invalid: give seconds (1800) "
+                "or [[DD:]HH:]MM:SS (00:30:00)."
+            ) from None
+    _positive("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches)
+    _require(
+        0.0 <= trainer.label_smoothing < 1.0,
+        "trainer.label_smoothing",
+        trainer.label_smoothing,
+        "use a value in [0, 1).",
+    )
+    _require(
+        trainer.val_every_steps >= 0,
+        "trainer.val_every_steps",
+        trainer.val_every_steps,
+        "use >= 0 (0 validates at the end of every epoch).",
+    )
+    _positive("trainer.log_every_steps", trainer.log_every_steps)
+    _choice("trainer.monitor", trainer.monitor, MONITOR_METRICS)
+    _require(
+        trainer.early_stopping_patience >= 0,
+        "trainer.early_stopping_patience",
+        trainer.early_stopping_patience,
+        "use >= 0 (0 disables early stopping).",
+    )
+    _require(
+        trainer.decode_max_len_a >= 0 and trainer.decode_max_len_b >= 1,
+        "trainer.decode_max_len_b",
+        trainer.decode_max_len_b,
+        "decoding needs room for at least one token: a >= 0 and b >= 1.",
+    )
+    _choice("trainer.device", trainer.device, DEVICES)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every value range; raise ConfigError naming the first bad key."""
+    _require(cfg.seed >= 0, "seed", cfg.seed, "use a non-negative integer.")
+    validate_data(cfg.data)
+    validate_model(cfg.model)
+    validate_optim(cfg.optim, cfg.trainer)
+    validate_trainer(cfg.trainer)

@@ -1,0 +1,53 @@
+"""metrics.jsonl (one JSON object per logged step or validation) and the loss plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs on clusters and CI without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class MetricsWriter:
+    """Appends records to metrics.jsonl, flushing each so a crash loses nothing logged."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: Dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in record.items()}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+
+def read_metrics(path: str | Path) -> List[Dict[str, Any]]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
+    """Draw training and validation loss against steps into a PNG."""
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    valid = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss (label-smoothed)", color="tab:blue")
+    if valid:
+        ax.plot(*zip(*valid), "o-", label="validation loss", color="tab:orange")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy per token")
+    ax.set_title("Training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return Path(out_path)

@@ -1,0 +1,145 @@
+"""LSTM decoder with attention and input feeding (Luong et al., 2015).
+
+Two ways in: `forward` for teacher-forced training over a whole target sequence, and
+`init_state` + `step` for search, one token at a time. Both run the same `_decode`, so
+greedy search reproduces exactly what training scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Tuple
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from dist_lstm.model.attention import Attention
+from dist_lstm.model.encoder import EncoderOutput
+
+
+@dataclass
+class DecoderState:
+    """Everything carried between decoder steps. L = layers, B = batch rows, H = hidden."""
+
+    h: torch.Tensor  # (L, B, H)
+    c: torch.Tensor  # (L, B, H)
+    feed: torch.Tensor  # (B, H) previous attentional hidden state (input feeding)
+    keys: torch.Tensor  # (B, S, H) attention keys, projected once
+    memory: torch.Tensor  # (B, S, M) encoder outputs
+    mask: torch.Tensor  # (B, S) True at real source tokens
+
+    def select(self, rows: torch.Tensor) -> "DecoderState":
+        """Keep/reorder/repeat batch rows (beam search expands and prunes hypotheses)."""
+        return DecoderState(
+            h=self.h.index_select(1, rows),
+            c=self.c.index_select(1, rows),
+            feed=self.feed.index_select(0, rows),
+            keys=self.keys.index_select(0, rows),
+            memory=self.memory.index_select(0, rows),
+            mask=self.mask.index_select(0, rows),
+        )
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_dim: int,
+        hidden_size: int,
+        memory_size: int,
+        num_layers: int,
+        attention: str,
+        input_feeding: bool,
+        dropout: float,
+        tie_embeddings: bool,
+        padding_idx: int,
+    ):
+        super().__init__()
+        self.input_feeding = input_feeding
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=padding_idx)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(
+            emb_dim + (hidden_size if input_feeding else 0),
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.attention = Attention(attention, hidden_size, memory_size)
+        self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)
+        # Encoder final state (top layer) -> initial state of every decoder layer.
+        self.bridge_h = nn.Linear(memory_size, num_layers * hidden_size)
+        self.bridge_c = nn.Linear(memory_size, num_layers * hidden_size)
+        self.tie_embeddings = tie_embeddings
+        if tie_embeddings:
+            # Logits come from the embedding matrix; map H to E first when they differ.
+            self.pre_output = (
+                nn.Linear(hidden_size, emb_dim, bias=False)
+                if hidden_size != emb_dim
+                else nn.Identity()
+            )
+            self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        else:
+            self.output = nn.Linear(hidden_size, vocab_size)
+
+    def init_state(self, enc: EncoderOutput) -> DecoderState:
+        batch = enc.memory.size(0)
+
+        def bridge(layer: nn.Linear, final: torch.Tensor) -> torch.Tensor:
+            # (B, M) -> (L, B, H)
+            out = torch.tanh(layer(final)).view(batch, self.num_layers, self.hidden_size)
+            return out.transpose(0, 1).contiguous()
+
+        return DecoderState(
+            h=bridge(self.bridge_h, enc.final[0]),
+            c=bridge(self.bridge_c, enc.final[1]),
+            feed=enc.memory.new_zeros(batch, self.hidden_size),
+            keys=self.attention.precompute(enc.memory),
+            memory=enc.memory,
+            mask=enc.mask,
+        )
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) attentional hidden states -> (..., V) unnormalized scores."""
+        if self.tie_embeddings:
+            return F.linear(self.pre_output(hidden), self.embedding.weight, self.output_bias)
+        return self.output(hidden)
+
+    def _decode(
+        self, embedded: torch.Tensor, state: DecoderState
+    ) -> Tuple[torch.Tensor, DecoderState]:
+        """embedded (B, T, E) -> attentional hidden states (B, T, H) and the next state.
+
+        With input feeding T must be 1: each step's input includes the previous output.
+        """
+        inputs = embedded
+        if self.input_feeding:
+            inputs = torch.cat([embedded, state.feed.unsqueeze(1)], dim=2)  # (B, 1, E+H)
+        output, (h, c) = self.lstm(inputs, (state.h, state.c))  # (B, T, H)
+        context, _ = self.attention(output, state.keys, state.memory, state.mask)  # (B,T,M)
+        hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=2))))
+        return hidden, replace(state, h=h, c=c, feed=hidden[:, -1])
+
+    def forward(self, tgt_in: torch.Tensor, enc: EncoderOutput) -> torch.Tensor:
+        """Teacher forcing: tgt_in (B, T) ids (BOS first) -> logits (B, T, V)."""
+        state = self.init_state(enc)
+        embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
+        if not self.input_feeding:
+            hidden, _ = self._decode(embedded, state)
+            return self.logits(hidden)
+        outputs = []
+        for t in range(tgt_in.size(1)):
+            hidden, state = self._decode(embedded[:, t : t + 1], state)
+            outputs.append(hidden)
+        return self.logits(torch.cat(outputs, dim=1))  # (B, T, V)
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState
+    ) -> Tuple[torch.Tensor, DecoderState]:
+        """One search step: prev_tokens (B,) -> log-probabilities (B, V) and the next state."""
+        embedded = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))  # (B, 1, E)
+        hidden, state = self._decode(embedded, state)
+        return torch.log_softmax(self.logits(hidden.squeeze(1)).float(), dim=-1), state

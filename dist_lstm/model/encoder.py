@@ -1,0 +1,68 @@
+"""Bidirectional multi-layer LSTM encoder over packed sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+@dataclass
+class EncoderOutput:
+    """What the decoder attends to and starts from. B = batch, S = source length."""
+
+    memory: torch.Tensor  # (B, S, H) top-layer outputs, zeros at padding
+    mask: torch.Tensor  # (B, S) True at real tokens
+    final: Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (B, H): top layer, both directions
+
+
+class Encoder(nn.Module):
+    """Embeds source ids and runs a (bi)LSTM; `output_size` is H for the decoder.
+
+    Sequences are packed so each sentence's final state is taken at its own last token,
+    not after a run of padding: a padded batch gives the same result as one sentence alone.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dropout: float,
+        padding_idx: int,
+    ):
+        super().__init__()
+        directions = 2 if bidirectional else 1
+        self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=padding_idx)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(
+            emb_dim,
+            hidden_size // directions,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.output_size = hidden_size
+        self.padding_idx = padding_idx
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        """src: (B, S) ids; src_lengths: (B,) on CPU, every length >= 1."""
+        embedded = self.dropout(self.embedding(src))  # (B, S, E)
+        packed = pack_padded_sequence(
+            embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        packed_out, (h, c) = self.lstm(packed)
+        memory, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
+        # h, c: (layers * directions, B, H / directions); keep the top layer's directions.
+        directions = 2 if self.lstm.bidirectional else 1
+        top_h = h[-directions:].transpose(0, 1).reshape(src.size(0), -1)  # (B, H)
+        top_c = c[-directions:].transpose(0, 1).reshape(src.size(0), -1)  # (B, H)
+        return EncoderOutput(
+            memory=self.dropout(memory), mask=src != self.padding_idx, final=(top_h, top_c)
+        )

@@ -1,0 +1,57 @@
+"""The encoder-decoder model and its construction from a model config."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from dist_lstm.model.decoder import Decoder
+from dist_lstm.model.encoder import Encoder, EncoderOutput
+
+
+class Seq2Seq(nn.Module):
+    """Source ids -> target logits. Pure torch.nn: no ranks, devices or checkpoint formats."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        return self.encoder(src, src_lengths)
+
+    def forward(
+        self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
+    ) -> torch.Tensor:
+        """src (B, S), src_lengths (B,), tgt_in (B, T) -> logits (B, T, V)."""
+        return self.decoder(tgt_in, self.encode(src, src_lengths))
+
+
+def build_model(
+    model: Mapping[str, Any], src_vocab_size: int, tgt_vocab_size: int, padding_idx: int = 0
+) -> Seq2Seq:
+    """Build from a `model` config group (any mapping with the ModelConfig keys)."""
+    encoder = Encoder(
+        vocab_size=src_vocab_size,
+        emb_dim=model["emb_dim"],
+        hidden_size=model["hidden_size"],
+        num_layers=model["encoder_layers"],
+        bidirectional=model["bidirectional"],
+        dropout=model["dropout"],
+        padding_idx=padding_idx,
+    )
+    decoder = Decoder(
+        vocab_size=tgt_vocab_size,
+        emb_dim=model["emb_dim"],
+        hidden_size=model["hidden_size"],
+        memory_size=encoder.output_size,
+        num_layers=model["decoder_layers"],
+        attention=model["attention"],
+        input_feeding=model["input_feeding"],
+        dropout=model["dropout"],
+        tie_embeddings=model["tie_embeddings"],
+        padding_idx=padding_idx,
+    )
+    return Seq2Seq(encoder, decoder)

@@ -1,0 +1,121 @@
+"""`train(cfg)`: build every part of a run in order and hand them to the Trainer.
+
+Launch example (see README.md for more):
+    python train.py experiment=smoke
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dist_lstm.checkpoint import CheckpointManager, load_checkpoint
+from dist_lstm.config import validate_config
+from dist_lstm.data.build import TranslationData, build_data, make_eval_loader, make_train_loader
+from dist_lstm.data.tokenizer import PAD_ID
+from dist_lstm.errors import UserError
+from dist_lstm.evaluation import corpus_scores, translate_texts
+from dist_lstm.logging.metrics import MetricsWriter, plot_losses
+from dist_lstm.model import build_model
+from dist_lstm.optim import build_optimizer, build_scheduler
+from dist_lstm.strategy import SingleDeviceStrategy, Strategy
+from dist_lstm.topology import single_process
+from dist_lstm.trainer import Trainer, monitor_mode
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG (python, numpy, torch); data order has its own generator."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def current_run_dir() -> Path:
+    """Hydra's output directory for this job, or the working directory outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a UserError as one clear line and exit with status 2, without a traceback."""
+    try:
+        yield
+    except UserError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Train a model as `cfg` says; return the final metrics (also in metrics.jsonl)."""
+    validate_config(cfg)
+    run_dir = Path(run_dir or current_run_dir())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    topology = single_process(cfg.trainer.device)
+    log.info("run directory: %s | device: %s", run_dir, topology.device)
+
+    data = build_data(cfg.data)
+    data.tokenizer.save(run_dir / "tokenizer")
+    model = build_model(cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID)
+    log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+
+    strategy: Strategy = SingleDeviceStrategy(topology, cfg.optim.clip_grad_norm)
+    strategy.wrap(model, lambda m: build_optimizer(m, cfg.optim))
+    scheduler = build_scheduler(
+        strategy.optimizer, cfg.optim, cfg.trainer.max_steps, monitor_mode(cfg.trainer.monitor)
+    )
+    max_tokens = cfg.data.max_tokens
+    train_loader = make_train_loader(
+        data.train, max_tokens, cfg.seed, topology.rank, topology.world_size
+    )
+    valid_loader = make_eval_loader(data.valid, max_tokens, topology.rank, topology.world_size)
+    checkpoints = CheckpointManager(run_dir)
+    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    trainer = Trainer(
+        cfg, strategy, scheduler, train_loader, valid_loader, data.valid.references,
+        data.tokenizer, checkpoints, metrics,
+        checkpoint_meta={"config": OmegaConf.to_container(cfg, resolve=True)},
+    )
+    state = trainer.fit()
+    result: Dict[str, Any] = {"step": state.step, "best_" + cfg.trainer.monitor: state.best_metric}
+    if state.history:
+        result.update(state.history[-1])
+    if data.test is not None and strategy.is_main:
+        result.update(test_best_model(cfg, data, checkpoints, strategy.device))
+        metrics.write({"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}})
+    if strategy.is_main:
+        plot_losses(metrics.path, run_dir / "loss.png")
+        log.info("outputs in %s: metrics.jsonl, loss.png, checkpoints/, tokenizer/", run_dir)
+    return result
+
+
+def test_best_model(
+    cfg: DictConfig, data: TranslationData, checkpoints: CheckpointManager, device: torch.device
+) -> Dict[str, float]:
+    """Greedy-decode the test split with the best checkpoint; sacreBLEU BLEU/chrF."""
+    best = load_checkpoint(checkpoints.path("best"))
+    model = build_model(cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID)
+    model.load_state_dict(best["model"])
+    model.to(device).eval()
+    texts = translate_texts(
+        model, data.tokenizer, data.test.src, device,
+        cfg.trainer.decode_max_len_a, cfg.trainer.decode_max_len_b,
+    )
+    scores = corpus_scores(texts, data.test.tgt)
+    log.info("test (best checkpoint, step %d, greedy): BLEU %.2f | chrF %.2f",
+             best["step"], scores["bleu"], scores["chrf"])
+    return {"test_bleu": scores["bleu"], "test_chrf": scores["chrf"], "test_step": best["step"]}

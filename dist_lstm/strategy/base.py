@@ -1,0 +1,65 @@
+"""The strategy interface: how a model is placed, how gradients flow, how ranks talk.
+
+The trainer holds one Strategy and never asks which kind it is. Single-process, DDP and
+DeepSpeed runs differ only in the subclass that implements these methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from dist_lstm.topology import Topology
+
+
+class Strategy(ABC):
+    def __init__(self, topology: Topology, clip_grad_norm: float = 0.0):
+        self.topology = topology
+        self.clip_grad_norm = clip_grad_norm
+        self.model: Optional[torch.nn.Module] = None  # what the trainer calls forward on
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.topology.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.topology.is_main
+
+    @abstractmethod
+    def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
+        """Place `model`, build its optimizer with `optimizer_factory(model)`, keep both."""
+
+    @property
+    @abstractmethod
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The plain Seq2Seq, for search, evaluation and checkpoints (canonical keys)."""
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor, sync_gradients: bool) -> None:
+        """Accumulate gradients; `sync_gradients` is False for all but the last micro-batch."""
+
+    @abstractmethod
+    def step(self) -> Optional[float]:
+        """Clip, update the parameters, clear gradients; return the gradient norm if clipped."""
+
+    @abstractmethod
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over ranks (identity for one process)."""
+
+    @abstractmethod
+    def gather_objects(self, obj: Any) -> List[Any]:
+        """Every rank's `obj`, in rank order (a one-item list for one process)."""
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait for all ranks."""
+
+    def model_state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.unwrapped_model.state_dict()
+
+    def teardown(self) -> None:
+        """Release process groups or engines; nothing to do for one process."""

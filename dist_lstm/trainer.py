@@ -1,0 +1,256 @@
+"""The training loop: batches -> strategy backward/step -> log -> validate -> save.
+
+Everything it needs is handed in by `run.py`; it reads no environment and never asks which
+strategy it has, so single-process, DDP and DeepSpeed runs share this one loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import DataLoader
+
+from dist_lstm.checkpoint import CheckpointManager
+from dist_lstm.config.validate import parse_duration
+from dist_lstm.data.tokenizer import Tokenizer
+from dist_lstm.evaluation import loss_and_translations, summarize
+from dist_lstm.logging.console import TrainingProgress
+from dist_lstm.logging.metrics import MetricsWriter
+from dist_lstm.loss import sequence_loss
+from dist_lstm.strategy import Strategy
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"val_loss", "val_ppl"}
+
+
+def monitor_mode(metric: str) -> str:
+    return "min" if metric in LOWER_IS_BETTER else "max"
+
+
+@dataclass
+class TrainState:
+    """Counters that say where training is; saved with checkpoints."""
+
+    step: int = 0
+    epoch: int = 0
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    validations_without_improvement: int = 0
+    last_validated_step: int = -1
+    stop_reason: Optional[str] = None
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        strategy: Strategy,
+        scheduler: Any,
+        train_loader: DataLoader,
+        valid_loader: DataLoader,
+        valid_references: Sequence[str],
+        tokenizer: Tokenizer,
+        checkpoints: CheckpointManager,
+        metrics: MetricsWriter,
+        checkpoint_meta: Dict[str, Any],
+    ):
+        self.cfg = cfg.trainer
+        self.strategy = strategy
+        self.scheduler = scheduler
+        self.train_loader = train_loader
+        self.valid_loader = valid_loader
+        self.valid_references = valid_references
+        self.tokenizer = tokenizer
+        self.checkpoints = checkpoints
+        self.metrics = metrics
+        self.checkpoint_meta = checkpoint_meta
+        self.state = TrainState()
+        self.mode = monitor_mode(self.cfg.monitor)
+        self.max_seconds = parse_duration(self.cfg.max_time) if self.cfg.max_time else None
+        self._start = time.monotonic()
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> TrainState:
+        """Train until max_steps, max_epochs, max_time or early stopping, then save."""
+        sampler = self.train_loader.batch_sampler
+        accumulate = self.cfg.accumulate_grad_batches
+        progress = TrainingProgress(self._planned_steps(), self.cfg.progress_bar and self.strategy.is_main)
+        self._start = time.monotonic()
+        window = _Window()
+        try:
+            while self.state.stop_reason is None:
+                sampler.set_epoch(self.state.epoch)
+                micro = 0
+                for batch in self.train_loader:
+                    window.add(self._forward_backward(batch, sync=(micro + 1) % accumulate == 0, scale=1 / accumulate))
+                    micro += 1
+                    if micro % accumulate == 0:
+                        self._optimizer_step(window, progress)
+                        if self.state.stop_reason:
+                            break
+                if self.state.stop_reason:
+                    break
+                if micro % accumulate:  # an epoch's last, incomplete accumulation group
+                    self._optimizer_step(window, progress)
+                self.state.epoch += 1
+                if self.cfg.val_every_steps == 0:
+                    self.validate()
+                self._check_stop(end_of_epoch=True)
+        finally:
+            progress.close()
+        if self.state.last_validated_step != self.state.step:
+            self.validate()
+        self._save("last")
+        log.info("training stopped: %s after %d steps, %d epochs, %.0f s",
+                 self.state.stop_reason, self.state.step, self.state.epoch, self.elapsed)
+        return self.state
+
+    def _forward_backward(self, batch, sync: bool, scale: float) -> Dict[str, float]:
+        batch = batch.to(self.strategy.device)
+        logits = self.strategy.model(batch.src, batch.src_lengths, batch.tgt_in)
+        loss_sum, tokens = sequence_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+        self.strategy.backward(loss_sum / tokens * scale, sync_gradients=sync)
+        return {"loss_sum": float(loss_sum.detach()), "tokens": tokens}
+
+    def _optimizer_step(self, window: "_Window", progress: TrainingProgress) -> None:
+        grad_norm = self.strategy.step()
+        if not isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step()
+        self.state.step += 1
+        if grad_norm is not None:
+            window.grad_norm = grad_norm
+        step = self.state.step
+        if not math.isfinite(window.last_loss):
+            raise FloatingPointError(
+                f"loss is {window.last_loss} at step {step}: lower optim.lr, keep "
+                "optim.clip_grad_norm > 0, or check the data."
+            )
+        if step % self.cfg.log_every_steps == 0 or step == 1:
+            self._log_train(window, progress)
+        if self.cfg.val_every_steps and step % self.cfg.val_every_steps == 0:
+            paused = time.monotonic()
+            self.validate()
+            window.started += time.monotonic() - paused  # keep tokens/s about training
+        self._check_stop(end_of_epoch=False)
+
+    def _log_train(self, window: "_Window", progress: TrainingProgress) -> None:
+        totals = self.strategy.all_reduce_sum(
+            torch.tensor([window.loss_sum, window.tokens], dtype=torch.float64)
+        )
+        loss = float(totals[0] / max(totals[1], 1))
+        tokens_per_sec = float(totals[1]) / max(window.seconds, 1e-9)
+        lr = self.strategy.optimizer.param_groups[0]["lr"]
+        record = {"step": self.state.step, "epoch": self.state.epoch, "loss": loss, "lr": lr,
+                  "tokens_per_sec": tokens_per_sec, "grad_norm": window.grad_norm,
+                  "elapsed_s": self.elapsed}
+        if self.strategy.is_main:
+            self.metrics.write(record)
+        progress.update(self.state.step, loss, lr, tokens_per_sec)
+        window.reset()
+
+    # ------------------------------------------------------------- validation
+    def validate(self) -> Dict[str, float]:
+        started = time.monotonic()
+        loss_sum, tokens, hyps = loss_and_translations(
+            self.strategy.unwrapped_model, self.valid_loader, self.strategy.device,
+            self.cfg.decode_max_len_a, self.cfg.decode_max_len_b,
+        )
+        sums = self.strategy.all_reduce_sum(torch.tensor([loss_sum, tokens], dtype=torch.float64))
+        merged: Dict[int, list] = {}
+        for part in self.strategy.gather_objects(hyps):
+            merged.update(part)
+        metrics = summarize(float(sums[0]), int(sums[1]), merged, self.valid_references, self.tokenizer)
+        self.state.last_validated_step = self.state.step
+        improved = self._update_best(metrics[self.cfg.monitor])
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(metrics[self.cfg.monitor])
+        record = {"step": self.state.step, "epoch": self.state.epoch, **metrics,
+                  "val_seconds": time.monotonic() - started}
+        self.state.history.append(record)
+        if self.strategy.is_main:
+            self.metrics.write(record)
+            log.info(
+                "validation step %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f%s",
+                self.state.step, metrics["val_loss"], metrics["val_ppl"],
+                metrics["val_bleu"], metrics["val_chrf"], "  (best)" if improved else "",
+            )
+        if improved:
+            self._save("best", metrics=metrics)
+        return metrics
+
+    def _update_best(self, value: float) -> bool:
+        best = self.state.best_metric
+        better = best is None or (value < best if self.mode == "min" else value > best)
+        if better:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            self.state.validations_without_improvement = 0
+        else:
+            self.state.validations_without_improvement += 1
+        return better
+
+    # ---------------------------------------------------------------- stopping
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    def _check_stop(self, end_of_epoch: bool) -> None:
+        cfg, state = self.cfg, self.state
+        if cfg.max_steps is not None and state.step >= cfg.max_steps:
+            state.stop_reason = f"reached trainer.max_steps={cfg.max_steps}"
+        elif end_of_epoch and cfg.max_epochs is not None and state.epoch >= cfg.max_epochs:
+            state.stop_reason = f"reached trainer.max_epochs={cfg.max_epochs}"
+        elif self.max_seconds is not None and self.elapsed >= self.max_seconds:
+            state.stop_reason = f"reached trainer.max_time={cfg.max_time}"
+        elif (cfg.early_stopping_patience
+              and state.validations_without_improvement >= cfg.early_stopping_patience):
+            state.stop_reason = (
+                f"early stopping: {cfg.monitor} did not improve for "
+                f"{cfg.early_stopping_patience} validations"
+            )
+
+    def _planned_steps(self) -> Optional[int]:
+        """Total steps for the progress bar's ETA, when max_steps or max_epochs bound it."""
+        per_epoch = math.ceil(len(self.train_loader.batch_sampler) / self.cfg.accumulate_grad_batches)
+        bounds = [b for b in (self.cfg.max_steps,
+                              self.cfg.max_epochs and self.cfg.max_epochs * per_epoch) if b]
+        return min(bounds) if bounds else None
+
+    # ------------------------------------------------------------ checkpoints
+    def _save(self, name: str, **extra: Any) -> None:
+        state = self.strategy.model_state_dict()
+        if self.strategy.is_main:
+            self.checkpoints.save(
+                name, state, step=self.state.step, epoch=self.state.epoch,
+                **self.checkpoint_meta, **extra,
+            )
+        self.strategy.barrier()
+
+
+class _Window:
+    """Loss, tokens and time since the last logged step."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.grad_norm: Optional[float] = None
+
+    def reset(self) -> None:
+        self.loss_sum, self.tokens, self.last_loss = 0.0, 0, 0.0
+        self.started = time.monotonic()
+
+    def add(self, stats: Dict[str, float]) -> None:
+        self.loss_sum += stats["loss_sum"]
+        self.tokens += stats["tokens"]
+        self.last_loss = stats["loss_sum"] / max(stats["tokens"], 1)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started

@@ -1,0 +1,24 @@
+"""Train a translation model. Examples:
+
+    python train.py                      # default: Multi30k de->en
+    python train.py experiment=smoke     # a 2-minute end-to-end check
+    python train.py optim.lr=5e-4 data.src_lang=fr
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from dist_lstm.config import register_configs
+from dist_lstm.run import train, user_errors
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()
