@@ -1,0 +1,88 @@
+"""Train an experiment end to end and record its test BLEU/chrF and wall-clock time.
+
+    python benchmarks/quality.py                       # experiment=cpu_small
+    python benchmarks/quality.py --experiment smoke    # quick check of the script itself
+    python benchmarks/quality.py -- trainer.max_time=00:10:00   # extra overrides
+
+Writes benchmarks/results/quality_<experiment>.json (committed) with the figures, the
+machine they were measured on and the exact command, so a reader can reproduce them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="cpu_small")
+    parser.add_argument("--run-dir", help="keep the run here (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    args = parser.parse_args()
+
+    run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix=f"quality-{args.experiment}-"))
+    command = [sys.executable, "train.py", f"experiment={args.experiment}",
+               f"hydra.run.dir={run_dir}", "trainer.progress_bar=false", *args.overrides]
+    started = time.monotonic()
+    subprocess.run(command, cwd=ROOT, check=True)
+    wall = time.monotonic() - started
+
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    test = next(r for r in reversed(records) if "test_bleu" in r)
+    validations = [r for r in records if "val_bleu" in r]
+    train_logs = [r for r in records if "loss" in r]
+    best = max(validations, key=lambda r: r["val_bleu"])
+    result = {
+        "experiment": args.experiment,
+        "command": " ".join(["python", "train.py", *command[2:3], *args.overrides]),
+        "test_2016_flickr": {"bleu": round(test["test_bleu"], 2), "chrf": round(test["test_chrf"], 2),
+                             "decoding": "greedy", "checkpoint_step": test["test_step"]},
+        "best_validation": {"step": best["step"], "bleu": round(best["val_bleu"], 2),
+                            "loss": round(best["val_loss"], 4)},
+        "steps": train_logs[-1]["step"],
+        "epochs_completed": validations[-1]["epoch"],
+        "train_seconds": round(train_logs[-1]["elapsed_s"], 1),
+        "wall_seconds_total": round(wall, 1),
+        "median_train_tokens_per_sec": round(sorted(r["tokens_per_sec"] for r in train_logs)[len(train_logs) // 2]),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"quality_{args.experiment}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real Hydra config composed from conf/, shrunk for tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from dist_lstm.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep tokenizer caches out of the user's home; one cache for the whole session."""
+    os.environ["DIST_LSTM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/config.yaml with `overrides`, exactly as `python train.py ...` would see it."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path

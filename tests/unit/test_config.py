@@ -1,0 +1,103 @@
+"""The real conf/ tree: every shipped config composes and validates; bad values name their key."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from dist_lstm.config import validate_config
+from dist_lstm.config.validate import parse_duration
+from dist_lstm.errors import ConfigError
+from tests.conftest import CONF_DIR, compose_config
+
+
+def option_names(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", option_names("experiment"))
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    validate_config(cfg)
+    assert Path(cfg.data.train_src).is_file()
+
+
+@pytest.mark.parametrize("group", ["model", "optim", "trainer"])
+def test_every_group_option_validates(group):
+    for name in option_names(group):
+        validate_config(compose_config([f"{group}={name}"]))
+
+
+@pytest.mark.parametrize("pair", [("fr", "en"), ("en", "cs"), ("cs", "de")])
+def test_language_pairs_select_files(pair):
+    src, tgt = pair
+    cfg = compose_config([f"data.src_lang={src}", f"data.tgt_lang={tgt}"])
+    validate_config(cfg)
+    assert cfg.data.train_src.endswith(f"train.{src}.gz")
+    assert cfg.data.test_tgt.endswith(f"test_2016_flickr.{tgt}.gz")
+
+
+def test_unknown_key_fails_naming_it():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config(["trainer.max_stepz=5"])
+    assert "max_stepz" in str(info.value) + str(info.value.__cause__)
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as info:
+        compose_config(["optim.lr=fast"])
+    assert "lr" in str(info.value) + str(info.value.__cause__)
+
+
+def test_custom_data_without_paths_names_missing_key():
+    cfg = compose_config(["data=custom"])
+    with pytest.raises(Exception, match="train_src"):
+        _ = cfg.data.train_src
+
+
+BAD_VALUES = [
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-0.1", "optim.lr"),
+    ("optim.name=adam", "optim.name"),
+    ("optim.schedule=linear", "optim.schedule"),
+    ("data.max_tokens=50", "data.max_tokens"),
+    ("data.src_lang=xx", "data.src_lang"),
+    ("data.tgt_lang=de", "data.tgt_lang"),
+    ("data.tokenizer.type=wordpiece", "data.tokenizer.type"),
+    ("model.hidden_size=257", "model.hidden_size"),
+    ("model.attention=cosine", "model.attention"),
+    ("model.dropout=1.5", "model.dropout"),
+    ("model.encoder_layers=0", "model.encoder_layers"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.max_time=soon", "trainer.max_time"),
+    ("trainer.monitor=val_acc", "trainer.monitor"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches"),
+    ("trainer.device=tpu", "trainer.device"),
+    ("seed=-1", "seed"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD_VALUES)
+def test_invalid_values_name_their_key(override, key):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=rf"^{key}="):
+        validate_config(cfg)
+
+
+def test_cosine_needs_max_steps_and_plateau_no_warmup():
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        validate_config(compose_config(["optim.schedule=cosine"]))
+    with pytest.raises(ConfigError, match="optim.warmup_steps"):
+        validate_config(compose_config(["optim.schedule=plateau", "optim.warmup_steps=10"]))
+
+
+def test_no_stopping_criterion_is_an_error():
+    cfg = compose_config(["trainer.max_epochs=null"])
+    with pytest.raises(ConfigError, match="at least one of"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("01:30", 90), ("00:30:00", 1800), ("1:00:00:00", 86400)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds

@@ -1,0 +1,59 @@
+import gzip
+
+import pytest
+
+from dist_lstm.data.corpus import load_parallel, read_checksums, read_lines, sha256_of
+from dist_lstm.errors import DataError
+from tests.conftest import write_lines
+
+
+def test_reads_plain_and_gzip(tmp_path):
+    write_lines(tmp_path / "a.txt", ["eins", "zwei"])
+    with gzip.open(tmp_path / "a.gz", "wt", encoding="utf-8") as f:
+        f.write("eins\nzwei\n")
+    assert read_lines(tmp_path / "a.txt") == read_lines(tmp_path / "a.gz") == ["eins", "zwei"]
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"not found: .*nope\.de.*data\.\*"):
+        read_lines(tmp_path / "nope.de")
+
+
+def test_line_count_mismatch_gives_both_counts(tmp_path):
+    src = write_lines(tmp_path / "s", ["a", "b", "c"])
+    tgt = write_lines(tmp_path / "t", ["a", "b"])
+    with pytest.raises(DataError, match=r"has 3 lines.*has 2"):
+        load_parallel(str(src), str(tgt))
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.de"
+    path.write_bytes(b"gut\nauch gut\nschlecht \xff\xfe\n")
+    with pytest.raises(DataError, match=r"bad\.de line 3 is not valid UTF-8"):
+        read_lines(path)
+
+
+def test_empty_corpus(tmp_path):
+    src = write_lines(tmp_path / "s", [])
+    tgt = write_lines(tmp_path / "t", [])
+    with pytest.raises(DataError, match="empty corpus"):
+        load_parallel(str(src), str(tgt))
+
+
+def test_checksum_mismatch_names_file_and_fix(tmp_path):
+    src = write_lines(tmp_path / "s.de", ["a"])
+    tgt = write_lines(tmp_path / "t.en", ["b"])
+    (tmp_path / "SHA256SUMS").write_text(f"{sha256_of(src)}  s.de\n{'0' * 64}  t.en\n")
+    sums = read_checksums(tmp_path / "SHA256SUMS")
+    with pytest.raises(DataError, match=r"checksum mismatch for .*t\.en.*restore"):
+        load_parallel(str(src), str(tgt), sums)
+
+
+def test_embedded_multi30k_checksums_verify():
+    from dist_lstm.config.schema import EMBEDDED_DATA_DIR
+
+    root = EMBEDDED_DATA_DIR / "multi30k"
+    sums = read_checksums(root / "SHA256SUMS")
+    assert len(sums) == 12
+    text = load_parallel(str(root / "val.de.gz"), str(root / "val.en.gz"), sums)
+    assert len(text) == 1014

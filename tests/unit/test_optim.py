@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from dist_lstm.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def test_warmup_then_inverse_sqrt():
+    assert lr_factor("inverse_sqrt", 0, 100, None, 0) == pytest.approx(0.01)
+    assert lr_factor("inverse_sqrt", 99, 100, None, 0) == pytest.approx(1.0)
+    assert lr_factor("inverse_sqrt", 400, 100, None, 0) == pytest.approx(0.5)
+
+
+def test_cosine_reaches_floor_at_max_steps():
+    assert lr_factor("cosine", 10, 10, 110, 0.1) == pytest.approx(1.0)
+    assert lr_factor("cosine", 60, 10, 110, 0.1) == pytest.approx(0.55)
+    assert lr_factor("cosine", 110, 10, 110, 0.1) == pytest.approx(0.1)
+
+
+def test_constant_after_warmup():
+    assert lr_factor("constant", 4, 10, None, 0) == pytest.approx(0.5)
+    assert lr_factor("constant", 1000, 10, None, 0) == 1.0
+
+
+def optim_cfg(**kw):
+    base = dict(name="adamw", lr=0.1, weight_decay=0.0, betas=[0.9, 0.98], momentum=0.0,
+                schedule="constant", warmup_steps=0, min_lr=0.0, plateau_factor=0.5,
+                plateau_patience=0, clip_grad_norm=1.0)
+    base.update(kw)
+    return base
+
+
+def test_plateau_halves_rate_when_metric_stalls():
+    model = torch.nn.Linear(2, 2)
+    cfg = optim_cfg(name="sgd", schedule="plateau")
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.SGD)
+    sched = build_scheduler(opt, cfg, None, "max")
+    sched.step(10.0)
+    sched.step(9.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)

@@ -1,0 +1,89 @@
+import random
+
+import pytest
+import torch
+
+from dist_lstm.data.sampler import BucketBatchSampler, token_budget_batches
+
+
+def sizes(n=500, seed=0):
+    rng = random.Random(seed)
+    return [rng.randint(1, 40) for _ in range(n)]
+
+
+def epoch_batches(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_every_example_exactly_once_per_epoch_within_budget():
+    s = sizes()
+    sampler = BucketBatchSampler(s, max_tokens=200, seed=3)
+    for epoch in range(3):
+        batches = epoch_batches(sampler, epoch)
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(len(s)))
+        assert all(len(b) * max(s[i] for i in b) <= 200 for b in batches)
+        assert len(batches) == len(sampler)
+
+
+def test_batches_are_length_bucketed():
+    s = sizes()
+    batches = epoch_batches(BucketBatchSampler(s, max_tokens=200, seed=3), 0)
+    spread = [max(s[i] for i in b) - min(s[i] for i in b) for b in batches]
+    assert sum(spread) / len(spread) <= 2  # near-equal lengths inside a batch: little padding
+
+
+def test_same_seed_same_batches_other_epoch_or_seed_differs():
+    s = sizes()
+    a = epoch_batches(BucketBatchSampler(s, 200, seed=3), 0)
+    b = epoch_batches(BucketBatchSampler(s, 200, seed=3), 0)
+    assert a == b
+    assert a != epoch_batches(BucketBatchSampler(s, 200, seed=3), 1)
+    assert a != epoch_batches(BucketBatchSampler(s, 200, seed=4), 0)
+
+
+def test_global_rng_is_not_used():
+    s = sizes()
+    torch.manual_seed(0)
+    a = epoch_batches(BucketBatchSampler(s, 200, seed=3), 0)
+    torch.manual_seed(99)
+    random.seed(99)
+    assert a == epoch_batches(BucketBatchSampler(s, 200, seed=3), 0)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_distinct_batches_and_equal_counts(world_size):
+    s = sizes(499)
+    per_rank = [epoch_batches(BucketBatchSampler(s, 150, 3, r, world_size), 0) for r in range(world_size)]
+    counts = {len(b) for b in per_rank}
+    assert len(counts) == 1
+    single = epoch_batches(BucketBatchSampler(s, 150, 3), 0)
+    covered = {i for batches in per_rank for b in batches for i in b}
+    assert covered == set(range(len(s)))
+    # Only the padding batches (repeats of the first ones) may appear twice.
+    total = sum(len(b) for batches in per_rank for b in batches)
+    assert len(per_rank[0]) == -(-len(single) // world_size)
+    assert total >= len(s)
+
+
+def test_state_dict_resumes_right_after_consumed_batches():
+    s = sizes()
+    full = epoch_batches(BucketBatchSampler(s, 200, seed=3), 2)
+    sampler = BucketBatchSampler(s, 200, seed=3)
+    sampler.set_epoch(2)
+    it = iter(sampler)
+    consumed = [next(it) for _ in range(5)]
+    state = sampler.state_dict()
+    assert state["epoch"] == 2 and state["position"] == 5
+    resumed = BucketBatchSampler(s, 200, seed=3)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)  # the trainer calls this at the top of the epoch; it must not rewind
+    assert consumed + list(resumed) == full
+    with pytest.raises(ValueError, match="seed"):
+        BucketBatchSampler(s, 200, seed=4).load_state_dict(state)
+
+
+def test_item_over_budget_gets_its_own_batch():
+    s = torch.tensor([3, 50, 4])
+    assert token_budget_batches(s, torch.tensor([0, 2, 1]), 10) == [[0, 2], [1]]
