@@ -1,8 +1,8 @@
 """Train a translation model. Examples:
 
-    python train.py                      # default: Multi30k de->en
-    python train.py experiment=smoke     # a 2-minute end-to-end check
-    python train.py optim.lr=5e-4 data.src_lang=fr
+python train.py                      # default: Multi30k de->en
+python train.py experiment=smoke     # a 2-minute end-to-end check
+python train.py optim.lr=5e-4 data.src_lang=fr
 """
 
 import hydra

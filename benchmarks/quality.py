@@ -44,15 +44,23 @@ def machine() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--experiment", default="cpu_small")
     parser.add_argument("--run-dir", help="keep the run here (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args()
 
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix=f"quality-{args.experiment}-"))
-    command = [sys.executable, "train.py", f"experiment={args.experiment}",
-               f"hydra.run.dir={run_dir}", "trainer.progress_bar=false", *args.overrides]
+    command = [
+        sys.executable,
+        "train.py",
+        f"experiment={args.experiment}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.progress_bar=false",
+        *args.overrides,
+    ]
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.monotonic() - started
@@ -65,15 +73,24 @@ def main() -> None:
     result = {
         "experiment": args.experiment,
         "command": " ".join(["python", "train.py", *command[2:3], *args.overrides]),
-        "test_2016_flickr": {"bleu": round(test["test_bleu"], 2), "chrf": round(test["test_chrf"], 2),
-                             "decoding": "greedy", "checkpoint_step": test["test_step"]},
-        "best_validation": {"step": best["step"], "bleu": round(best["val_bleu"], 2),
-                            "loss": round(best["val_loss"], 4)},
+        "test_2016_flickr": {
+            "bleu": round(test["test_bleu"], 2),
+            "chrf": round(test["test_chrf"], 2),
+            "decoding": "greedy",
+            "checkpoint_step": test["test_step"],
+        },
+        "best_validation": {
+            "step": best["step"],
+            "bleu": round(best["val_bleu"], 2),
+            "loss": round(best["val_loss"], 4),
+        },
         "steps": train_logs[-1]["step"],
         "epochs_completed": validations[-1]["epoch"],
         "train_seconds": round(train_logs[-1]["elapsed_s"], 1),
         "wall_seconds_total": round(wall, 1),
-        "median_train_tokens_per_sec": round(sorted(r["tokens_per_sec"] for r in train_logs)[len(train_logs) // 2]),
+        "median_train_tokens_per_sec": round(
+            sorted(r["tokens_per_sec"] for r in train_logs)[len(train_logs) // 2]
+        ),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -70,7 +70,9 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
 
     data = build_data(cfg.data)
     data.tokenizer.save(run_dir / "tokenizer")
-    model = build_model(cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID)
+    model = build_model(
+        cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
+    )
     log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
 
     strategy: Strategy = SingleDeviceStrategy(topology, cfg.optim.clip_grad_norm)
@@ -86,8 +88,15 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
     checkpoints = CheckpointManager(run_dir)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     trainer = Trainer(
-        cfg, strategy, scheduler, train_loader, valid_loader, data.valid.references,
-        data.tokenizer, checkpoints, metrics,
+        cfg,
+        strategy,
+        scheduler,
+        train_loader,
+        valid_loader,
+        data.valid.references,
+        data.tokenizer,
+        checkpoints,
+        metrics,
         checkpoint_meta={"config": OmegaConf.to_container(cfg, resolve=True)},
     )
     state = trainer.fit()
@@ -96,7 +105,9 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
         result.update(state.history[-1])
     if data.test is not None and strategy.is_main:
         result.update(test_best_model(cfg, data, checkpoints, strategy.device))
-        metrics.write({"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}})
+        metrics.write(
+            {"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}}
+        )
     if strategy.is_main:
         plot_losses(metrics.path, run_dir / "loss.png")
         log.info("outputs in %s: metrics.jsonl, loss.png, checkpoints/, tokenizer/", run_dir)
@@ -108,14 +119,24 @@ def test_best_model(
 ) -> Dict[str, float]:
     """Greedy-decode the test split with the best checkpoint; sacreBLEU BLEU/chrF."""
     best = load_checkpoint(checkpoints.path("best"))
-    model = build_model(cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID)
+    model = build_model(
+        cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
+    )
     model.load_state_dict(best["model"])
     model.to(device).eval()
     texts = translate_texts(
-        model, data.tokenizer, data.test.src, device,
-        cfg.trainer.decode_max_len_a, cfg.trainer.decode_max_len_b,
+        model,
+        data.tokenizer,
+        data.test.src,
+        device,
+        cfg.trainer.decode_max_len_a,
+        cfg.trainer.decode_max_len_b,
     )
     scores = corpus_scores(texts, data.test.tgt)
-    log.info("test (best checkpoint, step %d, greedy): BLEU %.2f | chrF %.2f",
-             best["step"], scores["bleu"], scores["chrf"])
+    log.info(
+        "test (best checkpoint, step %d, greedy): BLEU %.2f | chrF %.2f",
+        best["step"],
+        scores["bleu"],
+        scores["chrf"],
+    )
     return {"test_bleu": scores["bleu"], "test_chrf": scores["chrf"], "test_step": best["step"]}

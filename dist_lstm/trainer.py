@@ -83,7 +83,9 @@ class Trainer:
         """Train until max_steps, max_epochs, max_time or early stopping, then save."""
         sampler = self.train_loader.batch_sampler
         accumulate = self.cfg.accumulate_grad_batches
-        progress = TrainingProgress(self._planned_steps(), self.cfg.progress_bar and self.strategy.is_main)
+        progress = TrainingProgress(
+            self._planned_steps(), self.cfg.progress_bar and self.strategy.is_main
+        )
         self._start = time.monotonic()
         window = _Window()
         try:
@@ -91,7 +93,11 @@ class Trainer:
                 sampler.set_epoch(self.state.epoch)
                 micro = 0
                 for batch in self.train_loader:
-                    window.add(self._forward_backward(batch, sync=(micro + 1) % accumulate == 0, scale=1 / accumulate))
+                    window.add(
+                        self._forward_backward(
+                            batch, sync=(micro + 1) % accumulate == 0, scale=1 / accumulate
+                        )
+                    )
                     micro += 1
                     if micro % accumulate == 0:
                         self._optimizer_step(window, progress)
@@ -110,8 +116,13 @@ class Trainer:
         if self.state.last_validated_step != self.state.step:
             self.validate()
         self._save("last")
-        log.info("training stopped: %s after %d steps, %d epochs, %.0f s",
-                 self.state.stop_reason, self.state.step, self.state.epoch, self.elapsed)
+        log.info(
+            "training stopped: %s after %d steps, %d epochs, %.0f s",
+            self.state.stop_reason,
+            self.state.step,
+            self.state.epoch,
+            self.elapsed,
+        )
         return self.state
 
     def _forward_backward(self, batch, sync: bool, scale: float) -> Dict[str, float]:
@@ -149,9 +160,15 @@ class Trainer:
         loss = float(totals[0] / max(totals[1], 1))
         tokens_per_sec = float(totals[1]) / max(window.seconds, 1e-9)
         lr = self.strategy.optimizer.param_groups[0]["lr"]
-        record = {"step": self.state.step, "epoch": self.state.epoch, "loss": loss, "lr": lr,
-                  "tokens_per_sec": tokens_per_sec, "grad_norm": window.grad_norm,
-                  "elapsed_s": self.elapsed}
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "loss": loss,
+            "lr": lr,
+            "tokens_per_sec": tokens_per_sec,
+            "grad_norm": window.grad_norm,
+            "elapsed_s": self.elapsed,
+        }
         if self.strategy.is_main:
             self.metrics.write(record)
         progress.update(self.state.step, loss, lr, tokens_per_sec)
@@ -161,27 +178,40 @@ class Trainer:
     def validate(self) -> Dict[str, float]:
         started = time.monotonic()
         loss_sum, tokens, hyps = loss_and_translations(
-            self.strategy.unwrapped_model, self.valid_loader, self.strategy.device,
-            self.cfg.decode_max_len_a, self.cfg.decode_max_len_b,
+            self.strategy.unwrapped_model,
+            self.valid_loader,
+            self.strategy.device,
+            self.cfg.decode_max_len_a,
+            self.cfg.decode_max_len_b,
         )
         sums = self.strategy.all_reduce_sum(torch.tensor([loss_sum, tokens], dtype=torch.float64))
         merged: Dict[int, list] = {}
         for part in self.strategy.gather_objects(hyps):
             merged.update(part)
-        metrics = summarize(float(sums[0]), int(sums[1]), merged, self.valid_references, self.tokenizer)
+        metrics = summarize(
+            float(sums[0]), int(sums[1]), merged, self.valid_references, self.tokenizer
+        )
         self.state.last_validated_step = self.state.step
         improved = self._update_best(metrics[self.cfg.monitor])
         if isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step(metrics[self.cfg.monitor])
-        record = {"step": self.state.step, "epoch": self.state.epoch, **metrics,
-                  "val_seconds": time.monotonic() - started}
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            **metrics,
+            "val_seconds": time.monotonic() - started,
+        }
         self.state.history.append(record)
         if self.strategy.is_main:
             self.metrics.write(record)
             log.info(
                 "validation step %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f%s",
-                self.state.step, metrics["val_loss"], metrics["val_ppl"],
-                metrics["val_bleu"], metrics["val_chrf"], "  (best)" if improved else "",
+                self.state.step,
+                metrics["val_loss"],
+                metrics["val_ppl"],
+                metrics["val_bleu"],
+                metrics["val_chrf"],
+                "  (best)" if improved else "",
             )
         if improved:
             self._save("best", metrics=metrics)
@@ -210,8 +240,10 @@ class Trainer:
             state.stop_reason = f"reached trainer.max_epochs={cfg.max_epochs}"
         elif self.max_seconds is not None and self.elapsed >= self.max_seconds:
             state.stop_reason = f"reached trainer.max_time={cfg.max_time}"
-        elif (cfg.early_stopping_patience
-              and state.validations_without_improvement >= cfg.early_stopping_patience):
+        elif (
+            cfg.early_stopping_patience
+            and state.validations_without_improvement >= cfg.early_stopping_patience
+        ):
             state.stop_reason = (
                 f"early stopping: {cfg.monitor} did not improve for "
                 f"{cfg.early_stopping_patience} validations"
@@ -219,9 +251,14 @@ class Trainer:
 
     def _planned_steps(self) -> Optional[int]:
         """Total steps for the progress bar's ETA, when max_steps or max_epochs bound it."""
-        per_epoch = math.ceil(len(self.train_loader.batch_sampler) / self.cfg.accumulate_grad_batches)
-        bounds = [b for b in (self.cfg.max_steps,
-                              self.cfg.max_epochs and self.cfg.max_epochs * per_epoch) if b]
+        per_epoch = math.ceil(
+            len(self.train_loader.batch_sampler) / self.cfg.accumulate_grad_batches
+        )
+        bounds = [
+            b
+            for b in (self.cfg.max_steps, self.cfg.max_epochs and self.cfg.max_epochs * per_epoch)
+            if b
+        ]
         return min(bounds) if bounds else None
 
     # ------------------------------------------------------------ checkpoints
@@ -229,8 +266,12 @@ class Trainer:
         state = self.strategy.model_state_dict()
         if self.strategy.is_main:
             self.checkpoints.save(
-                name, state, step=self.state.step, epoch=self.state.epoch,
-                **self.checkpoint_meta, **extra,
+                name,
+                state,
+                step=self.state.step,
+                epoch=self.state.epoch,
+                **self.checkpoint_meta,
+                **extra,
             )
         self.strategy.barrier()
 

@@ -46,7 +46,9 @@ def load_checkpoint(path: str | Path) -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"{path} is not a dist-lstm checkpoint ({exc.__class__.__name__}).") from None
+        raise UserError(
+            f"{path} is not a dist-lstm checkpoint ({exc.__class__.__name__})."
+        ) from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise UserError(f"{path} is not a dist-lstm checkpoint (no model weights inside).")
     return payload

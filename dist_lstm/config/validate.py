@@ -106,9 +106,7 @@ def validate_model(model: DictConfig) -> None:
             "a bidirectional encoder splits it between two directions; use an even size.",
         )
     _choice("model.attention", model.attention, ATTENTIONS)
-    _require(
-        0.0 <= model.dropout < 1.0, "model.dropout", model.dropout, "use a value in [0, 1)."
-    )
+    _require(0.0 <= model.dropout < 1.0, "model.dropout", model.dropout, "use a value in [0, 1).")
 
 
 def validate_optim(optim: DictConfig, trainer: DictConfig) -> None:

@@ -6,13 +6,12 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from dist_lstm.data.corpus import ParallelText, load_parallel, read_checksums
 from dist_lstm.data.dataset import TranslationDataset, build_dataset, collate
-import torch
-
 from dist_lstm.data.sampler import BucketBatchSampler, token_budget_batches
 from dist_lstm.data.tokenizer import Tokenizer, TokenizerOptions, train_or_load
 

@@ -78,7 +78,11 @@ def build_dataset(
             keep.append(i)
     log.info(
         "%s: %d pairs kept, %d empty and %d longer than data.max_len=%s dropped",
-        split, len(keep), empty, too_long, max_len,
+        split,
+        len(keep),
+        empty,
+        too_long,
+        max_len,
     )
     if not keep:
         raise DataError(

@@ -141,8 +141,12 @@ def train_or_load(
     if (target / META_FILE).is_file():
         log.info("tokenizer: cache hit %s", target)
         return Tokenizer.load(target)
-    log.info("tokenizer: training SentencePiece (%s, vocab %d) -> %s",
-             options.type, options.vocab_size, target)
+    log.info(
+        "tokenizer: training SentencePiece (%s, vocab %d) -> %s",
+        options.type,
+        options.vocab_size,
+        target,
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Train into a scratch folder and rename, so a crash never leaves a half-written cache.
     scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from rich import get_console
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -13,7 +14,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich import get_console
 
 
 class TrainingProgress:
@@ -23,7 +23,9 @@ class TrainingProgress:
     validation) print above the bar instead of tearing it.
     """
 
-    def __init__(self, total_steps: Optional[int], enabled: bool, console: Optional[Console] = None):
+    def __init__(
+        self, total_steps: Optional[int], enabled: bool, console: Optional[Console] = None
+    ):
         self.enabled = enabled
         if not enabled:
             return

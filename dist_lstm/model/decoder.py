@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Tuple
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput

@@ -24,7 +24,9 @@ class SingleDeviceStrategy(Strategy):
     def step(self) -> Optional[float]:
         norm = None
         if self.clip_grad_norm > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm))
+            norm = float(
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm

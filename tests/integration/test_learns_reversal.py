@@ -35,15 +35,26 @@ def test_model_learns_to_reverse_sequences(tmp_path):
         pairs = make_pairs(n, rng)
         files[f"{split}_src"] = write_lines(tmp_path / f"{split}.src", [p[0] for p in pairs])
         files[f"{split}_tgt"] = write_lines(tmp_path / f"{split}.tgt", [p[1] for p in pairs])
-    cfg = compose_config([
-        "data=custom", "model=tiny",
-        *[f"data.{k}={v}" for k, v in files.items()],
-        "data.tokenizer.vocab_size=16", "data.max_tokens=1200", "data.max_len=20",
-        "model.dropout=0.0", "optim.lr=0.005", "optim.warmup_steps=30",
-        "trainer.max_steps=450", "trainer.max_epochs=null", "trainer.val_every_steps=150",
-        "trainer.monitor=val_bleu", "trainer.progress_bar=false",
-        "trainer.early_stopping_patience=0", "seed=7",
-    ])
+    cfg = compose_config(
+        [
+            "data=custom",
+            "model=tiny",
+            *[f"data.{k}={v}" for k, v in files.items()],
+            "data.tokenizer.vocab_size=16",
+            "data.max_tokens=1200",
+            "data.max_len=20",
+            "model.dropout=0.0",
+            "optim.lr=0.005",
+            "optim.warmup_steps=30",
+            "trainer.max_steps=450",
+            "trainer.max_epochs=null",
+            "trainer.val_every_steps=150",
+            "trainer.monitor=val_bleu",
+            "trainer.progress_bar=false",
+            "trainer.early_stopping_patience=0",
+            "seed=7",
+        ]
+    )
     run_dir = tmp_path / "run"
     result = train(cfg, run_dir=run_dir)
 
@@ -52,7 +63,9 @@ def test_model_learns_to_reverse_sequences(tmp_path):
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model = build_model(best["config"]["model"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     model.load_state_dict(best["model"])
-    outputs = translate_texts(model, tokenizer, [p[0] for p in held_out], torch.device("cpu"), 1.5, 5)
+    outputs = translate_texts(
+        model, tokenizer, [p[0] for p in held_out], torch.device("cpu"), 1.5, 5
+    )
     accuracy = sum(o == p[1] for o, p in zip(outputs, held_out)) / len(held_out)
     assert accuracy >= 0.9, f"exact match {accuracy:.2%}; validation {result}"
     assert result["val_bleu"] > 80

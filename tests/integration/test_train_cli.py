@@ -15,7 +15,11 @@ def run_train(*overrides, run_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -23,8 +27,15 @@ def test_smoke_experiment_writes_every_output(tmp_path):
     run_dir = tmp_path / "smoke"
     proc = run_train("experiment=smoke", run_dir=run_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in (".hydra/config.yaml", "metrics.jsonl", "loss.png", "train.log",
-                 "tokenizer/tokenizer.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        ".hydra/config.yaml",
+        "metrics.jsonl",
+        "loss.png",
+        "train.log",
+        "tokenizer/tokenizer.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

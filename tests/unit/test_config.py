@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ValidationError
 
 from dist_lstm.config import validate_config
 from dist_lstm.config.validate import parse_duration
@@ -98,6 +98,8 @@ def test_no_stopping_criterion_is_an_error():
         validate_config(cfg)
 
 
-@pytest.mark.parametrize("text,seconds", [("90", 90), ("01:30", 90), ("00:30:00", 1800), ("1:00:00:00", 86400)])
+@pytest.mark.parametrize(
+    "text,seconds", [("90", 90), ("01:30", 90), ("00:30:00", 1800), ("1:00:00:00", 86400)]
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds

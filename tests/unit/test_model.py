@@ -12,9 +12,17 @@ SRC_V, TGT_V = 30, 40
 
 
 def tiny(**overrides):
-    cfg = dict(emb_dim=12, hidden_size=16, encoder_layers=2, decoder_layers=2,
-               bidirectional=True, attention="general", input_feeding=True,
-               dropout=0.0, tie_embeddings=False)
+    cfg = dict(
+        emb_dim=12,
+        hidden_size=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        bidirectional=True,
+        attention="general",
+        input_feeding=True,
+        dropout=0.0,
+        tie_embeddings=False,
+    )
     cfg.update(overrides)
     torch.manual_seed(0)
     return build_model(cfg, SRC_V, TGT_V, PAD_ID).eval()
@@ -55,7 +63,9 @@ def test_padding_does_not_change_outputs(attention, tie):
 
 def test_packed_encoder_final_states_ignore_padding():
     torch.manual_seed(0)
-    enc = Encoder(SRC_V, 8, 10, num_layers=2, bidirectional=True, dropout=0.0, padding_idx=PAD_ID).eval()
+    enc = Encoder(
+        SRC_V, 8, 10, num_layers=2, bidirectional=True, dropout=0.0, padding_idx=PAD_ID
+    ).eval()
     src, lengths = padded(SRC)
     out = enc(src, lengths)
     for i, seq in enumerate(SRC):
@@ -63,7 +73,7 @@ def test_packed_encoder_final_states_ignore_padding():
         torch.testing.assert_close(out.final[0][i], alone.final[0][0])
         torch.testing.assert_close(out.final[1][i], alone.final[1][0])
         torch.testing.assert_close(out.memory[i, : len(seq)], alone.memory[0])
-        assert torch.all(out.memory[i, len(seq):] == 0)
+        assert torch.all(out.memory[i, len(seq) :] == 0)
     assert out.mask.tolist() == (src != PAD_ID).tolist()
 
 

@@ -22,9 +22,19 @@ def test_constant_after_warmup():
 
 
 def optim_cfg(**kw):
-    base = dict(name="adamw", lr=0.1, weight_decay=0.0, betas=[0.9, 0.98], momentum=0.0,
-                schedule="constant", warmup_steps=0, min_lr=0.0, plateau_factor=0.5,
-                plateau_patience=0, clip_grad_norm=1.0)
+    base = dict(
+        name="adamw",
+        lr=0.1,
+        weight_decay=0.0,
+        betas=[0.9, 0.98],
+        momentum=0.0,
+        schedule="constant",
+        warmup_steps=0,
+        min_lr=0.0,
+        plateau_factor=0.5,
+        plateau_patience=0,
+        clip_grad_norm=1.0,
+    )
     base.update(kw)
     return base
 

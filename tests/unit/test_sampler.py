@@ -55,7 +55,9 @@ def test_global_rng_is_not_used():
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_get_distinct_batches_and_equal_counts(world_size):
     s = sizes(499)
-    per_rank = [epoch_batches(BucketBatchSampler(s, 150, 3, r, world_size), 0) for r in range(world_size)]
+    per_rank = [
+        epoch_batches(BucketBatchSampler(s, 150, 3, r, world_size), 0) for r in range(world_size)
+    ]
     counts = {len(b) for b in per_rank}
     assert len(counts) == 1
     single = epoch_batches(BucketBatchSampler(s, 150, 3), 0)

@@ -14,8 +14,9 @@ TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"] * 40
 
 @pytest.fixture
 def corpus(tmp_path):
-    return load_parallel(str(write_lines(tmp_path / "train.de", SRC)),
-                         str(write_lines(tmp_path / "train.en", TGT)))
+    return load_parallel(
+        str(write_lines(tmp_path / "train.de", SRC)), str(write_lines(tmp_path / "train.en", TGT))
+    )
 
 
 def options(**kw):
@@ -64,8 +65,10 @@ def test_filtering_counts_empty_and_long_pairs(tmp_path, caplog):
 
 
 def test_all_pairs_filtered_is_an_error(tmp_path):
-    text = load_parallel(str(write_lines(tmp_path / "s", ["word " * 30] * 5)),
-                         str(write_lines(tmp_path / "t", ["word " * 30] * 5)))
+    text = load_parallel(
+        str(write_lines(tmp_path / "s", ["word " * 30] * 5)),
+        str(write_lines(tmp_path / "t", ["word " * 30] * 5)),
+    )
     t = tok.train_or_load(text, options(vocab_size=20), tmp_path / "c")
     with pytest.raises(DataError, match="empty after filtering.*raise data.max_len"):
         build_dataset(text, t, max_len=3, split="train")

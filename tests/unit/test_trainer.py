@@ -23,12 +23,24 @@ def corpus(tmp_path_factory):
 
 
 def run(tmp_path, corpus, *overrides):
-    cfg = compose_config([
-        "data=custom", *corpus, "data.tokenizer.vocab_size=12", "data.max_tokens=200",
-        "data.max_len=20", "model=tiny", "model.emb_dim=16", "model.hidden_size=16",
-        "optim.warmup_steps=0", "optim.schedule=constant", "trainer.progress_bar=false",
-        "trainer.log_every_steps=1", "trainer.early_stopping_patience=0", *overrides,
-    ])
+    cfg = compose_config(
+        [
+            "data=custom",
+            *corpus,
+            "data.tokenizer.vocab_size=12",
+            "data.max_tokens=200",
+            "data.max_len=20",
+            "model=tiny",
+            "model.emb_dim=16",
+            "model.hidden_size=16",
+            "optim.warmup_steps=0",
+            "optim.schedule=constant",
+            "trainer.progress_bar=false",
+            "trainer.log_every_steps=1",
+            "trainer.early_stopping_patience=0",
+            *overrides,
+        ]
+    )
     result = train(cfg, run_dir=tmp_path)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return result, records
@@ -47,7 +59,9 @@ def test_max_epochs_and_validation_each_epoch(tmp_path, corpus):
 
 def test_accumulation_divides_optimizer_steps(tmp_path, corpus):
     _, single = run(tmp_path / "a", corpus, "trainer.max_epochs=1")
-    _, accumulated = run(tmp_path / "b", corpus, "trainer.max_epochs=1", "trainer.accumulate_grad_batches=2")
+    _, accumulated = run(
+        tmp_path / "b", corpus, "trainer.max_epochs=1", "trainer.accumulate_grad_batches=2"
+    )
     batches = max(r["step"] for r in single if "loss" in r)
     assert max(r["step"] for r in accumulated if "loss" in r) == -(-batches // 2)
 
@@ -65,15 +79,28 @@ def test_max_time_stops_training(tmp_path, corpus):
 
 def test_early_stopping_after_patience(tmp_path, corpus):
     # A learning rate this small leaves BLEU unchanged, so nothing ever improves.
-    result, records = run(tmp_path, corpus, "optim.lr=1e-12", "trainer.max_epochs=20",
-                          "trainer.early_stopping_patience=2", "trainer.monitor=val_bleu")
+    result, records = run(
+        tmp_path,
+        corpus,
+        "optim.lr=1e-12",
+        "trainer.max_epochs=20",
+        "trainer.early_stopping_patience=2",
+        "trainer.monitor=val_bleu",
+    )
     vals = [r for r in records if "val_bleu" in r]
     assert len(vals) == 3  # the first sets the best, two more without improvement stop it
 
 
 def test_best_checkpoint_is_the_best_validation(tmp_path, corpus):
-    _, records = run(tmp_path, corpus, "trainer.max_steps=12", "trainer.max_epochs=null",
-                     "trainer.val_every_steps=4", "trainer.monitor=val_loss", "optim.lr=0.01")
+    _, records = run(
+        tmp_path,
+        corpus,
+        "trainer.max_steps=12",
+        "trainer.max_epochs=null",
+        "trainer.val_every_steps=4",
+        "trainer.monitor=val_loss",
+        "optim.lr=0.01",
+    )
     vals = [r for r in records if "val_loss" in r]
     best = min(vals, key=lambda r: r["val_loss"])
     saved = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
