@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import sentencepiece as spm
 
@@ -42,18 +42,22 @@ class TokenizerOptions:
 
 
 class Tokenizer:
-    """Source and target SentencePiece models behind one interface (they may be one file)."""
+    """Source and target SentencePiece models behind one interface (they may be one model).
 
-    def __init__(self, model_files: Dict[str, Path]):
-        self.model_files = {role: Path(model_files[role]) for role in ROLES}
+    It holds the serialized models, so it can travel inside a checkpoint file as bytes
+    and a checkpoint needs no folder beside it.
+    """
+
+    def __init__(self, models: Dict[str, bytes]):
+        self.models = {role: bytes(models[role]) for role in ROLES}
         self._sp = {
-            role: spm.SentencePieceProcessor(model_file=str(path))
-            for role, path in self.model_files.items()
+            role: spm.SentencePieceProcessor(model_proto=proto)
+            for role, proto in self.models.items()
         }
 
     @property
     def joint(self) -> bool:
-        return self.model_files["src"] == self.model_files["tgt"]
+        return self.models["src"] == self.models["tgt"]
 
     @property
     def src_vocab_size(self) -> int:
@@ -73,14 +77,14 @@ class Tokenizer:
         return self._sp[role].decode([[i for i in seq if i not in specials] for seq in ids])
 
     def save(self, directory: str | Path) -> Path:
-        """Copy the model files and a small index into `directory` (a run's tokenizer/)."""
+        """Write the model file(s) and a small index into `directory` (a run's tokenizer/)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        names = {}
-        for role, path in self.model_files.items():
-            names[role] = path.name
-            if not (directory / path.name).exists():
-                shutil.copyfile(path, directory / path.name)
+        names = {"src": "spm.model", "tgt": "spm.model"} if self.joint else {
+            role: f"{role}.model" for role in ROLES
+        }
+        for role in ROLES:
+            (directory / names[role]).write_bytes(self.models[role])
         (directory / META_FILE).write_text(json.dumps(names, indent=2) + "\n")
         return directory
 
@@ -94,7 +98,7 @@ class Tokenizer:
                 "tokenizer/ folder written by a training run."
             )
         names = json.loads(meta.read_text())
-        return cls({role: directory / names[role] for role in ROLES})
+        return cls({role: (directory / names[role]).read_bytes() for role in ROLES})
 
 
 def cache_key(train: ParallelText, options: TokenizerOptions) -> str:
@@ -153,12 +157,12 @@ def train_or_load(
     try:
         if options.joint:
             _train_model(train.src + train.tgt, scratch / "spm", options)
-            files: Dict[str, Optional[Path]] = {r: scratch / "spm.model" for r in ROLES}
+            files = {r: scratch / "spm.model" for r in ROLES}
         else:
             _train_model(train.src, scratch / "src", options)
             _train_model(train.tgt, scratch / "tgt", options)
             files = {r: scratch / f"{r}.model" for r in ROLES}
-        Tokenizer(files).save(scratch)
+        Tokenizer({r: files[r].read_bytes() for r in ROLES}).save(scratch)
         try:
             scratch.rename(target)
         except OSError:  # another process finished the same key first; use theirs

@@ -31,7 +31,7 @@ def test_second_run_hits_the_cache(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tok, "_train_model", no_training)
     second = tok.train_or_load(corpus, options(), tmp_path / "cache")
-    assert second.model_files == first.model_files
+    assert second.models == first.models
     assert second.encode("src", SRC[:2]) == first.encode("src", SRC[:2])
     # Another option is another key: the cache misses and training runs.
     with pytest.raises(AssertionError, match="trained again"):
