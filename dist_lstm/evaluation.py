@@ -8,17 +8,17 @@ Multi30k results rather than with some private tokenization.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
-import sacrebleu
 import torch
+from sacrebleu.metrics import BLEU, CHRF
 from torch.utils.data import DataLoader
 
 from dist_lstm.data.dataset import Batch
-from dist_lstm.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.loss import sequence_loss
 from dist_lstm.model import Seq2Seq
-from dist_lstm.search import greedy_search
+from dist_lstm.search import beam_search, greedy_search
 
 
 @torch.no_grad()
@@ -28,8 +28,10 @@ def loss_and_translations(
     device: torch.device,
     max_len_a: float,
     max_len_b: int,
+    beam: int = 1,
 ) -> tuple[float, int, Dict[int, List[int]]]:
-    """One pass over `loader`: summed NLL, token count, and greedy ids by dataset index."""
+    """One pass over `loader`: summed NLL, token count, and decoded ids by dataset index
+    (greedy for beam=1, else beam search)."""
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
@@ -41,18 +43,26 @@ def loss_and_translations(
             loss, tokens = sequence_loss(logits, batch.tgt_out)
             total_loss += float(loss)
             total_tokens += tokens
-            decoded = greedy_search(model, batch.src, batch.src_lengths, max_len_a, max_len_b)
+            if beam == 1:
+                decoded = greedy_search(model, batch.src, batch.src_lengths, max_len_a, max_len_b)
+            else:
+                hyps = beam_search(model, batch.src, batch.src_lengths, beam, max_len_a, max_len_b)
+                decoded = [h[0].tokens for h in hyps]
             hypotheses.update(zip(batch.indices.tolist(), decoded))
     finally:
         model.train(was_training)
     return total_loss, total_tokens, hypotheses
 
 
-def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
-    """sacreBLEU BLEU and chrF of detokenized hypotheses against raw references."""
+def sacrebleu_scores(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, Any]:
+    """sacreBLEU BLEU and chrF (defaults: cased, 13a) with their signatures."""
+    bleu, chrf = BLEU(), CHRF()
+    hyps, refs = list(hypotheses), [list(references)]
     return {
-        "bleu": sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score,
-        "chrf": sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score,
+        "bleu": bleu.corpus_score(hyps, refs).score,
+        "chrf": chrf.corpus_score(hyps, refs).score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
     }
 
 
@@ -67,7 +77,7 @@ def summarize(
     """Metrics dict (loss, ppl, bleu, chrf) from pooled sums and all hypotheses."""
     order = sorted(hypotheses)
     texts = tokenizer.decode("tgt", [hypotheses[i] for i in order])
-    scores = corpus_scores(texts, [references[i] for i in order])
+    scores = sacrebleu_scores(texts, [references[i] for i in order])
     loss = loss_sum / max(tokens, 1)
     return {
         f"{prefix}_loss": loss,
@@ -75,33 +85,3 @@ def summarize(
         f"{prefix}_bleu": scores["bleu"],
         f"{prefix}_chrf": scores["chrf"],
     }
-
-
-@torch.no_grad()
-def translate_texts(
-    model: Seq2Seq,
-    tokenizer: Tokenizer,
-    sentences: Sequence[str],
-    device: torch.device,
-    max_len_a: float,
-    max_len_b: int,
-    batch_size: int = 64,
-) -> List[str]:
-    """Greedy translations of raw sentences, in input order.
-
-    Sentences are decoded in length-sorted batches (less padding); an empty line still
-    needs one token to encode, so EOS stands in for it.
-    """
-    model.eval()
-    sources = [ids or [EOS_ID] for ids in tokenizer.encode("src", sentences)]
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    hypotheses: Dict[int, List[int]] = {}
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        lengths = torch.tensor([len(sources[i]) for i in rows])
-        src = torch.nn.utils.rnn.pad_sequence(
-            [torch.tensor(sources[i]) for i in rows], batch_first=True, padding_value=PAD_ID
-        ).to(device)
-        decoded = greedy_search(model, src, lengths, max_len_a, max_len_b)
-        hypotheses.update(zip(rows, decoded))
-    return tokenizer.decode("tgt", [hypotheses[i] for i in range(len(sources))])

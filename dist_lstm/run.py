@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dist_lstm.checkpoint import CheckpointManager, load_checkpoint
+from dist_lstm.checkpoint import CheckpointManager
 from dist_lstm.config import validate_config
-from dist_lstm.data.build import TranslationData, build_data, make_eval_loader, make_train_loader
+from dist_lstm.data.build import build_data, make_eval_loader, make_train_loader
+from dist_lstm.data.corpus import ParallelText
 from dist_lstm.data.tokenizer import PAD_ID
 from dist_lstm.errors import UserError
-from dist_lstm.evaluation import corpus_scores, translate_texts
+from dist_lstm.evaluation import sacrebleu_scores
+from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.logging.metrics import MetricsWriter, plot_losses
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_scheduler
@@ -85,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
         data.train, max_tokens, cfg.seed, topology.rank, topology.world_size
     )
     valid_loader = make_eval_loader(data.valid, max_tokens, topology.rank, topology.world_size)
-    checkpoints = CheckpointManager(run_dir)
+    checkpoints = CheckpointManager(run_dir, cfg.trainer.keep_last_checkpoints)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     trainer = Trainer(
         cfg,
@@ -97,14 +99,19 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
         data.tokenizer,
         checkpoints,
         metrics,
-        checkpoint_meta={"config": OmegaConf.to_container(cfg, resolve=True)},
+        checkpoint_meta={
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            # Unresolved, so `evaluate --split` finds the shipped data on another machine.
+            "data_config": OmegaConf.to_container(cfg.data, resolve=False),
+            "tokenizer": data.tokenizer.models,
+        },
     )
     state = trainer.fit()
     result: Dict[str, Any] = {"step": state.step, "best_" + cfg.trainer.monitor: state.best_metric}
     if state.history:
         result.update(state.history[-1])
     if data.test is not None and strategy.is_main:
-        result.update(test_best_model(cfg, data, checkpoints, strategy.device))
+        result.update(test_best_model(cfg, data.test, checkpoints.path("best"), strategy.device))
         metrics.write(
             {"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}}
         )
@@ -115,28 +122,21 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
 
 
 def test_best_model(
-    cfg: DictConfig, data: TranslationData, checkpoints: CheckpointManager, device: torch.device
+    cfg: DictConfig, test: ParallelText, best_path: Path, device: torch.device
 ) -> Dict[str, float]:
-    """Greedy-decode the test split with the best checkpoint; sacreBLEU BLEU/chrF."""
-    best = load_checkpoint(checkpoints.path("best"))
-    model = build_model(
-        cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
+    """Decode the test split with the best checkpoint (validation's beam); sacreBLEU."""
+    best = load_model(best_path, device)
+    options = SearchOptions(
+        beam=cfg.trainer.val_beam,
+        max_len_a=cfg.trainer.decode_max_len_a,
+        max_len_b=cfg.trainer.decode_max_len_b,
     )
-    model.load_state_dict(best["model"])
-    model.to(device).eval()
-    texts = translate_texts(
-        model,
-        data.tokenizer,
-        data.test.src,
-        device,
-        cfg.trainer.decode_max_len_a,
-        cfg.trainer.decode_max_len_b,
-    )
-    scores = corpus_scores(texts, data.test.tgt)
+    scores = sacrebleu_scores(Translator(best, options).translate(test.src), test.tgt)
     log.info(
-        "test (best checkpoint, step %d, greedy): BLEU %.2f | chrF %.2f",
-        best["step"],
+        "test (best checkpoint, step %d, beam %d): BLEU %.2f | chrF %.2f",
+        best.step,
+        options.beam,
         scores["bleu"],
         scores["chrf"],
     )
-    return {"test_bleu": scores["bleu"], "test_chrf": scores["chrf"], "test_step": best["step"]}
+    return {"test_bleu": scores["bleu"], "test_chrf": scores["chrf"], "test_step": best.step}

@@ -115,7 +115,7 @@ class Trainer:
             progress.close()
         if self.state.last_validated_step != self.state.step:
             self.validate()
-        self._save("last")
+        self._save(last=True)
         log.info(
             "training stopped: %s after %d steps, %d epochs, %.0f s",
             self.state.stop_reason,
@@ -183,6 +183,7 @@ class Trainer:
             self.strategy.device,
             self.cfg.decode_max_len_a,
             self.cfg.decode_max_len_b,
+            self.cfg.val_beam,
         )
         sums = self.strategy.all_reduce_sum(torch.tensor([loss_sum, tokens], dtype=torch.float64))
         merged: Dict[int, list] = {}
@@ -213,8 +214,7 @@ class Trainer:
                 metrics["val_chrf"],
                 "  (best)" if improved else "",
             )
-        if improved:
-            self._save("best", metrics=metrics)
+        self._save(metrics=metrics, best=improved)
         return metrics
 
     def _update_best(self, value: float) -> bool:
@@ -262,17 +262,21 @@ class Trainer:
         return min(bounds) if bounds else None
 
     # ------------------------------------------------------------ checkpoints
-    def _save(self, name: str, **extra: Any) -> None:
+    def _save(
+        self, metrics: Optional[Dict[str, float]] = None, best: bool = False, last: bool = False
+    ) -> None:
+        """After a validation: a step checkpoint (and best.pt if it improved); at the end:
+        last.pt. The weights are fetched once, on every rank (sharded models need it)."""
         state = self.strategy.model_state_dict()
         if self.strategy.is_main:
-            self.checkpoints.save(
-                name,
-                state,
-                step=self.state.step,
-                epoch=self.state.epoch,
-                **self.checkpoint_meta,
-                **extra,
-            )
+            meta = {"step": self.state.step, "epoch": self.state.epoch, **self.checkpoint_meta}
+            if metrics is not None:
+                meta["metrics"] = metrics
+                self.checkpoints.save_step(state, **meta)
+            if best:
+                self.checkpoints.save("best", state, **meta)
+            if last:
+                self.checkpoints.save("last", state, **meta)
         self.strategy.barrier()
 
 

@@ -110,9 +110,13 @@ class TrainerConfig:
     monitor: str = "val_bleu"  # val_bleu | val_chrf | val_loss | val_ppl
     # Stop after this many validations without improvement of `monitor`; 0 disables.
     early_stopping_patience: int = 0
-    # Greedy decoding length limit for validation: a * source_length + b tokens.
+    # Decoding during validation: beam size (1 = greedy) and the output length limit
+    # a * source_length + b tokens (also the default of `dist-lstm translate`).
+    val_beam: int = 1
     decode_max_len_a: float = 1.5
     decode_max_len_b: int = 10
+    # Step checkpoints kept (written at each validation; for `dist-lstm average --last`).
+    keep_last_checkpoints: int = 3
     device: str = "auto"  # auto | cpu | cuda
     progress_bar: bool = True
 

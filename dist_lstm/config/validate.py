@@ -197,6 +197,13 @@ def validate_trainer(trainer: DictConfig) -> None:
         trainer.decode_max_len_b,
         "decoding needs room for at least one token: a >= 0 and b >= 1.",
     )
+    _positive("trainer.val_beam", trainer.val_beam)
+    _require(
+        trainer.keep_last_checkpoints >= 0,
+        "trainer.keep_last_checkpoints",
+        trainer.keep_last_checkpoints,
+        "use >= 0 (0 keeps no step checkpoints).",
+    )
     _choice("trainer.device", trainer.device, DEVICES)
 
 

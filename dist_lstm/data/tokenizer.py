@@ -80,9 +80,11 @@ class Tokenizer:
         """Write the model file(s) and a small index into `directory` (a run's tokenizer/)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        names = {"src": "spm.model", "tgt": "spm.model"} if self.joint else {
-            role: f"{role}.model" for role in ROLES
-        }
+        names = (
+            {"src": "spm.model", "tgt": "spm.model"}
+            if self.joint
+            else {role: f"{role}.model" for role in ROLES}
+        )
         for role in ROLES:
             (directory / names[role]).write_bytes(self.models[role])
         (directory / META_FILE).write_text(json.dumps(names, indent=2) + "\n")

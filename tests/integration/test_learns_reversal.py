@@ -8,12 +8,7 @@ decoder, loss, batching and optimizer all work.
 
 import random
 
-import torch
-
-from dist_lstm.checkpoint import load_checkpoint
-from dist_lstm.data.tokenizer import Tokenizer
-from dist_lstm.evaluation import translate_texts
-from dist_lstm.model import build_model
+from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.run import train
 from tests.conftest import compose_config, write_lines
 
@@ -59,13 +54,8 @@ def test_model_learns_to_reverse_sequences(tmp_path):
     result = train(cfg, run_dir=run_dir)
 
     held_out = make_pairs(200, random.Random(123))
-    tokenizer = Tokenizer.load(run_dir / "tokenizer")
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    model = build_model(best["config"]["model"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
-    model.load_state_dict(best["model"])
-    outputs = translate_texts(
-        model, tokenizer, [p[0] for p in held_out], torch.device("cpu"), 1.5, 5
-    )
+    translator = Translator(load_model(run_dir), SearchOptions(beam=1))
+    outputs = translator.translate([p[0] for p in held_out])
     accuracy = sum(o == p[1] for o, p in zip(outputs, held_out)) / len(held_out)
     assert accuracy >= 0.9, f"exact match {accuracy:.2%}; validation {result}"
     assert result["val_bleu"] > 80

@@ -1,0 +1,7 @@
+"""`python -m dist_lstm ...` is `dist-lstm ...`."""
+
+import sys
+
+from dist_lstm.cli import main
+
+sys.exit(main())

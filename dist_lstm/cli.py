@@ -1,0 +1,263 @@
+"""`dist-lstm` command line: translate, evaluate and average trained checkpoints.
+
+    dist-lstm translate --checkpoint outputs/RUN/checkpoints/best.pt < input.de > output.en
+    dist-lstm evaluate --checkpoint outputs/RUN --split test --beam 5
+    dist-lstm average --run outputs/RUN --last 3 --output averaged.pt
+
+`python -m dist_lstm ...` is the same program. Training is `python train.py` (Hydra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
+
+from dist_lstm.checkpoint import write_atomically
+from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints
+from dist_lstm.config import register_configs
+from dist_lstm.data.corpus import read_lines
+from dist_lstm.errors import UserError
+from dist_lstm.evaluation import sacrebleu_scores
+from dist_lstm.inference import SearchOptions, Translator, load_model
+
+log = logging.getLogger("dist_lstm")
+
+STREAM_CHUNK = 2048  # lines translated together when input is not interactive
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: use 1 or more")
+    return value
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu.")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _add_search_args(parser: argparse.ArgumentParser, default_beam: int = 5) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint file, or a run directory (uses checkpoints/best.pt)",
+    )
+    parser.add_argument(
+        "--beam",
+        type=_positive_int,
+        default=default_beam,
+        help=f"beam size; 1 is greedy (default {default_beam})",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.0, help="GNMT length penalty; 0 disables it (default 0)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=64,
+        help="sentences decoded together (default 64)",
+    )
+    parser.add_argument(
+        "--max-len-a",
+        type=float,
+        help="output limit a*source_len+b (default: the run's trainer.decode_max_len_a)",
+    )
+    parser.add_argument("--max-len-b", type=int, help="see --max-len-a (default: the run's value)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _translator(args: argparse.Namespace) -> Translator:
+    loaded = load_model(args.checkpoint, _device(args.device))
+    trainer = loaded.config.get("trainer", {})
+    options = SearchOptions(
+        beam=args.beam,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        max_len_a=args.max_len_a
+        if args.max_len_a is not None
+        else trainer.get("decode_max_len_a", 1.5),
+        max_len_b=args.max_len_b
+        if args.max_len_b is not None
+        else trainer.get("decode_max_len_b", 10),
+    )
+    return Translator(loaded, options)
+
+
+# ----------------------------------------------------------------------- translate
+def read_text_lines(stream: IO[bytes], name: str, chunk: int) -> Iterator[Tuple[int, List[str]]]:
+    """(first line number, lines) chunks of a byte stream; invalid UTF-8 names its line."""
+    lines: List[str] = []
+    first = 1
+    for number, raw in enumerate(stream, start=1):
+        try:
+            lines.append(raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{name} line {number} is not valid UTF-8 ({exc.reason} at byte {exc.start}). "
+                "Re-encode the input as UTF-8, e.g. with `iconv -t UTF-8`."
+            ) from None
+        if len(lines) == chunk:
+            yield first, lines
+            first, lines = number + 1, []
+    if lines:
+        yield first, lines
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    translator = _translator(args)
+    with ExitStack() as stack:
+        if args.input:
+            if not Path(args.input).is_file():
+                raise UserError(f"--input {args.input}: no such file.")
+            source, name = stack.enter_context(open(args.input, "rb")), args.input
+        else:
+            source, name = sys.stdin.buffer, "<stdin>"
+        out = (
+            stack.enter_context(open(args.output, "w", encoding="utf-8"))
+            if args.output
+            else sys.stdout
+        )
+        # At a terminal, answer each line as it is typed; otherwise batch for speed.
+        chunk = 1 if source.isatty() else STREAM_CHUNK
+        for first, lines in read_text_lines(source, name, chunk):
+            for translation in translator.translate(lines, first_line=first):
+                out.write(translation + "\n")
+            out.flush()
+    return 0
+
+
+# ------------------------------------------------------------------------ evaluate
+def _split_files(args: argparse.Namespace, data_config: dict) -> Tuple[str, str]:
+    register_configs()  # the ${embedded_data:...} resolver of the shipped datasets
+    data = OmegaConf.create(data_config)
+    src, ref = data.get(f"{args.split}_src"), data.get(f"{args.split}_tgt")
+    if not src or not ref:
+        raise UserError(f"the run's data config has no {args.split} split; give --src and --ref.")
+    return src, ref
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    translator = _translator(args)
+    if args.split:
+        src_path, ref_path = _split_files(args, translator.loaded.data_config)
+    else:
+        src_path, ref_path = args.src, args.ref
+    sources, references = read_lines(src_path), read_lines(ref_path)
+    if len(sources) != len(references):
+        raise UserError(
+            f"{src_path} has {len(sources)} lines but {ref_path} has "
+            f"{len(references)}; source and reference must be line-aligned."
+        )
+    hypotheses = translator.translate(sources)
+    if args.output:
+        Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    scores = sacrebleu_scores(hypotheses, references)
+    report = {
+        **scores,
+        "sentences": len(hypotheses),
+        "beam": args.beam,
+        "alpha": args.alpha,
+        "checkpoint": str(translator.loaded.path),
+        "source": str(src_path),
+        "reference": str(ref_path),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}")
+        print(f"chrF = {scores['chrf']:.2f}  {scores['chrf_signature']}")
+    return 0
+
+
+# ------------------------------------------------------------------------- average
+def cmd_average(args: argparse.Namespace) -> int:
+    paths = args.checkpoints or last_step_checkpoints(args.run, args.last)
+    payload = average_checkpoints(paths)
+    out = write_atomically(payload, args.output)
+    log.info("averaged %d checkpoints into %s", len(paths), out)
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dist-lstm",
+        description="Use trained dist-lstm models. Train with `python train.py`.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    translate = commands.add_parser(
+        "translate",
+        help="translate raw text, one sentence per line",
+        description="Translate raw sentences (a file, or stdin) "
+        "line by line; one output line per input line.",
+    )
+    _add_search_args(translate)
+    translate.add_argument("--input", help="source text file (default: stdin)")
+    translate.add_argument("--output", help="where translations go (default: stdout)")
+    translate.set_defaults(func=cmd_translate)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="translate and score with sacreBLEU",
+        description="Translate a source file and print sacreBLEU "
+        "BLEU and chrF with their signatures.",
+    )
+    _add_search_args(evaluate)
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--split", choices=("test", "valid"), help="the run's own dataset split (from its config)"
+    )
+    which.add_argument("--src", help="source file (with --ref)")
+    evaluate.add_argument("--ref", help="reference translations, line-aligned with --src")
+    evaluate.add_argument("--output", help="also write the hypotheses to this file")
+    evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    average = commands.add_parser(
+        "average",
+        help="average the parameters of checkpoints",
+        description="Average model parameters of several checkpoints "
+        "of the same model into one checkpoint.",
+    )
+    sources = average.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--checkpoints", nargs="+", help="checkpoint files to average")
+    sources.add_argument("--run", help="a run directory: average its last --last step checkpoints")
+    average.add_argument(
+        "--last",
+        type=_positive_int,
+        default=3,
+        help="with --run: how many of the newest checkpoints (default 3)",
+    )
+    average.add_argument("--output", required=True, help="the averaged checkpoint file")
+    average.set_defaults(func=cmd_average)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "evaluate" and args.src and not args.ref:
+        parser.error("evaluate: --src needs --ref")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"dist-lstm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

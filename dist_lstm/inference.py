@@ -1,0 +1,145 @@
+"""Using a trained model: load a checkpoint with its tokenizer and config, translate text.
+
+A checkpoint file carries the resolved config and the serialized SentencePiece models, so
+it is all `dist-lstm translate` needs; a run directory resolves to its best checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from dist_lstm.checkpoint import load_checkpoint, load_model_weights
+from dist_lstm.data.tokenizer import PAD_ID, Tokenizer
+from dist_lstm.errors import UserError
+from dist_lstm.model import Seq2Seq, build_model
+from dist_lstm.search import beam_search, greedy_search
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: Seq2Seq
+    tokenizer: Tokenizer
+    config: Dict[str, Any]  # the run's resolved config
+    data_config: Dict[str, Any]  # the run's data group, interpolations kept
+    step: int
+    path: Path
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory / checkpoints folder holding best.pt."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
+            if candidate.is_file():
+                return candidate
+        raise UserError(
+            f"{path} is a directory without a checkpoint: give a checkpoint file "
+            "(e.g. RUN_DIR/checkpoints/best.pt) or a run directory that has one."
+        )
+    return path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the model from a checkpoint's own config and tokenizer, in eval mode."""
+    path = resolve_checkpoint_path(path)
+    payload = load_checkpoint(path)
+    for key, what in (("config", "model config"), ("tokenizer", "tokenizer")):
+        if key not in payload:
+            raise UserError(
+                f"{path} has no {what} inside, so it cannot be used for translation. "
+                "Use a checkpoint written by `python train.py` or `dist-lstm average`."
+            )
+    tokenizer = Tokenizer(payload["tokenizer"])
+    config = payload["config"]
+    model = build_model(config["model"], tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    load_model_weights(model, payload["model"], path)
+    return LoadedModel(
+        model=model.to(device).eval(),
+        tokenizer=tokenizer,
+        config=config,
+        data_config=payload.get("data_config", config["data"]),
+        step=int(payload.get("step", 0)),
+        path=path,
+    )
+
+
+@dataclass
+class SearchOptions:
+    beam: int = 5
+    alpha: float = 0.0  # GNMT length penalty
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_len: int = 0
+    batch_size: int = 64  # sentences per decoder batch
+
+    def validate(self) -> None:
+        if self.beam < 1:
+            raise UserError(f"--beam {self.beam} is invalid: use 1 (greedy) or more.")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size} is invalid: use 1 or more.")
+        if self.alpha < 0:
+            raise UserError(f"--alpha {self.alpha} is invalid: use 0 (off) or more.")
+
+
+class Translator:
+    """Raw sentences in, detokenized translations out, in input order."""
+
+    def __init__(
+        self, loaded: LoadedModel, options: SearchOptions, max_source_len: Optional[int] = None
+    ):
+        options.validate()
+        self.loaded = loaded
+        self.options = options
+        self.max_source_len = max_source_len or loaded.config["data"]["max_len"]
+        self.device = next(loaded.model.parameters()).device
+
+    def translate(self, sentences: Sequence[str], first_line: int = 1) -> List[str]:
+        """One output per input; an empty (or blank) line gives an empty line.
+
+        `first_line` numbers the input lines in warnings about truncated sentences.
+        """
+        ids = self.loaded.tokenizer.encode("src", sentences)
+        for offset, seq in enumerate(ids):
+            if len(seq) > self.max_source_len:
+                log.warning(
+                    "line %d has %d subword tokens; truncated to the model's maximum of %d",
+                    first_line + offset,
+                    len(seq),
+                    self.max_source_len,
+                )
+                ids[offset] = seq[: self.max_source_len]
+        hypotheses = self.translate_ids(ids)
+        return self.loaded.tokenizer.decode("tgt", hypotheses)
+
+    @torch.no_grad()
+    def translate_ids(self, sources: Sequence[Sequence[int]]) -> List[List[int]]:
+        """Subword ids in, best hypothesis ids out; length-sorted batches, input order kept."""
+        out: List[List[int]] = [[] for _ in sources]
+        todo = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
+        size = self.options.batch_size
+        for start in range(0, len(todo), size):
+            rows = todo[start : start + size]
+            for row, hyp in zip(rows, self._decode([sources[i] for i in rows])):
+                out[row] = hyp
+        return out
+
+    def _decode(self, batch: Sequence[Sequence[int]]) -> List[List[int]]:
+        opts = self.options
+        lengths = torch.tensor([len(s) for s in batch])
+        src = torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor(s) for s in batch], batch_first=True, padding_value=PAD_ID
+        ).to(self.device)
+        model = self.loaded.model
+        if opts.beam == 1 and opts.min_len == 0:
+            return greedy_search(model, src, lengths, opts.max_len_a, opts.max_len_b)
+        hyps = beam_search(
+            model, src, lengths, opts.beam, opts.max_len_a, opts.max_len_b, opts.alpha, opts.min_len
+        )
+        return [h[0].tokens for h in hyps]
