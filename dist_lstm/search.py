@@ -78,9 +78,12 @@ def beam_search(
 
     Each step extends all live hypotheses of all unfinished sentences in one decoder call
     (rows = sentences x beam). A hypothesis ending in EOS among a sentence's top-K
-    candidates is finished; a sentence is done once it has K finished hypotheses and is
-    then dropped from the batch. At a sentence's length limit only EOS may follow.
-    With beam_size=1 this reproduces greedy_search exactly.
+    candidates is finished. A sentence is done, and dropped from the batch, once its
+    n_best-th finished score beats the best score any live hypothesis could still reach
+    (log-probabilities only fall, so a live score divided by the largest length penalty
+    is a bound); stopping at K finished hypotheses instead would miss better, longer ones.
+    At a sentence's length limit only EOS may follow. With beam_size=1 and alpha=0 this
+    reproduces greedy_search exactly.
     """
     if beam_size < 1 or n_best < 1 or n_best > beam_size:
         raise ValueError(f"need 1 <= n_best ({n_best}) <= beam_size ({beam_size})")
@@ -93,8 +96,10 @@ def beam_search(
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
     history = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (A*K, t)
     tokens = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
-    n_finished = torch.zeros(batch, dtype=torch.long, device=device)
     finished: List[List[Hypothesis]] = [[] for _ in range(batch)]
+    # (B, n_best) best finished scores per sentence, -inf while fewer than n_best exist.
+    kept = torch.full((batch, n_best), float("-inf"), device=device)
+    best_reachable_divisor = length_penalty(limits.float() + 1, alpha)  # (B,)
 
     for t in range(int(limits.max()) + 1):
         live = sentence.numel()
@@ -110,16 +115,20 @@ def beam_search(
         for row, col in ends.nonzero().tolist():  # finished hypotheses, not sentences
             prefix = history[row * k + int(origin[row, col])].tolist()
             total = float(top_scores[row, col])
-            finished[int(sentence[row])].append(
-                Hypothesis(prefix, total / length_penalty(len(prefix) + 1, alpha), total)
-            )
-        n_finished[sentence] += ends.sum(dim=1)
+            hyp = Hypothesis(prefix, total / length_penalty(len(prefix) + 1, alpha), total)
+            index = int(sentence[row])
+            finished[index].append(hyp)
+            if hyp.score > kept[index, -1]:
+                kept[index] = torch.sort(
+                    torch.cat([kept[index, :-1], kept.new_tensor([hyp.score])]), descending=True
+                ).values
 
         # The best K candidates that do not end continue.
         scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (A, K)
         rows = torch.arange(live, device=device).unsqueeze(1) * k + origin.gather(1, pick)
         next_tokens = token.gather(1, pick)  # (A, K)
-        keep = n_finished[sentence] < k  # (A,)
+        reachable = scores[:, 0] / best_reachable_divisor[sentence]  # (A,) scores <= 0
+        keep = kept[sentence, -1] < reachable  # (A,) a live hypothesis could still rank
         if not bool(keep.any()):
             break
         rows, next_tokens, scores = rows[keep].view(-1), next_tokens[keep].view(-1), scores[keep]

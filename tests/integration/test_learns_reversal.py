@@ -8,9 +8,13 @@ decoder, loss, batching and optimizer all work.
 
 import random
 
+import torch
+
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.run import train
+from dist_lstm.search import beam_search, greedy_search
 from tests.conftest import compose_config, write_lines
+from tests.unit.test_search import sequence_log_prob
 
 SYMBOLS = list("abcdefghij")
 
@@ -54,8 +58,16 @@ def test_model_learns_to_reverse_sequences(tmp_path):
     result = train(cfg, run_dir=run_dir)
 
     held_out = make_pairs(200, random.Random(123))
-    translator = Translator(load_model(run_dir), SearchOptions(beam=1))
-    outputs = translator.translate([p[0] for p in held_out])
+    loaded = load_model(run_dir)
+    outputs = Translator(loaded, SearchOptions(beam=1)).translate([p[0] for p in held_out])
     accuracy = sum(o == p[1] for o, p in zip(outputs, held_out)) / len(held_out)
     assert accuracy >= 0.9, f"exact match {accuracy:.2%}; validation {result}"
     assert result["val_bleu"] > 80
+
+    # Beam search on the trained model never scores below greedy (model score, alpha=0).
+    model, tokenizer = loaded.model, loaded.tokenizer
+    for ids in tokenizer.encode("src", [p[0] for p in held_out[:60]]):
+        src, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
+        greedy = greedy_search(model, src, lengths, 1.5, 5)[0]
+        best = beam_search(model, src, lengths, 5, 1.5, 5)[0][0]
+        assert best.log_prob >= sequence_log_prob(model, src, lengths, greedy) - 1e-4

@@ -1,0 +1,232 @@
+"""`dist-lstm translate | evaluate | average` on a checkpoint trained by the smoke experiment."""
+
+import io
+import json
+import re
+import os
+import subprocess
+import sys
+
+import pytest
+import sacrebleu
+import torch
+
+from dist_lstm import cli
+from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.data.tokenizer import PAD_ID
+from dist_lstm.inference import SearchOptions, Translator, load_model
+from dist_lstm.run import train
+from tests.conftest import ROOT, compose_config, write_lines
+
+SENTENCES = [
+    "Ein Mann fährt Fahrrad.",
+    "",
+    "Zwei Hunde spielen im Schnee.",
+    "Eine Frau in einem roten Kleid steht vor einem Gebäude.",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("smoke")
+    train(compose_config(["experiment=smoke", "trainer.progress_bar=false"]), run_dir=path)
+    return path
+
+
+def call(args, capsys):
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+class FakeStdin:
+    def __init__(self, data: bytes):
+        self.buffer = io.BytesIO(data)
+        self.buffer.isatty = lambda: False
+
+
+def test_translate_keeps_line_count_order_and_empty_lines(run_dir, tmp_path, capsys):
+    src = write_lines(tmp_path / "in.de", SENTENCES)
+    out = tmp_path / "out.en"
+    code, _, err = call(
+        [
+            "translate",
+            "--checkpoint",
+            run_dir,
+            "--input",
+            src,
+            "--output",
+            out,
+            "--beam",
+            3,
+            "--batch-size",
+            2,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == len(SENTENCES) + 1
+    assert lines[1] == "" and all(lines[i] for i in (0, 2, 3))
+    # Order: each line equals its translation alone.
+    alone = Translator(load_model(run_dir), SearchOptions(beam=3)).translate([SENTENCES[3]])
+    assert lines[3] == alone[0]
+
+
+def test_translate_reads_stdin(run_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", FakeStdin("\n".join(SENTENCES).encode() + b"\n"))
+    code, out, err = call(
+        ["translate", "--checkpoint", run_dir / "checkpoints" / "best.pt", "--beam", 1], capsys
+    )
+    assert code == 0, err
+    assert len(out.split("\n")) == len(SENTENCES) + 1
+
+
+def test_python_dash_m_translates_stdin(run_dir):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dist_lstm",
+            "translate",
+            "--checkpoint",
+            str(run_dir),
+            "--beam",
+            "2",
+        ],
+        input="Ein Hund läuft.\n\nEin Kind lacht.\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 3 and proc.stdout.split("\n")[1] == ""
+
+
+def test_evaluate_json_matches_sacrebleu_on_written_hypotheses(run_dir, tmp_path, capsys):
+    src = write_lines(tmp_path / "src.de", SENTENCES[2:] * 3)
+    ref = write_lines(
+        tmp_path / "ref.en",
+        ["Two dogs play in the snow.", "A woman in a red dress stands in front of a building."] * 3,
+    )
+    hyp = tmp_path / "hyp.en"
+    code, out, err = call(
+        [
+            "evaluate",
+            "--checkpoint",
+            run_dir,
+            "--src",
+            src,
+            "--ref",
+            ref,
+            "--beam",
+            2,
+            "--json",
+            "--output",
+            hyp,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert {"bleu", "chrf", "bleu_signature", "chrf_signature"} <= report.keys()
+    hyps = hyp.read_text(encoding="utf-8").splitlines()
+    refs = ref.read_text(encoding="utf-8").splitlines()
+    assert report["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert report["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert "tok:13a" in report["bleu_signature"]
+
+
+def test_evaluate_split_test_prints_scores_with_signatures(run_dir, capsys):
+    code, out, err = call(
+        ["evaluate", "--checkpoint", run_dir, "--split", "test", "--beam", 1, "--batch-size", 200],
+        capsys,
+    )
+    assert code == 0, err
+    assert out.startswith("BLEU = ") and "nrefs:1" in out and "\nchrF = " in out
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    test_bleu = next(r["test_bleu"] for r in metrics if "test_bleu" in r)
+    assert float(out.split()[2]) == pytest.approx(test_bleu, abs=0.01)  # same model, same search
+
+
+def test_average_identical_and_different_checkpoints(run_dir, tmp_path, capsys):
+    ckpts = run_dir / "checkpoints"
+    a, b = ckpts / "step_00000075.pt", ckpts / "step_00000150.pt"
+    code, _, err = call(
+        ["average", "--checkpoints", b, b, "--output", tmp_path / "same.pt"], capsys
+    )
+    assert code == 0, err
+    same, original = load_checkpoint(tmp_path / "same.pt"), load_checkpoint(b)
+    for name, tensor in original["model"].items():
+        torch.testing.assert_close(same["model"][name], tensor)
+    code, _, err = call(
+        ["average", "--run", run_dir, "--last", 2, "--output", tmp_path / "mean.pt"], capsys
+    )
+    assert code == 0, err
+    mean, first = load_checkpoint(tmp_path / "mean.pt"), load_checkpoint(a)
+    for name, tensor in original["model"].items():
+        torch.testing.assert_close(mean["model"][name], (tensor + first["model"][name]) / 2)
+    assert load_model(tmp_path / "mean.pt").step == 150  # usable by translate/evaluate
+
+
+# --------------------------------------------------------------------- bad input
+def test_not_a_checkpoint(tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    code, _, err = call(["translate", "--checkpoint", junk], capsys)
+    assert code == 2 and "is not a dist-lstm checkpoint" in err
+    code, _, err = call(["translate", "--checkpoint", tmp_path], capsys)
+    assert code == 2 and "directory without a checkpoint" in err
+
+
+@pytest.mark.parametrize("missing", ["tokenizer", "config"])
+def test_checkpoint_missing_tokenizer_or_config(run_dir, tmp_path, capsys, missing):
+    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    del payload[missing]
+    torch.save(payload, tmp_path / "partial.pt")
+    code, _, err = call(["translate", "--checkpoint", tmp_path / "partial.pt"], capsys)
+    assert code == 2 and f"has no {'model config' if missing == 'config' else 'tokenizer'}" in err
+
+
+def test_model_config_mismatch_names_parameter_and_shapes(run_dir, tmp_path, capsys):
+    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    payload["config"]["model"]["hidden_size"] = 64
+    torch.save(payload, tmp_path / "mismatch.pt")
+    code, _, err = call(["translate", "--checkpoint", tmp_path / "mismatch.pt"], capsys)
+    assert code == 2 and "do not match the model built from its config" in err
+    assert re.search(r"encoder\.[\w.]+: checkpoint \(\d+, \d+\) vs model \(\d+, \d+\)", err)
+
+
+def test_invalid_utf8_input_names_the_line(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.de"
+    bad.write_bytes(b"Ein Hund.\nEine Katze \xff.\n")
+    code, _, err = call(["translate", "--checkpoint", run_dir, "--input", bad], capsys)
+    assert code == 2 and "bad.de line 2 is not valid UTF-8" in err
+
+
+def test_over_long_line_is_truncated_with_one_warning(run_dir, tmp_path, capsys, caplog):
+    long_line = " ".join(["Hund"] * 400)
+    src = write_lines(tmp_path / "long.de", ["Ein Hund.", long_line])
+    with caplog.at_level("WARNING"):
+        code, out, err = call(
+            ["translate", "--checkpoint", run_dir, "--input", src, "--beam", 1], capsys
+        )
+    assert code == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("line 2 has")
+    assert len(out.split("\n")) == 3
+
+
+def test_beam_below_one_is_rejected(run_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["translate", "--checkpoint", str(run_dir), "--beam", "0"])
+    assert exc.value.code == 2
+    assert "--beam: 0 is invalid" in capsys.readouterr().err
+    with pytest.raises(Exception, match="--beam 0 is invalid"):
+        Translator(load_model(run_dir), SearchOptions(beam=0))
+
+
+def test_padding_id_is_zero():
+    assert PAD_ID == 0  # translate pads batches with 0; the model's padding_idx must agree

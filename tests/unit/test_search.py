@@ -1,0 +1,121 @@
+"""Greedy and beam search over the decoder's step interface."""
+
+import math
+
+import pytest
+import torch
+
+from dist_lstm.data.tokenizer import EOS_ID
+from dist_lstm.search import beam_search, greedy_search, length_penalty
+from tests.unit.test_model import SRC, padded, tiny
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+@pytest.mark.parametrize("limits", [(1.5, 3), (0.0, 1), (2.0, 8)])
+def test_beam_one_is_greedy(input_feeding, limits):
+    model = tiny(input_feeding=input_feeding)
+    src, lengths = padded(SRC)
+    greedy = greedy_search(model, src, lengths, *limits)
+    beam = beam_search(model, src, lengths, 1, *limits)
+    assert [h[0].tokens for h in beam] == greedy
+
+
+def test_outputs_respect_the_length_limit():
+    model = tiny()
+    src, lengths = padded(SRC)
+    for hyps, n in zip(beam_search(model, src, lengths, 4, 1.0, 2, n_best=4), lengths.tolist()):
+        assert all(len(h.tokens) <= n + 2 for h in hyps)
+
+
+def test_n_best_is_sorted_by_score_and_sized():
+    model = tiny()
+    src, lengths = padded(SRC)
+    for hyps in beam_search(model, src, lengths, 5, 1.5, 4, n_best=3):
+        assert len(hyps) == 3
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_min_len_forbids_early_eos():
+    model = tiny()
+    src, lengths = padded(SRC)
+    for hyps in beam_search(model, src, lengths, 3, 2.0, 5, min_len=4):
+        assert len(hyps[0].tokens) >= 4
+
+
+def test_log_prob_is_the_model_score_of_the_tokens():
+    model = tiny()
+    src, lengths = padded(SRC[:1])
+    hyp = beam_search(model, src, lengths, 3, 1.5, 4)[0][0]
+    assert hyp.log_prob == pytest.approx(
+        sequence_log_prob(model, src, lengths, hyp.tokens), abs=1e-4
+    )
+
+
+@torch.no_grad()
+def sequence_log_prob(model, src, lengths, tokens):
+    """Teacher-forced sum of log-probabilities of tokens + EOS for one sentence."""
+    state = model.decoder.init_state(model.encode(src, lengths))
+    total, prev = 0.0, torch.tensor([2])
+    for token in [*tokens, EOS_ID]:
+        logp, state = model.decoder.step(prev, state)
+        total += float(logp[0, token])
+        prev = torch.tensor([token])
+    return total
+
+
+class ScriptedDecoder:
+    """A decoder whose next-token distribution depends only on the previous token."""
+
+    def __init__(self, table, vocab=8):
+        self.table, self.vocab = table, vocab
+
+    def init_state(self, enc):
+        return ScriptedState(torch.zeros(enc, dtype=torch.long))
+
+    def step(self, prev, state):
+        logp = torch.full((prev.numel(), self.vocab), -1e9)
+        for row, token in enumerate(prev.tolist()):
+            for nxt, p in self.table.get(token, {EOS_ID: 1.0}).items():
+                logp[row, nxt] = math.log(p)
+        return logp, state
+
+
+class ScriptedState:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def select(self, rows):
+        return ScriptedState(self.rows[rows])
+
+
+class ScriptedModel:
+    def __init__(self, table):
+        self.decoder = ScriptedDecoder(table)
+
+    def encode(self, src, lengths):
+        return src.size(0)  # the scripted decoder only needs the batch size
+
+
+def test_length_penalty_changes_the_ranking():
+    # From BOS: EOS at once (0.45) or token 5 (0.55) then EOS (0.8).
+    # Plain scores: log .45 = -0.80 beats log .55 + log .8 = -0.82 (short wins).
+    # With alpha=1 the long one is divided by 7/6 and wins: -0.70 > -0.80.
+    model = ScriptedModel({2: {EOS_ID: 0.45, 5: 0.55}, 5: {EOS_ID: 0.8, 6: 0.2}})
+    src, lengths = torch.ones(1, 3, dtype=torch.long), torch.tensor([3])
+    plain = beam_search(model, src, lengths, 2, 2.0, 2, alpha=0.0)[0][0]
+    penalized = beam_search(model, src, lengths, 2, 2.0, 2, alpha=1.0)[0][0]
+    assert plain.tokens == []
+    assert penalized.tokens == [5]
+    assert penalized.score == pytest.approx(
+        (math.log(0.55) + math.log(0.8)) / length_penalty(2, 1.0)
+    )
+
+
+def test_invalid_beam_arguments():
+    model = tiny()
+    src, lengths = padded(SRC)
+    with pytest.raises(ValueError, match="n_best"):
+        beam_search(model, src, lengths, 2, 1.5, 3, n_best=3)
+    with pytest.raises(ValueError):
+        beam_search(model, src, lengths, 0, 1.5, 3)
