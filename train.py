@@ -3,15 +3,20 @@
 python train.py                      # default: Multi30k de->en
 python train.py experiment=smoke     # a 2-minute end-to-end check
 python train.py optim.lr=5e-4 data.src_lang=fr
+torchrun --nproc_per_node=2 train.py strategy=ddp experiment=smoke
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from dist_lstm.config import register_configs
 from dist_lstm.run import train, user_errors
+from dist_lstm.topology import drop_local_rank_argument
 
 register_configs()
+sys.argv = drop_local_rank_argument(sys.argv)  # the deepspeed launcher appends --local_rank
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

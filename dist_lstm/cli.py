@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import IO, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from omegaconf import OmegaConf
 
 from dist_lstm.checkpoint import write_atomically
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints
-from dist_lstm.config import register_configs
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
-from dist_lstm.inference import SearchOptions, Translator, load_model
+from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
 
 log = logging.getLogger("dist_lstm")
 
@@ -139,19 +137,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------ evaluate
-def _split_files(args: argparse.Namespace, data_config: dict) -> Tuple[str, str]:
-    register_configs()  # the ${embedded_data:...} resolver of the shipped datasets
-    data = OmegaConf.create(data_config)
-    src, ref = data.get(f"{args.split}_src"), data.get(f"{args.split}_tgt")
-    if not src or not ref:
-        raise UserError(f"the run's data config has no {args.split} split; give --src and --ref.")
-    return src, ref
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     translator = _translator(args)
     if args.split:
-        src_path, ref_path = _split_files(args, translator.loaded.data_config)
+        src_path, ref_path = dataset_split_files(translator.loaded.data_config, args.split)
     else:
         src_path, ref_path = args.src, args.ref
     sources, references = read_lines(src_path), read_lines(ref_path)

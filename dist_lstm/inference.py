@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import OmegaConf
 
 from dist_lstm.checkpoint import load_checkpoint, load_model_weights
+from dist_lstm.config import register_configs
 from dist_lstm.data.tokenizer import PAD_ID, Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Seq2Seq, build_model
@@ -68,6 +70,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         step=int(payload.get("step", 0)),
         path=path,
     )
+
+
+def dataset_split_files(data_config: Dict[str, Any], split: str) -> Tuple[str, str]:
+    """Source and reference files of a run's `split` (test/valid), resolved on this machine."""
+    register_configs()  # the ${embedded_data:...} resolver of the shipped datasets
+    data = OmegaConf.create(data_config)
+    src, ref = data.get(f"{split}_src"), data.get(f"{split}_tgt")
+    if not src or not ref:
+        raise UserError(f"the run's data config has no {split} split; give --src and --ref.")
+    return src, ref
 
 
 @dataclass

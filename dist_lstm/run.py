@@ -26,10 +26,11 @@ from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.logging.metrics import MetricsWriter, plot_losses
+from dist_lstm.logging.run_dir import adopt_main_run_dir
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_scheduler
-from dist_lstm.strategy import SingleDeviceStrategy, Strategy
-from dist_lstm.topology import single_process
+from dist_lstm.strategy import Strategy, build_strategy
+from dist_lstm.topology import from_environment
 from dist_lstm.trainer import Trainer, monitor_mode
 
 log = logging.getLogger(__name__)
@@ -62,22 +63,40 @@ def user_errors() -> Iterator[None]:
 
 
 def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
-    """Train a model as `cfg` says; return the final metrics (also in metrics.jsonl)."""
+    """Train a model as `cfg` says; return the final metrics (also in metrics.jsonl).
+
+    Every rank of a distributed job runs this same function.
+    """
     validate_config(cfg)
-    run_dir = Path(run_dir or current_run_dir())
+    topology = from_environment(cfg.trainer.device)
+    strategy = build_strategy(cfg.strategy, topology, cfg.optim.clip_grad_norm)
+    try:
+        return _train(cfg, strategy, run_dir)
+    finally:
+        strategy.teardown()
+
+
+def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict[str, Any]:
+    own_dir = Path(run_dir or current_run_dir())
+    run_dir = Path(strategy.broadcast_object(str(own_dir.resolve())))
+    adopt_main_run_dir(own_dir, run_dir, strategy.topology.rank)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    topology = single_process(cfg.trainer.device)
-    log.info("run directory: %s | device: %s", run_dir, topology.device)
-
-    data = build_data(cfg.data)
-    data.tokenizer.save(run_dir / "tokenizer")
+    topology = strategy.topology
+    log.info(
+        "run directory: %s | %s on %s, world size %d",
+        run_dir,
+        type(strategy).__name__,
+        topology.device,
+        topology.world_size,
+    )
+    data = build_data(cfg.data, strategy.is_main, strategy.broadcast_object)
+    if strategy.is_main:
+        data.tokenizer.save(run_dir / "tokenizer")
     model = build_model(
         cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
     )
     log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
-
-    strategy: Strategy = SingleDeviceStrategy(topology, cfg.optim.clip_grad_norm)
     strategy.wrap(model, lambda m: build_optimizer(m, cfg.optim))
     scheduler = build_scheduler(
         strategy.optimizer, cfg.optim, cfg.trainer.max_steps, monitor_mode(cfg.trainer.monitor)
@@ -118,6 +137,7 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
     if strategy.is_main:
         plot_losses(metrics.path, run_dir / "loss.png")
         log.info("outputs in %s: metrics.jsonl, loss.png, checkpoints/, tokenizer/", run_dir)
+    strategy.barrier()
     return result
 
 

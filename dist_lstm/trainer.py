@@ -82,7 +82,6 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until max_steps, max_epochs, max_time or early stopping, then save."""
         sampler = self.train_loader.batch_sampler
-        accumulate = self.cfg.accumulate_grad_batches
         progress = TrainingProgress(
             self._planned_steps(), self.cfg.progress_bar and self.strategy.is_main
         )
@@ -91,22 +90,9 @@ class Trainer:
         try:
             while self.state.stop_reason is None:
                 sampler.set_epoch(self.state.epoch)
-                micro = 0
-                for batch in self.train_loader:
-                    window.add(
-                        self._forward_backward(
-                            batch, sync=(micro + 1) % accumulate == 0, scale=1 / accumulate
-                        )
-                    )
-                    micro += 1
-                    if micro % accumulate == 0:
-                        self._optimizer_step(window, progress)
-                        if self.state.stop_reason:
-                            break
+                self._train_epoch(len(sampler) - sampler.position, window, progress)
                 if self.state.stop_reason:
                     break
-                if micro % accumulate:  # an epoch's last, incomplete accumulation group
-                    self._optimizer_step(window, progress)
                 self.state.epoch += 1
                 if self.cfg.val_every_steps == 0:
                     self.validate()
@@ -125,11 +111,29 @@ class Trainer:
         )
         return self.state
 
+    def _train_epoch(self, batches: int, window: "_Window", progress: TrainingProgress) -> None:
+        """Run the epoch's remaining `batches`, one optimizer step per accumulation group.
+
+        Every rank has the same number of batches, so all ranks agree on which micro-batch
+        closes a group (the epoch's last group may be shorter) and synchronizes gradients.
+        """
+        accumulate = self.cfg.accumulate_grad_batches
+        for index, batch in enumerate(self.train_loader):
+            group_start = index - index % accumulate
+            group_size = min(accumulate, batches - group_start)
+            closes_group = index == group_start + group_size - 1
+            window.add(self._forward_backward(batch, closes_group, 1.0 / group_size))
+            if closes_group:
+                self._optimizer_step(window, progress)
+                if self.state.stop_reason:
+                    return
+
     def _forward_backward(self, batch, sync: bool, scale: float) -> Dict[str, float]:
         batch = batch.to(self.strategy.device)
-        logits = self.strategy.model(batch.src, batch.src_lengths, batch.tgt_in)
-        loss_sum, tokens = sequence_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
-        self.strategy.backward(loss_sum / tokens * scale, sync_gradients=sync)
+        with self.strategy.micro_batch(sync_gradients=sync):
+            logits = self.strategy.model(batch.src, batch.src_lengths, batch.tgt_in)
+            loss_sum, tokens = sequence_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+            self.strategy.backward(loss_sum / tokens * scale)
         return {"loss_sum": float(loss_sum.detach()), "tokens": tokens}
 
     def _optimizer_step(self, window: "_Window", progress: TrainingProgress) -> None:
@@ -178,7 +182,7 @@ class Trainer:
     def validate(self) -> Dict[str, float]:
         started = time.monotonic()
         loss_sum, tokens, hyps = loss_and_translations(
-            self.strategy.unwrapped_model,
+            self.strategy.eval_model(),
             self.valid_loader,
             self.strategy.device,
             self.cfg.decode_max_len_a,

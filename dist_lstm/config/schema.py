@@ -15,6 +15,8 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from dist_lstm.logging.run_dir import rank_log_name, rank_scoped_dir, rank_zero_only
+
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
 
 
@@ -122,6 +124,19 @@ class TrainerConfig:
 
 
 @dataclass
+class StrategyConfig:
+    """How training is spread over processes; see dist_lstm/strategy/."""
+
+    # auto: single process when the launcher's WORLD_SIZE is unset or 1, DDP otherwise.
+    name: str = "auto"  # auto | single | ddp | deepspeed
+    backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
+    # A collective that waits longer than this fails the job instead of hanging it.
+    timeout_s: int = 600
+    find_unused_parameters: bool = False  # ddp: only for models with unused branches
+    zero_stage: int = 1  # deepspeed: ZeRO stage (0 or 1; see conf/strategy/deepspeed.yaml)
+
+
+@dataclass
 class Config:
     """The whole run. Group defaults come from conf/config.yaml."""
 
@@ -130,6 +145,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
 
 def _embedded_data_path(name: str) -> str:
@@ -138,7 +154,14 @@ def _embedded_data_path(name: str) -> str:
 
 
 def register_configs() -> None:
-    """Register the schema (idempotent) so conf/config.yaml can start from it."""
-    if not OmegaConf.has_resolver("embedded_data"):
-        OmegaConf.register_new_resolver("embedded_data", _embedded_data_path)
+    """Register the schema and resolvers (idempotent) before Hydra composes conf/."""
+    resolvers = {
+        "embedded_data": _embedded_data_path,
+        "rank_scoped_dir": rank_scoped_dir,
+        "rank_zero_only": rank_zero_only,
+        "rank_log_name": rank_log_name,
+    }
+    for name, function in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
     ConfigStore.instance().store(name="base_config", node=Config)

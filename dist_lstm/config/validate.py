@@ -19,6 +19,8 @@ ATTENTIONS = ("dot", "general", "bahdanau")
 TOKENIZER_TYPES = ("bpe", "unigram")
 MONITOR_METRICS = ("val_bleu", "val_chrf", "val_loss", "val_ppl")
 DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("auto", "single", "ddp", "deepspeed")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -207,6 +209,28 @@ def validate_trainer(trainer: DictConfig) -> None:
     _choice("trainer.device", trainer.device, DEVICES)
 
 
+def validate_strategy(strategy: DictConfig) -> None:
+    _choice("strategy.name", strategy.name, STRATEGIES)
+    _choice("strategy.backend", strategy.backend, BACKENDS)
+    _positive("strategy.timeout_s", strategy.timeout_s)
+    _require(
+        strategy.zero_stage in (0, 1, 2, 3),
+        "strategy.zero_stage",
+        strategy.zero_stage,
+        "DeepSpeed ZeRO stages are 0, 1, 2 and 3.",
+    )
+    # Measured with deepspeed 0.19.8: under stages 2 and 3 the packed-sequence encoder
+    # LSTM receives wrong gradients (its weights move opposite to DDP's after one step),
+    # so training would silently diverge. Refuse rather than train a broken model.
+    _require(
+        strategy.name != "deepspeed" or strategy.zero_stage in (0, 1),
+        "strategy.zero_stage",
+        strategy.zero_stage,
+        "ZeRO stages 2 and 3 compute wrong gradients for the packed LSTM encoder with this "
+        "DeepSpeed version; use strategy.zero_stage=1 (or 0), or strategy=ddp.",
+    )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value range; raise ConfigError naming the first bad key."""
     _require(cfg.seed >= 0, "seed", cfg.seed, "use a non-negative integer.")
@@ -214,3 +238,4 @@ def validate_config(cfg: DictConfig) -> None:
     validate_model(cfg.model)
     validate_optim(cfg.optim, cfg.trainer)
     validate_trainer(cfg.trainer)
+    validate_strategy(cfg.strategy)

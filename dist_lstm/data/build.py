@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -38,12 +38,23 @@ def tokenizer_options(data: DictConfig) -> TokenizerOptions:
     return TokenizerOptions(**{k: data.tokenizer[k] for k in TokenizerOptions.__annotations__})
 
 
-def build_data(data: DictConfig) -> TranslationData:
-    """Read and verify the corpora, train or reuse the tokenizer, tokenize and filter."""
+def build_data(
+    data: DictConfig,
+    is_main: bool = True,
+    broadcast: Callable[[Any], Any] = lambda models: models,
+) -> TranslationData:
+    """Read and verify the corpora, train or reuse the tokenizer, tokenize and filter.
+
+    With several ranks only the main one trains (or loads) the tokenizer; `broadcast`
+    hands its serialized models to the others, so no rank depends on a shared disk.
+    """
     train_text = load_split(data, "train", data.max_train_examples)
     valid_text = load_split(data, "valid", data.max_valid_examples)
     test_text = load_split(data, "test") if data.test_src and data.test_tgt else None
-    tokenizer = train_or_load(train_text, tokenizer_options(data), data.cache_dir)
+    models = None
+    if is_main:
+        models = train_or_load(train_text, tokenizer_options(data), data.cache_dir).models
+    tokenizer = Tokenizer(broadcast(models))
     log.info(
         "vocabulary: source %d, target %d (%s)",
         tokenizer.src_vocab_size,

@@ -1,6 +1,46 @@
-"""Distributed concerns behind one interface; see base.py."""
+"""Distributed concerns behind one interface (base.py); `build_strategy` picks one."""
 
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from dist_lstm.errors import ConfigError
 from dist_lstm.strategy.base import Strategy
+from dist_lstm.strategy.ddp import DDPStrategy
 from dist_lstm.strategy.single import SingleDeviceStrategy
+from dist_lstm.topology import Topology
 
-__all__ = ["Strategy", "SingleDeviceStrategy"]
+__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "build_strategy"]
+
+
+def build_strategy(strategy: DictConfig, topology: Topology, clip_grad_norm: float) -> Strategy:
+    """The strategy `strategy.name` asks for, set up for this process's topology."""
+    name = strategy.name
+    if name == "auto":
+        name = "ddp" if topology.distributed else "single"
+    if name == "single":
+        if topology.distributed:
+            raise ConfigError(
+                f"strategy.name='single' is invalid under a launcher with WORLD_SIZE="
+                f"{topology.world_size}: use strategy=ddp (or auto), or start one process."
+            )
+        return SingleDeviceStrategy(topology, clip_grad_norm)
+    if name == "ddp":
+        return DDPStrategy(
+            topology,
+            clip_grad_norm,
+            backend=strategy.backend,
+            timeout_s=strategy.timeout_s,
+            find_unused_parameters=strategy.find_unused_parameters,
+        )
+    if name == "deepspeed":
+        from dist_lstm.strategy.deepspeed import DeepSpeedStrategy  # imports deepspeed: slow
+
+        return DeepSpeedStrategy(
+            topology,
+            clip_grad_norm,
+            zero_stage=strategy.zero_stage,
+            backend=strategy.backend,
+            timeout_s=strategy.timeout_s,
+        )
+    raise ConfigError(f"strategy.name={name!r} is invalid: use auto, single, ddp or deepspeed.")

@@ -7,7 +7,8 @@ DeepSpeed runs differ only in the subclass that implements these methods.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, List, Optional
+from contextlib import nullcontext
+from typing import Any, ContextManager, Dict, List, Optional
 
 import torch
 
@@ -38,13 +39,32 @@ class Strategy(ABC):
     def unwrapped_model(self) -> torch.nn.Module:
         """The plain Seq2Seq, for search, evaluation and checkpoints (canonical keys)."""
 
-    @abstractmethod
-    def backward(self, loss: torch.Tensor, sync_gradients: bool) -> None:
-        """Accumulate gradients; `sync_gradients` is False for all but the last micro-batch."""
+    def eval_model(self) -> torch.nn.Module:
+        """A module with the full current weights for validation decoding on this rank."""
+        return self.unwrapped_model
 
-    @abstractmethod
+    def micro_batch(self, sync_gradients: bool) -> ContextManager:
+        """Wraps one micro-batch's forward and backward. `sync_gradients` is False for all
+        but the last micro-batch of an accumulation group, so backends that reduce
+        gradients across ranks can skip the reduction until the group is complete."""
+        return nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate this micro-batch's gradients."""
+        loss.backward()
+
     def step(self) -> Optional[float]:
-        """Clip, update the parameters, clear gradients; return the gradient norm if clipped."""
+        """Clip, update the parameters, clear gradients; return the gradient norm if clipped.
+
+        Under DDP the gradients are already identical on every rank, and so is the norm.
+        """
+        norm = None
+        if self.clip_grad_norm > 0:
+            params = self.unwrapped_model.parameters()
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     @abstractmethod
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -53,6 +73,10 @@ class Strategy(ABC):
     @abstractmethod
     def gather_objects(self, obj: Any) -> List[Any]:
         """Every rank's `obj`, in rank order (a one-item list for one process)."""
+
+    @abstractmethod
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank `src`'s `obj` on every rank (the object itself for one process)."""
 
     @abstractmethod
     def barrier(self) -> None:

@@ -1,0 +1,75 @@
+"""Translation speed: sentences/s and target tokens/s, greedy and beam 5, on test_2016_flickr.
+
+    python benchmarks/quality.py --run-dir /tmp/cpu_small       # a trained model first
+    python benchmarks/translate_speed.py --checkpoint /tmp/cpu_small
+
+Decodes the 1,000 test sentences with each setting after one warm-up batch, and writes
+benchmarks/results/translate_speed_<device>.json (committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dist_lstm.data.corpus import read_lines
+from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def measure(translator: Translator, sources: list[list[int]]) -> dict:
+    translator.translate_ids(sources[:32])  # warm-up: allocator, oneDNN primitives
+    started = time.perf_counter()
+    outputs = translator.translate_ids(sources)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(o) + 1 for o in outputs)  # + EOS, as the decoder produced it
+    return {
+        "seconds": round(seconds, 2),
+        "sentences_per_sec": round(len(sources) / seconds, 1),
+        "target_tokens_per_sec": round(tokens / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    args = parser.parse_args()
+
+    loaded = load_model(args.checkpoint, args.device)
+    src_path, _ = dataset_split_files(loaded.data_config, "test")
+    sources = loaded.tokenizer.encode("src", read_lines(src_path))
+    results = {}
+    for beam in args.beams:
+        options = SearchOptions(beam=beam, batch_size=args.batch_size)
+        results["greedy" if beam == 1 else f"beam{beam}"] = measure(
+            Translator(loaded, options), sources
+        )
+        print(beam, results)
+    report = {
+        "checkpoint_model": loaded.config["model"],
+        "sentences": len(sources),
+        "batch_size": args.batch_size,
+        "device": str(args.device),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "results": results,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"translate_speed_{torch.device(args.device).type}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""PyTorch DistributedDataParallel: one process per device, gradients all-reduced.
+
+Launched by torchrun (one node or many), the DeepSpeed launcher or srun + torchrun; the
+process group is read from the environment (env://). CPU ranks use gloo, GPU ranks NCCL.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any, ContextManager, List
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from dist_lstm.strategy.base import Strategy
+from dist_lstm.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+def default_backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_process_group(topology: Topology, backend: str, timeout_s: float) -> None:
+    """Join the job's process group (idempotent). A collective that waits longer than
+    `timeout_s` raises instead of hanging, so one failed rank ends the whole job."""
+    if dist.is_initialized():
+        return
+    backend = default_backend(topology.device) if backend == "auto" else backend
+    if topology.device.type == "cuda":
+        torch.cuda.set_device(topology.device)
+    dist.init_process_group(
+        backend=backend,
+        rank=topology.rank,
+        world_size=topology.world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    log.info("process group: %s, rank %d of %d", backend, topology.rank, topology.world_size)
+
+
+class CollectivesMixin:
+    """Metric reductions and object exchange over the default process group."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.to(self.device)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        return moved.to(tensor.device)
+
+    def gather_objects(self, obj: Any) -> List[Any]:
+        gathered: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def teardown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class DDPStrategy(CollectivesMixin, Strategy):
+    def __init__(
+        self,
+        topology: Topology,
+        clip_grad_norm: float = 0.0,
+        backend: str = "auto",
+        timeout_s: float = 600,
+        find_unused_parameters: bool = False,
+    ):
+        super().__init__(topology, clip_grad_norm)
+        self.find_unused_parameters = find_unused_parameters
+        init_process_group(topology, backend, timeout_s)
+
+    def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
+        model = model.to(self.device)
+        self.model = DistributedDataParallel(
+            model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.find_unused_parameters,
+        )
+        self.optimizer = optimizer_factory(self.model.module)
+
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        return self.model.module
+
+    def micro_batch(self, sync_gradients: bool) -> ContextManager:
+        # DDP decides at forward time whether backward all-reduces: skip it while
+        # accumulating, so gradients cross the network once per optimizer step.
+        return super().micro_batch(True) if sync_gradients else self.model.no_sync()

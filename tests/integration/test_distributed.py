@@ -1,0 +1,152 @@
+"""DDP on CPU with gloo: 2 processes under torchrun, as users launch them."""
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, write_lines
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def torchrun(*overrides, nproc=2):
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        "train.py",
+        *overrides,
+    ]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(2)
+    overrides = []
+    for split, n in (("train", 600), ("valid", 30)):
+        src = [" ".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 9))) for _ in range(n)]
+        overrides.append(f"data.{split}_src={write_lines(root / f'{split}.src', src)}")
+        overrides.append(
+            f"data.{split}_tgt={write_lines(root / f'{split}.tgt', [s[::-1] for s in src])}"
+        )
+    return [
+        "data=custom",
+        *overrides,
+        "data.tokenizer.vocab_size=16",
+        "data.max_tokens=160",
+        "data.max_len=20",
+        "model=tiny",
+        "model.dropout=0.0",
+        "optim.warmup_steps=0",
+        "optim.schedule=constant",
+        "trainer.max_epochs=null",
+        "trainer.progress_bar=false",
+        "trainer.log_every_steps=1",
+        "trainer.early_stopping_patience=0",
+    ]
+
+
+def last_params(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def train_losses(run_dir):
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def test_two_ranks_match_one_process_with_accumulation(corpus, tmp_path):
+    """Rank r takes every other batch; DDP averages two ranks' gradients. One process
+    accumulating the same two batches per step must land on the same parameters."""
+    steps = ["trainer.max_steps=8", "trainer.val_every_steps=8"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run(
+        [
+            sys.executable,
+            "train.py",
+            *corpus,
+            *steps,
+            "trainer.accumulate_grad_batches=2",
+            f"hydra.run.dir={single}",
+        ]
+    )
+    run(torchrun(*corpus, *steps, "strategy=ddp", f"hydra.run.dir={ddp}"))
+    a, b = last_params(single), last_params(ddp)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert train_losses(single) == pytest.approx(train_losses(ddp), rel=1e-4)
+    assert (ddp / "train.rank1.log").is_file()
+
+
+def test_torchrun_ranks_share_the_default_run_dir(corpus, tmp_path):
+    """Without hydra.run.dir, all ranks adopt rank 0's timestamped directory; training
+    runs several epochs (every rank the same number of steps) and validates each one."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    for name in ("train.py", "conf"):
+        (workdir / name).symlink_to(ROOT / name)
+    args = torchrun(*corpus, "trainer.max_epochs=3", "trainer.val_every_steps=0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dirs = [p.parent for p in (workdir / "outputs").glob("*/*/metrics.jsonl")]
+    assert len(run_dirs) == 1, list((workdir / "outputs").rglob("*"))
+    run_dir = run_dirs[0]
+    assert {p.name for p in run_dir.glob("train*.log")} == {"train.log", "train.rank1.log"}
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val_bleu" in r] == [1, 2, 3]
+    assert "DDPStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ddp_reference")
+    run(torchrun(*corpus, *DS_STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}"))
+    return run_dir
+
+
+DS_STEPS = ["trainer.max_steps=6", "trainer.val_every_steps=6", "trainer.accumulate_grad_batches=2"]
+
+
+@pytest.mark.parametrize("stage", [1])
+def test_deepspeed_zero_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
+    """Same data, same steps (with gradient accumulation): ZeRO's losses and final weights
+    follow DDP's."""
+    run_dir = tmp_path / f"zero{stage}"
+    run(
+        torchrun(
+            *corpus,
+            *DS_STEPS,
+            "strategy=deepspeed",
+            f"strategy.zero_stage={stage}",
+            f"hydra.run.dir={run_dir}",
+        )
+    )
+    assert train_losses(run_dir) == pytest.approx(train_losses(ddp_reference), rel=1e-3)
+    reference, zero = last_params(ddp_reference), last_params(run_dir)
+    assert zero.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(zero[name], reference[name], rtol=1e-3, atol=1e-4, msg=name)

@@ -1,0 +1,68 @@
+"""Topology from the launcher's environment and the strategy each config picks."""
+
+import pytest
+import torch
+
+from dist_lstm.errors import ConfigError
+from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
+from dist_lstm.topology import from_environment
+from tests.conftest import compose_config
+
+
+def test_plain_process_is_rank_zero_of_one():
+    topo = from_environment("cpu", env={})
+    assert (topo.rank, topo.world_size, topo.local_rank, topo.is_main) == (0, 1, 0, True)
+    assert topo.device == torch.device("cpu")
+
+
+def test_launcher_environment_is_read():
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "1",
+    }
+    topo = from_environment("cpu", env=env)
+    assert (topo.rank, topo.world_size, topo.local_rank, topo.distributed) == (3, 4, 1, True)
+
+
+def test_world_size_without_rendezvous_address_is_explained():
+    with pytest.raises(ConfigError, match="MASTER_ADDR/MASTER_PORT are not set.*torchrun"):
+        from_environment("cpu", env={"RANK": "0", "WORLD_SIZE": "2"})
+
+
+def test_auto_is_single_without_a_launcher():
+    cfg = compose_config([])
+    strategy = build_strategy(cfg.strategy, from_environment("cpu", env={}), 1.0)
+    assert isinstance(strategy, SingleDeviceStrategy)
+
+
+def test_single_under_a_launcher_names_the_fix():
+    cfg = compose_config(["strategy=single"])
+    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    with pytest.raises(ConfigError, match="use strategy=ddp"):
+        build_strategy(cfg.strategy, from_environment("cpu", env=env), 1.0)
+
+
+def test_cuda_request_without_cuda_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="trainer.device='cuda'"):
+        from_environment("cuda", env={})
+
+
+def test_deepspeed_launcher_local_rank_flag_is_dropped():
+    from dist_lstm.topology import drop_local_rank_argument
+
+    argv = ["train.py", "--local_rank=1", "strategy=deepspeed", "--local_rank", "0", "seed=3"]
+    assert drop_local_rank_argument(argv) == ["train.py", "strategy=deepspeed", "seed=3"]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stages_with_wrong_lstm_gradients_are_refused(stage):
+    from dist_lstm.config import validate_config
+
+    cfg = compose_config(["strategy=deepspeed", f"strategy.zero_stage={stage}"])
+    with pytest.raises(ConfigError, match="strategy.zero_stage=1"):
+        validate_config(cfg)
