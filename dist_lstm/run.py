@@ -30,7 +30,7 @@ from dist_lstm.logging.run_dir import adopt_main_run_dir
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_scheduler
 from dist_lstm.strategy import Strategy, build_strategy
-from dist_lstm.topology import from_environment
+from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
 from dist_lstm.trainer import Trainer, monitor_mode
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,22 @@ def current_run_dir() -> Path:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a UserError as one clear line and exit with status 2, without a traceback."""
+    """Print a UserError as one clear line and exit with status 2, without a traceback.
+
+    In a distributed job any other failure is logged with its traceback and the rank it
+    happened on, then the process exits with status 1: the launcher sees the failed rank
+    and stops the others instead of leaving them waiting in a collective.
+    """
     try:
         yield
     except UserError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except Exception:
+        if launcher_world_size() <= 1:
+            raise
+        log.exception("rank %d of %d failed", launcher_rank(), launcher_world_size())
+        sys.exit(1)
 
 
 def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -150,3 +151,60 @@ def test_deepspeed_zero_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
     assert zero.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(zero[name], reference[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_failing_rank_ends_the_job_quickly_and_names_itself(corpus, tmp_path):
+    args = torchrun(
+        *corpus,
+        "trainer.max_steps=200",
+        "strategy.timeout_s=120",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    args[args.index("train.py")] = str(ROOT / "tests" / "helpers" / "failing_train.py")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "FAIL_RANK": "1",
+        "FAIL_STEP": "3",
+        "PYTHONPATH": str(ROOT),
+    }
+    started = time.monotonic()
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0
+    assert elapsed < 90, f"the job took {elapsed:.0f} s to stop"
+    output = proc.stdout + proc.stderr
+    assert "rank 1 of 2 failed" in output and "injected failure for the test" in output
+
+
+def test_two_nodes_on_loopback_match_one_node(corpus, ddp_reference, tmp_path):
+    """Two torchrun 'nodes' (one process each) meet through c10d rendezvous on loopback
+    and train exactly like one node with two processes."""
+    port, run_dir = free_port(), tmp_path / "two_nodes"
+    node = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+        "--rdzv_id=loopback",
+        "train.py",
+        *corpus,
+        *DS_STEPS,
+        "strategy=ddp",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            node, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    reference, two_nodes = last_params(ddp_reference), last_params(run_dir)
+    for name in reference:
+        torch.testing.assert_close(two_nodes[name], reference[name], rtol=0, atol=0, msg=name)
