@@ -120,6 +120,8 @@ class TrainerConfig:
     # Step checkpoints kept (written at each validation; for `dist-lstm average --last`).
     keep_last_checkpoints: int = 3
     device: str = "auto"  # auto | cpu | cuda
+    # Numeric precision of training: 32, bf16 (autocast) or fp16 (autocast + loss scaling).
+    precision: str = "32"
     progress_bar: bool = True
 
 

@@ -21,6 +21,7 @@ MONITOR_METRICS = ("val_bleu", "val_chrf", "val_loss", "val_ppl")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "single", "ddp", "deepspeed")
 BACKENDS = ("auto", "nccl", "gloo")
+PRECISIONS = ("32", "bf16", "fp16")
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -207,6 +208,7 @@ def validate_trainer(trainer: DictConfig) -> None:
         "use >= 0 (0 keeps no step checkpoints).",
     )
     _choice("trainer.device", trainer.device, DEVICES)
+    _choice("trainer.precision", trainer.precision, PRECISIONS)
 
 
 def validate_strategy(strategy: DictConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
+from dist_lstm.precision import check_precision
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import DDPStrategy
 from dist_lstm.strategy.single import SingleDeviceStrategy
@@ -13,8 +14,14 @@ from dist_lstm.topology import Topology
 __all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "build_strategy"]
 
 
-def build_strategy(strategy: DictConfig, topology: Topology, clip_grad_norm: float) -> Strategy:
+def build_strategy(
+    strategy: DictConfig,
+    topology: Topology,
+    clip_grad_norm: float,
+    precision: str = "32",
+) -> Strategy:
     """The strategy `strategy.name` asks for, set up for this process's topology."""
+    check_precision(precision, topology.device)
     name = strategy.name
     if name == "auto":
         name = "ddp" if topology.distributed else "single"
@@ -24,11 +31,12 @@ def build_strategy(strategy: DictConfig, topology: Topology, clip_grad_norm: flo
                 f"strategy.name='single' is invalid under a launcher with WORLD_SIZE="
                 f"{topology.world_size}: use strategy=ddp (or auto), or start one process."
             )
-        return SingleDeviceStrategy(topology, clip_grad_norm)
+        return SingleDeviceStrategy(topology, clip_grad_norm, precision)
     if name == "ddp":
         return DDPStrategy(
             topology,
             clip_grad_norm,
+            precision,
             backend=strategy.backend,
             timeout_s=strategy.timeout_s,
             find_unused_parameters=strategy.find_unused_parameters,
@@ -40,6 +48,7 @@ def build_strategy(strategy: DictConfig, topology: Topology, clip_grad_norm: flo
             topology,
             clip_grad_norm,
             zero_stage=strategy.zero_stage,
+            precision=precision,
             backend=strategy.backend,
             timeout_s=strategy.timeout_s,
         )

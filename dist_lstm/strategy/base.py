@@ -7,18 +7,21 @@ DeepSpeed runs differ only in the subclass that implements these methods.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import nullcontext
-from typing import Any, ContextManager, Dict, List, Optional
+from contextlib import contextmanager, nullcontext
+from typing import Any, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 
+from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.topology import Topology
 
 
 class Strategy(ABC):
-    def __init__(self, topology: Topology, clip_grad_norm: float = 0.0):
+    def __init__(self, topology: Topology, clip_grad_norm: float = 0.0, precision: str = "32"):
         self.topology = topology
         self.clip_grad_norm = clip_grad_norm
+        self.precision = precision
+        self.scaler = grad_scaler(precision, topology.device)
         self.model: Optional[torch.nn.Module] = None  # what the trainer calls forward on
         self.optimizer: Optional[torch.optim.Optimizer] = None
 
@@ -43,15 +46,21 @@ class Strategy(ABC):
         """A module with the full current weights for validation decoding on this rank."""
         return self.unwrapped_model
 
-    def micro_batch(self, sync_gradients: bool) -> ContextManager:
-        """Wraps one micro-batch's forward and backward. `sync_gradients` is False for all
-        but the last micro-batch of an accumulation group, so backends that reduce
-        gradients across ranks can skip the reduction until the group is complete."""
+    @contextmanager
+    def micro_batch(self, sync_gradients: bool) -> Iterator[None]:
+        """Wraps one micro-batch's forward and backward: autocast at `precision`, and
+        gradient synchronization only when `sync_gradients` (False for all but the last
+        micro-batch of an accumulation group)."""
+        with self.gradient_sync(sync_gradients), autocast(self.precision, self.device):
+            yield
+
+    def gradient_sync(self, enabled: bool) -> ContextManager:
+        """Backends that reduce gradients across ranks skip it while `enabled` is False."""
         return nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate this micro-batch's gradients."""
-        loss.backward()
+        """Accumulate this micro-batch's gradients (loss-scaled under fp16)."""
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self) -> Optional[float]:
         """Clip, update the parameters, clear gradients; return the gradient norm if clipped.
@@ -59,10 +68,16 @@ class Strategy(ABC):
         Under DDP the gradients are already identical on every rank, and so is the norm.
         """
         norm = None
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         if self.clip_grad_norm > 0:
             params = self.unwrapped_model.parameters()
             norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)  # skips the update if gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 

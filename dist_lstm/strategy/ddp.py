@@ -7,6 +7,7 @@ process group is read from the environment (env://). CPU ranks use gloo, GPU ran
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any, ContextManager, List
 
@@ -72,11 +73,12 @@ class DDPStrategy(CollectivesMixin, Strategy):
         self,
         topology: Topology,
         clip_grad_norm: float = 0.0,
+        precision: str = "32",
         backend: str = "auto",
         timeout_s: float = 600,
         find_unused_parameters: bool = False,
     ):
-        super().__init__(topology, clip_grad_norm)
+        super().__init__(topology, clip_grad_norm, precision)
         self.find_unused_parameters = find_unused_parameters
         init_process_group(topology, backend, timeout_s)
 
@@ -93,7 +95,7 @@ class DDPStrategy(CollectivesMixin, Strategy):
     def unwrapped_model(self) -> torch.nn.Module:
         return self.model.module
 
-    def micro_batch(self, sync_gradients: bool) -> ContextManager:
+    def gradient_sync(self, enabled: bool) -> ContextManager:
         # DDP decides at forward time whether backward all-reduces: skip it while
         # accumulating, so gradients cross the network once per optimizer step.
-        return super().micro_batch(True) if sync_gradients else self.model.no_sync()
+        return nullcontext() if enabled else self.model.no_sync()

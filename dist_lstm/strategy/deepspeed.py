@@ -21,9 +21,12 @@ from dist_lstm.topology import Topology
 log = logging.getLogger(__name__)
 
 
-def deepspeed_config(zero_stage: int, clip_grad_norm: float) -> Dict[str, Any]:
+def deepspeed_config(zero_stage: int, clip_grad_norm: float, precision: str) -> Dict[str, Any]:
     """The DeepSpeed config dict for our training loop."""
     return {
+        # DeepSpeed casts the model itself (no autocast from our side).
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
         # Our batches are token budgets, not a fixed sentence count; DeepSpeed only
         # uses this for its throughput bookkeeping.
         "train_micro_batch_size_per_gpu": 1,
@@ -43,11 +46,13 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         topology: Topology,
         clip_grad_norm: float,
         zero_stage: int,
+        precision: str = "32",
         backend: str = "auto",
         timeout_s: float = 600,
     ):
-        super().__init__(topology, clip_grad_norm)
+        super().__init__(topology, clip_grad_norm)  # no autocast/scaler of ours: see config
         self.zero_stage = zero_stage
+        self.deepspeed_precision = precision
         init_process_group(topology, backend, timeout_s)
         self.engine = None
 
@@ -59,7 +64,7 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
-            config=deepspeed_config(self.zero_stage, self.clip_grad_norm),
+            config=deepspeed_config(self.zero_stage, self.clip_grad_norm, self.deepspeed_precision),
         )
         self.model = self.engine
         # The LR schedule and logging act on the torch optimizer DeepSpeed wraps.

@@ -208,3 +208,45 @@ def test_two_nodes_on_loopback_match_one_node(corpus, ddp_reference, tmp_path):
     reference, two_nodes = last_params(ddp_reference), last_params(run_dir)
     for name in reference:
         torch.testing.assert_close(two_nodes[name], reference[name], rtol=0, atol=0, msg=name)
+
+
+def test_sbatch_template_runs_with_stand_in_slurm_commands(corpus, tmp_path):
+    """launch/slurm/train.sbatch as SLURM would run it on one node, with srun and scontrol
+    replaced by stand-ins: the torchrun command line it builds must train."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    # srun runs its command once (one node), dropping its own options.
+    (bin_dir / "srun").write_text(
+        '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    run_dir = tmp_path / "slurm-run"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": "1",
+        "SLURM_JOB_NODELIST": "node1",
+        "GPUS_PER_NODE": "2",
+        "RDZV_PORT": str(free_port()),
+        "RUN_DIR": str(run_dir),
+    }
+    proc = subprocess.run(
+        [
+            "bash",
+            "launch/slurm/train.sbatch",
+            *corpus,
+            "trainer.max_steps=2",
+            "trainer.val_every_steps=2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "DDPStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()

@@ -106,3 +106,20 @@ def test_best_checkpoint_is_the_best_validation(tmp_path, corpus):
     saved = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
     assert saved["step"] == best["step"]
     assert saved["metrics"]["val_loss"] == pytest.approx(best["val_loss"])
+
+
+def test_bf16_training_runs_end_to_end(tmp_path, corpus):
+    from tests.unit.test_precision import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no bf16 support")
+    result, records = run(
+        tmp_path,
+        corpus,
+        "trainer.precision=bf16",
+        "trainer.max_steps=4",
+        "trainer.max_epochs=null",
+        "trainer.val_every_steps=4",
+    )
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert result["step"] == 4 and all(loss == loss and loss < 10 for loss in losses)

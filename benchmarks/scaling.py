@@ -1,0 +1,162 @@
+"""Training throughput on one machine: 1 process x N threads vs N processes x 1 thread.
+
+    python benchmarks/scaling.py                  # cpu_small model, 40 steps per setting
+    python benchmarks/scaling.py --steps 100
+
+Runs `train.py experiment=cpu_small` for a fixed number of steps in each setting (single
+process; DDP and DeepSpeed ZeRO-1 over torchrun) and reads the target tokens/s that
+training logged, leaving out the first logging window (start-up). A separate probe times
+the gradient all-reduce of one step (all parameters, gloo or NCCL). Writes
+benchmarks/results/scaling_<device>.json (committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+PROBE = """
+import os, time, torch, torch.distributed as dist
+dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else "cpu"
+grads = torch.randn(int(os.environ["NUMEL"]), device=device)
+for _ in range(3):
+    dist.all_reduce(grads)
+times = []
+for _ in range(20):
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+    start = time.perf_counter(); dist.all_reduce(grads)
+    if torch.cuda.is_available(): torch.cuda.synchronize()
+    times.append(time.perf_counter() - start)
+if dist.get_rank() == 0:
+    times.sort(); print("ALLREDUCE_MS", 1000 * times[len(times) // 2])
+dist.destroy_process_group()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int) -> list:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+    ]
+
+
+def measure(name: str, launcher: list, threads: int, steps: int, extra: list) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"scaling-{name}-"))
+    overrides = [
+        "experiment=cpu_small",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=null",
+        "trainer.max_time=null",
+        f"trainer.val_every_steps={steps}",
+        "trainer.log_every_steps=10",
+        "trainer.progress_bar=false",
+        "data.max_valid_examples=50",
+        "data.test_src=null",
+        "data.test_tgt=null",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    subprocess.run(
+        [*launcher, "train.py", *overrides],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    speeds = [r["tokens_per_sec"] for r in records if "loss" in r and r["step"] > 10]
+    return {"tokens_per_sec": round(statistics.median(speeds)), "threads_per_process": threads}
+
+
+def allreduce_ms(nproc: int, numel: int) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMEL": str(numel)}
+    probe = Path(tempfile.mkdtemp(prefix="allreduce-")) / "probe.py"
+    probe.write_text(PROBE)
+    out = subprocess.run(
+        [*torchrun(nproc), str(probe)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(
+        next(line for line in out.splitlines() if line.startswith("ALLREDUCE_MS")).split()[1]
+    )
+
+
+def cpu_small_parameters() -> int:
+    """Parameter count of the cpu_small model, composed from conf/ like train.py does."""
+    from hydra import compose, initialize_config_dir
+
+    from dist_lstm.config import register_configs
+    from dist_lstm.model import build_model
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=cpu_small"])
+    vocab = cfg.data.tokenizer.vocab_size
+    return sum(p.numel() for p in build_model(cfg.model, vocab, vocab).parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args()
+    n = args.processes
+    settings = {
+        f"single_1x{n}threads": measure("single", [sys.executable], n, args.steps, []),
+        f"ddp_{n}x1thread": measure("ddp", torchrun(n), 1, args.steps, ["strategy=ddp"]),
+        f"zero1_{n}x1thread": measure(
+            "zero1", torchrun(n), 1, args.steps, ["strategy=deepspeed", "strategy.zero_stage=1"]
+        ),
+    }
+    numel = cpu_small_parameters()
+    report = {
+        "model": "experiment=cpu_small (6k joint vocabulary)",
+        "parameters": numel,
+        "steps": args.steps,
+        "note": "tokens/s = target tokens per second over all processes",
+        "settings": settings,
+        "gradient_allreduce_ms_per_step": round(allreduce_ms(n, numel), 2),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"scaling_{report['device']}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

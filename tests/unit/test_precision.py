@@ -1,0 +1,55 @@
+"""trainer.precision: autocast inside micro-batches, loss scaling for fp16, start-up checks."""
+
+import pytest
+import torch
+
+from dist_lstm import precision as prec
+from dist_lstm.errors import ConfigError
+from dist_lstm.strategy import SingleDeviceStrategy
+from dist_lstm.topology import from_environment
+
+CPU = torch.device("cpu")
+
+
+def bf16_supported() -> bool:
+    try:
+        prec.check_precision("bf16", CPU)
+        return True
+    except ConfigError:
+        return False
+
+
+def test_fp16_on_cpu_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="trainer.precision='fp16'.*needs a GPU"):
+        prec.check_precision("fp16", CPU)
+
+
+def test_unsupported_bf16_is_detected_at_start_up(monkeypatch):
+    def broken(precision, device):
+        raise RuntimeError("could not create a primitive descriptor for an LSTM forward")
+
+    monkeypatch.setattr(prec, "_probe_lstm", broken)
+    with pytest.raises(ConfigError, match=r"trainer.precision='bf16' is not supported.*=32"):
+        prec.check_precision("bf16", CPU)
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 support")
+def test_bf16_micro_batch_autocasts_and_trains():
+    strategy = SingleDeviceStrategy(from_environment("cpu", env={}), 1.0, precision="bf16")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    strategy.wrap(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+    before = model[0].weight.detach().clone()
+    with strategy.micro_batch(sync_gradients=True):
+        out = strategy.model(torch.randn(3, 4))
+        assert out.dtype == torch.bfloat16
+        strategy.backward(out.float().pow(2).mean())
+    strategy.step()
+    assert model[0].weight.dtype == torch.float32  # master weights stay fp32
+    assert not torch.equal(before, model[0].weight)
+
+
+def test_full_precision_has_no_autocast_or_scaler():
+    strategy = SingleDeviceStrategy(from_environment("cpu", env={}), 1.0)
+    assert strategy.scaler is None
+    with strategy.micro_batch(sync_gradients=True):
+        assert torch.nn.Linear(2, 2)(torch.randn(1, 2)).dtype == torch.float32
