@@ -250,3 +250,31 @@ def test_sbatch_template_runs_with_stand_in_slurm_commands(corpus, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DDPStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        ["strategy=ddp", "trainer.accumulate_grad_batches=2"],
+        ["strategy=deepspeed", "strategy.zero_stage=1"],
+    ],
+)
+def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
+    from tests.unit.test_precision import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no bf16 support")
+    run_dir = tmp_path / "bf16"
+    run(
+        torchrun(
+            *corpus,
+            *strategy,
+            "trainer.precision=bf16",
+            "trainer.max_steps=4",
+            "trainer.val_every_steps=4",
+            f"hydra.run.dir={run_dir}",
+        )
+    )
+    losses = train_losses(run_dir)
+    assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)
+    assert last_params(run_dir)["decoder.output.weight"].dtype == torch.float32
