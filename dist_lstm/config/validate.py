@@ -221,15 +221,15 @@ def validate_strategy(strategy: DictConfig) -> None:
         strategy.zero_stage,
         "DeepSpeed ZeRO stages are 0, 1, 2 and 3.",
     )
-    # Measured with deepspeed 0.19.8: under stages 2 and 3 the packed-sequence encoder
-    # LSTM receives wrong gradients (its weights move opposite to DDP's after one step),
-    # so training would silently diverge. Refuse rather than train a broken model.
+    # Measured with deepspeed 0.19.8 on CPU: under stage 2 the encoder LSTM receives
+    # gradients that differ from DDP's (thousands of elements, after one step), while
+    # every other parameter matches. Refuse rather than silently train a different model.
     _require(
         strategy.name != "deepspeed" or strategy.zero_stage in (0, 1),
         "strategy.zero_stage",
         strategy.zero_stage,
-        "ZeRO stages 2 and 3 compute wrong gradients for the packed LSTM encoder with this "
-        "DeepSpeed version; use strategy.zero_stage=1 (or 0), or strategy=ddp.",
+        "ZeRO stages 2 and 3 give the encoder LSTM wrong gradients with this DeepSpeed "
+        "version (measured); use strategy.zero_stage=1 (or 0), or strategy=ddp.",
     )
 
 
