@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -278,3 +279,21 @@ def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
     losses = train_losses(run_dir)
     assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)
     assert last_params(run_dir)["decoder.output.weight"].dtype == torch.float32
+
+
+def test_ctrl_c_ends_every_rank(corpus, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    args = torchrun(*corpus, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) != 0
+    leftover = subprocess.run(["pgrep", "-f", f"hydra.run.dir={run_dir}"], capture_output=True)
+    assert leftover.stdout == b"", "worker processes survived Ctrl-C"
