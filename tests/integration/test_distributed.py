@@ -297,3 +297,30 @@ def test_ctrl_c_ends_every_rank(corpus, tmp_path):
     assert proc.wait(timeout=30) != 0
     leftover = subprocess.run(["pgrep", "-f", f"hydra.run.dir={run_dir}"], capture_output=True)
     assert leftover.stdout == b"", "worker processes survived Ctrl-C"
+
+
+def test_deepspeed_launcher_runs_train_py(corpus, tmp_path):
+    """`deepspeed --num_gpus 2 train.py ...`: it appends --local_rank=N, which is dropped."""
+    run_dir = tmp_path / "ds_launcher"
+    launcher = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    run(
+        [
+            *launcher,
+            "train.py",
+            *corpus,
+            "strategy=deepspeed",
+            "trainer.max_steps=2",
+            "trainer.val_every_steps=2",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
+    assert len(train_losses(run_dir)) == 2
+    assert "DeepSpeedStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()
