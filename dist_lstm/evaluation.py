@@ -18,7 +18,7 @@ from dist_lstm.data.dataset import Batch
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.loss import sequence_loss
 from dist_lstm.model import Seq2Seq
-from dist_lstm.search import beam_search, greedy_search
+from dist_lstm.search import best_hypotheses
 
 
 @torch.no_grad()
@@ -39,15 +39,13 @@ def loss_and_translations(
     try:
         for batch in loader:
             batch: Batch = batch.to(device)
-            logits = model(batch.src, batch.src_lengths, batch.tgt_in)
-            loss, tokens = sequence_loss(logits, batch.tgt_out)
+            encoded = model.encode(batch.src, batch.src_lengths)  # shared by loss and search
+            loss, tokens = sequence_loss(model.decoder(batch.tgt_in, encoded), batch.tgt_out)
             total_loss += float(loss)
             total_tokens += tokens
-            if beam == 1:
-                decoded = greedy_search(model, batch.src, batch.src_lengths, max_len_a, max_len_b)
-            else:
-                hyps = beam_search(model, batch.src, batch.src_lengths, beam, max_len_a, max_len_b)
-                decoded = [h[0].tokens for h in hyps]
+            decoded = best_hypotheses(
+                model, batch.src, batch.src_lengths, beam, max_len_a, max_len_b, encoded=encoded
+            )
             hypotheses.update(zip(batch.indices.tolist(), decoded))
     finally:
         model.train(was_training)

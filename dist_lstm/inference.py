@@ -19,7 +19,7 @@ from dist_lstm.config import register_configs
 from dist_lstm.data.tokenizer import PAD_ID, Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Seq2Seq, build_model
-from dist_lstm.search import beam_search, greedy_search
+from dist_lstm.search import best_hypotheses
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,13 @@ class Translator:
         src = torch.nn.utils.rnn.pad_sequence(
             [torch.tensor(s) for s in batch], batch_first=True, padding_value=PAD_ID
         ).to(self.device)
-        model = self.loaded.model
-        if opts.beam == 1 and opts.min_len == 0:
-            return greedy_search(model, src, lengths, opts.max_len_a, opts.max_len_b)
-        hyps = beam_search(
-            model, src, lengths, opts.beam, opts.max_len_a, opts.max_len_b, opts.alpha, opts.min_len
+        return best_hypotheses(
+            self.loaded.model,
+            src,
+            lengths,
+            opts.beam,
+            opts.max_len_a,
+            opts.max_len_b,
+            opts.alpha,
+            opts.min_len,
         )
-        return [h[0].tokens for h in hyps]

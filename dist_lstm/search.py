@@ -7,12 +7,13 @@ a * source_length + b output tokens (EOS excluded).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 
 from dist_lstm.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from dist_lstm.model import Seq2Seq
+from dist_lstm.model.encoder import EncoderOutput
 
 
 @dataclass
@@ -37,12 +38,22 @@ def length_penalty(length: torch.Tensor | int, alpha: float) -> torch.Tensor | f
 
 @torch.no_grad()
 def greedy_search(
-    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, max_len_a: float, max_len_b: int
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    encoded: Optional[EncoderOutput] = None,
 ) -> List[List[int]]:
-    """src (B, S), src_lengths (B,) -> one list of target ids per sentence, EOS excluded."""
+    """src (B, S), src_lengths (B,) -> one list of target ids per sentence, EOS excluded.
+
+    `encoded` reuses an encoder pass the caller already made for this batch.
+    """
     device = src.device
     limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
-    state = model.decoder.init_state(model.encode(src, src_lengths))
+    state = model.decoder.init_state(
+        encoded if encoded is not None else model.encode(src, src_lengths)
+    )
     tokens = torch.full((src.size(0),), BOS_ID, dtype=torch.long, device=device)
     finished = torch.zeros(src.size(0), dtype=torch.bool, device=device)
     steps = []
@@ -73,6 +84,7 @@ def beam_search(
     alpha: float = 0.0,
     min_len: int = 0,
     n_best: int = 1,
+    encoded: Optional[EncoderOutput] = None,
 ) -> List[List[Hypothesis]]:
     """Batched beam search; returns the n_best hypotheses per sentence, best first.
 
@@ -89,7 +101,9 @@ def beam_search(
         raise ValueError(f"need 1 <= n_best ({n_best}) <= beam_size ({beam_size})")
     device, batch, k = src.device, src.size(0), beam_size
     limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
-    state = model.decoder.init_state(model.encode(src, src_lengths))
+    state = model.decoder.init_state(
+        encoded if encoded is not None else model.encode(src, src_lengths)
+    )
     state = state.select(torch.arange(batch, device=device).repeat_interleave(k))
     sentence = torch.arange(batch, device=device)  # (A,) original index of each live sentence
     scores = torch.full((batch, k), float("-inf"), device=device)  # (A, K) summed log-probs
@@ -138,6 +152,27 @@ def beam_search(
         tokens = next_tokens
 
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
+
+
+def best_hypotheses(
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    beam: int,
+    max_len_a: float,
+    max_len_b: int,
+    alpha: float = 0.0,
+    min_len: int = 0,
+    encoded: Optional[EncoderOutput] = None,
+) -> List[List[int]]:
+    """The best output ids per sentence: greedy when beam=1 and min_len=0 (the same result
+    as beam search of width 1, faster), beam search otherwise."""
+    if beam == 1 and min_len == 0:
+        return greedy_search(model, src, src_lengths, max_len_a, max_len_b, encoded)
+    hyps = beam_search(
+        model, src, src_lengths, beam, max_len_a, max_len_b, alpha, min_len, encoded=encoded
+    )
+    return [h[0].tokens for h in hyps]
 
 
 def _constrain(

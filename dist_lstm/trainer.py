@@ -103,11 +103,14 @@ class Trainer:
             self.validate()
         self._save(last=True)
         log.info(
-            "training stopped: %s after %d steps, %d epochs, %.0f s",
+            "training stopped: %s after %d steps, %d epochs, %.0f s; best %s %.3f at step %d",
             self.state.stop_reason,
             self.state.step,
             self.state.epoch,
             self.elapsed,
+            self.cfg.monitor,
+            self.state.best_metric,
+            self.state.best_step,
         )
         return self.state
 

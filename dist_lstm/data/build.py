@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -28,9 +28,10 @@ class TranslationData:
     test: Optional[ParallelText]
 
 
-def load_split(data: DictConfig, split: str, limit: Optional[int] = None) -> ParallelText:
-    """Raw text of `split` (train/valid/test), checksum-verified when data.checksums is set."""
-    checksums = read_checksums(data.checksums) if data.checksums else None
+def load_split(
+    data: DictConfig, split: str, checksums: Optional[Dict[str, str]], limit: Optional[int] = None
+) -> ParallelText:
+    """Raw text of `split` (train/valid/test), verified against `checksums` when given."""
     return load_parallel(data[f"{split}_src"], data[f"{split}_tgt"], checksums, limit)
 
 
@@ -48,9 +49,11 @@ def build_data(
     With several ranks only the main one trains (or loads) the tokenizer; `broadcast`
     hands its serialized models to the others, so no rank depends on a shared disk.
     """
-    train_text = load_split(data, "train", data.max_train_examples)
-    valid_text = load_split(data, "valid", data.max_valid_examples)
-    test_text = load_split(data, "test") if data.test_src and data.test_tgt else None
+    checksums = read_checksums(data.checksums) if data.checksums else None
+    train_text = load_split(data, "train", checksums, data.max_train_examples)
+    valid_text = load_split(data, "valid", checksums, data.max_valid_examples)
+    has_test = data.test_src and data.test_tgt
+    test_text = load_split(data, "test", checksums) if has_test else None
     models = None
     if is_main:
         models = train_or_load(train_text, tokenizer_options(data), data.cache_dir).models

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from dist_lstm.errors import DataError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

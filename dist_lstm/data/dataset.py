@@ -26,10 +26,6 @@ class Batch:
     tgt_out: torch.Tensor  # (B, T) target ids + EOS: what the decoder must predict
     indices: torch.Tensor  # (B,) dataset positions, to line hypotheses up with references
 
-    @property
-    def num_target_tokens(self) -> int:
-        return int((self.tgt_out != PAD_ID).sum())
-
     def to(self, device: torch.device) -> "Batch":
         return Batch(
             src=self.src.to(device, non_blocking=True),

@@ -48,10 +48,6 @@ class TrainingProgress:
             stats = f"loss {loss:.3f}  lr {lr:.2e}  {tokens_per_sec:,.0f} tok/s"
             self.progress.update(self.task, completed=step, stats=stats)
 
-    def set_total(self, total_steps: Optional[int]) -> None:
-        if self.enabled:
-            self.progress.update(self.task, total=total_steps)
-
     def close(self) -> None:
         if self.enabled:
             self.progress.stop()

@@ -9,7 +9,6 @@ nothing needs compiling (DeepSpeed's CPU accelerator runs them too).
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, Optional
 
 import torch
@@ -17,8 +16,6 @@ import torch
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
 from dist_lstm.topology import Topology
-
-log = logging.getLogger(__name__)
 
 
 def deepspeed_config(zero_stage: int, clip_grad_norm: float, precision: str) -> Dict[str, Any]:

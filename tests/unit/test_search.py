@@ -119,3 +119,14 @@ def test_invalid_beam_arguments():
         beam_search(model, src, lengths, 2, 1.5, 3, n_best=3)
     with pytest.raises(ValueError):
         beam_search(model, src, lengths, 0, 1.5, 3)
+
+
+def test_reusing_an_encoder_pass_gives_the_same_output():
+    from dist_lstm.search import best_hypotheses
+
+    model = tiny()
+    src, lengths = padded(SRC)
+    encoded = model.encode(src, lengths)
+    for beam in (1, 3):
+        fresh = best_hypotheses(model, src, lengths, beam, 1.5, 4)
+        assert best_hypotheses(model, src, lengths, beam, 1.5, 4, encoded=encoded) == fresh
