@@ -221,15 +221,18 @@ def validate_strategy(strategy: DictConfig) -> None:
         strategy.zero_stage,
         "DeepSpeed ZeRO stages are 0, 1, 2 and 3.",
     )
-    # Measured with deepspeed 0.19.8 on CPU: under stage 2 the encoder LSTM receives
-    # gradients that differ from DDP's (thousands of elements, after one step), while
-    # every other parameter matches. Refuse rather than silently train a different model.
+    # Measured with deepspeed 0.19.8: ZeRO-3 gathers parameters from module hooks as
+    # modules run, so the number of gathers follows the decoder's step count, which
+    # differs between ranks whose batches differ in length; the ranks' collectives then
+    # mismatch on the first batch (gloo aborts). Declaring the model a ZeRO-3 "leaf"
+    # gathers once, but its backward then meets released (empty) weights.
     _require(
-        strategy.name != "deepspeed" or strategy.zero_stage in (0, 1),
+        strategy.name != "deepspeed" or strategy.zero_stage != 3,
         "strategy.zero_stage",
         strategy.zero_stage,
-        "ZeRO stages 2 and 3 give the encoder LSTM wrong gradients with this DeepSpeed "
-        "version (measured); use strategy.zero_stage=1 (or 0), or strategy=ddp.",
+        "ZeRO-3 cannot partition this model's weights: it gathers them per module call, "
+        "and the decoder makes a different number of calls on each rank. Use "
+        "strategy.zero_stage=2 (gradients and optimizer state partitioned) or 1.",
     )
 
 

@@ -1,14 +1,25 @@
 """DeepSpeed ZeRO, configured from our own config (no second config file).
 
 The DeepSpeed config dict is derived from `optim`, `trainer` and `strategy` values, so
-users keep one source of truth. Gradient accumulation stays with our trainer: DeepSpeed
-runs in unmanaged mode, where `backward` only accumulates locally and `step` is the
-boundary that reduces gradients, clips and updates. Optimizers are plain torch ones, so
-nothing needs compiling (DeepSpeed's CPU accelerator runs them too).
+users keep one source of truth. Optimizers are plain torch ones, so nothing needs
+compiling (DeepSpeed's CPU accelerator runs them too).
+
+Gradient accumulation stays with our trainer, whose groups vary in length (the last one
+of an epoch is short). For ZeRO 1 and 2 every backward of a group runs inside DeepSpeed's
+`coalesce_grad_reduction`, which leaves gradients on each rank until `step` and then
+reduces them in parameter order. That order matters: ZeRO-2 otherwise reduces each
+gradient from its autograd hook, and a seq2seq model's hooks fire in a different order on
+ranks whose batches differ in shape (the ties between one LSTM's weights are broken by
+the autograd queue's state), so bucket slots of equal-shaped tensors (an LSTM's forward
+and reverse weights) were averaged with each other; measured: the encoder LSTM trained
+on wrong gradients. Stage 0 has no partitioned reduction and keeps DeepSpeed's
+unmanaged mode, where `step` is the boundary. Stage 3 is refused by config validation
+(see `validate_strategy` for the measured reason).
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Dict, Optional
 
 import torch
@@ -28,7 +39,9 @@ def deepspeed_config(zero_stage: int, clip_grad_norm: float, precision: str) -> 
         # uses this for its throughput bookkeeping.
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
-        "managed_gradient_accumulation": False,
+        # Coalesced reduction (ZeRO 1 and 2) needs the managed mode; with one micro-batch per
+        # "step" in DeepSpeed's eyes, each `step` call is the boundary either way.
+        "managed_gradient_accumulation": zero_stage > 0,
         "gradient_clipping": clip_grad_norm,
         "zero_optimization": {"stage": zero_stage},
         "zero_allow_untested_optimizer": True,
@@ -52,6 +65,8 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         self.deepspeed_precision = precision
         init_process_group(topology, backend, timeout_s)
         self.engine = None
+        # Open from the first backward of an accumulation group until `step`.
+        self._pending_reduction = ExitStack()
 
     def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
         import deepspeed
@@ -72,14 +87,17 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         return self.engine.module
 
     def backward(self, loss: torch.Tensor) -> None:
+        if self.zero_stage > 0 and not self.engine.inside_no_sync_ctxt:
+            self._pending_reduction.enter_context(self.engine.coalesce_grad_reduction())
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def step(self) -> Optional[float]:
+        self._pending_reduction.close()  # reduces the group's gradients, in parameter order
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
     def model_state_dict(self) -> Dict[str, torch.Tensor]:
-        # Stages 0-1 keep full weights in every rank's module (only optimizer state is
-        # partitioned), so the module's own state dict is complete.
+        # Stages 0-2 keep full weights in every rank's module (only optimizer state and,
+        # in stage 2, gradients are partitioned), so the module's own state dict is complete.
         return {k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()}

@@ -133,7 +133,7 @@ def ddp_reference(corpus, tmp_path_factory):
 DS_STEPS = ["trainer.max_steps=6", "trainer.val_every_steps=6", "trainer.accumulate_grad_batches=2"]
 
 
-@pytest.mark.parametrize("stage", [1])
+@pytest.mark.parametrize("stage", [1, 2])
 def test_deepspeed_zero_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
     """Same data, same steps (with gradient accumulation): ZeRO's losses and final weights
     follow DDP's."""
@@ -257,7 +257,7 @@ def test_sbatch_template_runs_with_stand_in_slurm_commands(corpus, tmp_path):
     "strategy",
     [
         ["strategy=ddp", "trainer.accumulate_grad_batches=2"],
-        ["strategy=deepspeed", "strategy.zero_stage=1"],
+        ["strategy=deepspeed", "strategy.zero_stage=2", "trainer.accumulate_grad_batches=2"],
     ],
 )
 def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
