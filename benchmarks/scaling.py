@@ -4,7 +4,7 @@
     python benchmarks/scaling.py --steps 100
 
 Runs `train.py experiment=cpu_small` for a fixed number of steps in each setting (single
-process; DDP and DeepSpeed ZeRO-1 over torchrun) and reads the target tokens/s that
+process; DDP and DeepSpeed ZeRO-1, 2 and 3 over torchrun) and reads the target tokens/s that
 training logged, leaving out the first logging window (start-up). A separate probe times
 the gradient all-reduce of one step (all parameters, gloo or NCCL). Writes
 benchmarks/results/scaling_<device>.json (committed).
@@ -135,10 +135,15 @@ def main() -> None:
     settings = {
         f"single_1x{n}threads": measure("single", [sys.executable], n, args.steps, []),
         f"ddp_{n}x1thread": measure("ddp", torchrun(n), 1, args.steps, ["strategy=ddp"]),
-        f"zero1_{n}x1thread": measure(
-            "zero1", torchrun(n), 1, args.steps, ["strategy=deepspeed", "strategy.zero_stage=1"]
-        ),
     }
+    for stage in (1, 2, 3):
+        settings[f"zero{stage}_{n}x1thread"] = measure(
+            f"zero{stage}",
+            torchrun(n),
+            1,
+            args.steps,
+            ["strategy=deepspeed", f"strategy.zero_stage={stage}"],
+        )
     numel = cpu_small_parameters()
     report = {
         "model": "experiment=cpu_small (6k joint vocabulary)",

@@ -132,7 +132,7 @@ class Trainer:
                     return
 
     def _forward_backward(self, batch, sync: bool, scale: float) -> Dict[str, float]:
-        batch = batch.to(self.strategy.device)
+        batch = self.strategy.align_batch(batch.to(self.strategy.device))
         with self.strategy.micro_batch(sync_gradients=sync):
             logits = self.strategy.model(batch.src, batch.src_lengths, batch.tgt_in)
             loss_sum, tokens = sequence_loss(logits, batch.tgt_out, self.cfg.label_smoothing)

@@ -135,7 +135,7 @@ class StrategyConfig:
     # A collective that waits longer than this fails the job instead of hanging it.
     timeout_s: int = 600
     find_unused_parameters: bool = False  # ddp: only for models with unused branches
-    zero_stage: int = 1  # deepspeed: ZeRO stage (0, 1 or 2; see conf/strategy/deepspeed.yaml)
+    zero_stage: int = 1  # deepspeed: ZeRO stage 0-3 (see conf/strategy/deepspeed.yaml)
 
 
 @dataclass

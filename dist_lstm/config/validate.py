@@ -221,19 +221,6 @@ def validate_strategy(strategy: DictConfig) -> None:
         strategy.zero_stage,
         "DeepSpeed ZeRO stages are 0, 1, 2 and 3.",
     )
-    # Measured with deepspeed 0.19.8: ZeRO-3 gathers parameters from module hooks as
-    # modules run, so the number of gathers follows the decoder's step count, which
-    # differs between ranks whose batches differ in length; the ranks' collectives then
-    # mismatch on the first batch (gloo aborts). Declaring the model a ZeRO-3 "leaf"
-    # gathers once, but its backward then meets released (empty) weights.
-    _require(
-        strategy.name != "deepspeed" or strategy.zero_stage != 3,
-        "strategy.zero_stage",
-        strategy.zero_stage,
-        "ZeRO-3 cannot partition this model's weights: it gathers them per module call, "
-        "and the decoder makes a different number of calls on each rank. Use "
-        "strategy.zero_stage=2 (gradients and optimizer state partitioned) or 1.",
-    )
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -26,6 +26,20 @@ class Batch:
     tgt_out: torch.Tensor  # (B, T) target ids + EOS: what the decoder must predict
     indices: torch.Tensor  # (B,) dataset positions, to line hypotheses up with references
 
+    def with_target_length(self, length: int) -> "Batch":
+        """The same batch with targets PAD-extended to `length` steps; the loss ignores
+        padding, so gradients are unchanged (only more decoder steps run)."""
+        extra = length - self.tgt_in.size(1)
+        if extra <= 0:
+            return self
+        return Batch(
+            src=self.src,
+            src_lengths=self.src_lengths,
+            tgt_in=torch.nn.functional.pad(self.tgt_in, (0, extra), value=PAD_ID),
+            tgt_out=torch.nn.functional.pad(self.tgt_out, (0, extra), value=PAD_ID),
+            indices=self.indices,
+        )
+
     def to(self, device: torch.device) -> "Batch":
         return Batch(
             src=self.src.to(device, non_blocking=True),

@@ -12,6 +12,7 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 
+from dist_lstm.data.dataset import Batch
 from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.topology import Topology
 
@@ -45,6 +46,10 @@ class Strategy(ABC):
     def eval_model(self) -> torch.nn.Module:
         """A module with the full current weights for validation decoding on this rank."""
         return self.unwrapped_model
+
+    def align_batch(self, batch: Batch) -> Batch:
+        """The batch as this backend needs it to run in step with the other ranks."""
+        return batch
 
     @contextmanager
     def micro_batch(self, sync_gradients: bool) -> Iterator[None]:

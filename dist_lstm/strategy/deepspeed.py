@@ -13,17 +13,27 @@ ranks whose batches differ in shape (the ties between one LSTM's weights are bro
 the autograd queue's state), so bucket slots of equal-shaped tensors (an LSTM's forward
 and reverse weights) were averaged with each other; measured: the encoder LSTM trained
 on wrong gradients. Stage 0 has no partitioned reduction and keeps DeepSpeed's
-unmanaged mode, where `step` is the boundary. Stage 3 is refused by config validation
-(see `validate_strategy` for the measured reason).
+unmanaged mode, where `step` is the boundary.
+
+ZeRO-3 also partitions the weights and gathers each module's weights when the module
+runs, one collective per call. The decoder runs once per target position, so ranks
+whose batches have different target lengths would issue different numbers of gathers
+and deadlock or mix up data (measured: gloo aborted on the first batch). Under stage 3
+every micro-batch's targets are therefore PAD-extended to the longest on any rank
+(`align_batch`; padding adds no loss and no gradient). Validation decodes with a
+data-dependent number of steps too, so it runs on a plain replica of the model that
+receives the gathered weights once per validation.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import ExitStack
 from typing import Any, Dict, Optional
 
 import torch
 
+from dist_lstm.data.dataset import Batch
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
 from dist_lstm.topology import Topology
@@ -67,11 +77,14 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         self.engine = None
         # Open from the first backward of an accumulation group until `step`.
         self._pending_reduction = ExitStack()
+        self._replica: Optional[torch.nn.Module] = None  # stage 3: full-weight copy
 
     def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
         import deepspeed
 
         model = model.to(self.device)
+        if self.zero_stage == 3:
+            self._replica = copy.deepcopy(model)  # before DeepSpeed partitions the weights
         optimizer = optimizer_factory(model)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
@@ -86,6 +99,24 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
     def unwrapped_model(self) -> torch.nn.Module:
         return self.engine.module
 
+    def align_batch(self, batch: Batch) -> Batch:
+        if self.zero_stage != 3:
+            return batch
+        length = torch.tensor([batch.tgt_in.size(1)], device=self.device)
+        torch.distributed.all_reduce(length, op=torch.distributed.ReduceOp.MAX)
+        return batch.with_target_length(int(length))
+
+    def eval_model(self) -> torch.nn.Module:
+        if self.zero_stage != 3:
+            return self.unwrapped_model
+        import deepspeed
+
+        params = dict(self.engine.module.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values())), torch.no_grad():
+            for name, replica_param in self._replica.named_parameters():
+                replica_param.copy_(params[name])
+        return self._replica
+
     def backward(self, loss: torch.Tensor) -> None:
         if self.zero_stage > 0 and not self.engine.inside_no_sync_ctxt:
             self._pending_reduction.enter_context(self.engine.coalesce_grad_reduction())
@@ -99,5 +130,7 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
 
     def model_state_dict(self) -> Dict[str, torch.Tensor]:
         # Stages 0-2 keep full weights in every rank's module (only optimizer state and,
-        # in stage 2, gradients are partitioned), so the module's own state dict is complete.
-        return {k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()}
+        # in stage 2, gradients are partitioned), so the module's own state dict is
+        # complete; stage 3 gathers them into the replica first (all ranks take part).
+        module = self.eval_model()
+        return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}

@@ -133,7 +133,7 @@ def ddp_reference(corpus, tmp_path_factory):
 DS_STEPS = ["trainer.max_steps=6", "trainer.val_every_steps=6", "trainer.accumulate_grad_batches=2"]
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_deepspeed_zero_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
     """Same data, same steps (with gradient accumulation): ZeRO's losses and final weights
     follow DDP's."""

@@ -59,10 +59,45 @@ def test_deepspeed_launcher_local_rank_flag_is_dropped():
     assert drop_local_rank_argument(argv) == ["train.py", "strategy=deepspeed", "seed=3"]
 
 
-def test_zero_stage_3_is_refused_with_the_stages_that_work():
+def test_zero_stage_outside_0_to_3_is_refused():
     from dist_lstm.config import validate_config
 
-    cfg = compose_config(["strategy=deepspeed", "strategy.zero_stage=3"])
-    with pytest.raises(ConfigError, match="strategy.zero_stage=2"):
+    cfg = compose_config(["strategy=deepspeed", "strategy.zero_stage=4"])
+    with pytest.raises(ConfigError, match="strategy.zero_stage"):
         validate_config(cfg)
-    validate_config(compose_config(["strategy=deepspeed", "strategy.zero_stage=2"]))
+    validate_config(compose_config(["strategy=deepspeed", "strategy.zero_stage=3"]))
+
+
+def test_padding_targets_for_zero3_leaves_the_loss_and_gradients_unchanged():
+    """ZeRO-3 runs every rank's decoder for the same number of steps by PAD-extending
+    targets; the loss must not see the padding."""
+    from dist_lstm.data.dataset import Batch
+    from dist_lstm.loss import sequence_loss
+    from dist_lstm.model.seq2seq import build_model
+
+    cfg = compose_config(["model=tiny", "model.dropout=0.0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 12, 12, 0)
+    batch = Batch(
+        src=torch.tensor([[5, 6, 7], [8, 9, 0]]),
+        src_lengths=torch.tensor([3, 2]),
+        tgt_in=torch.tensor([[2, 4, 5], [2, 6, 0]]),  # BOS = 2
+        tgt_out=torch.tensor([[4, 5, 3], [6, 3, 0]]),  # EOS = 3
+        indices=torch.tensor([0, 1]),
+    )
+
+    def loss_and_grads(b):
+        model.zero_grad()
+        loss, tokens = sequence_loss(model(b.src, b.src_lengths, b.tgt_in), b.tgt_out)
+        loss.backward()
+        return loss.detach(), tokens, [p.grad.clone() for p in model.parameters()]
+
+    padded = batch.with_target_length(7)
+    assert padded.tgt_in.shape == (2, 7) and padded.tgt_out.shape == (2, 7)
+    assert batch.with_target_length(2) is batch
+    loss, tokens, grads = loss_and_grads(batch)
+    padded_loss, padded_tokens, padded_grads = loss_and_grads(padded)
+    assert tokens == padded_tokens
+    torch.testing.assert_close(padded_loss, loss)
+    for grad, padded_grad in zip(grads, padded_grads):
+        torch.testing.assert_close(padded_grad, grad)
