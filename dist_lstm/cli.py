@@ -1,8 +1,9 @@
-"""`dist-lstm` command line: translate, evaluate and average trained checkpoints.
+"""`dist-lstm` command line: translate, evaluate, average and export trained checkpoints.
 
-    dist-lstm translate --checkpoint outputs/RUN/checkpoints/best.pt < input.de > output.en
+    dist-lstm translate --checkpoint outputs/RUN/checkpoints/best < input.de > output.en
     dist-lstm evaluate --checkpoint outputs/RUN --split test --beam 5
     dist-lstm average --run outputs/RUN --last 3 --output averaged.pt
+    dist-lstm export outputs/RUN/checkpoints/last model.pt
 
 `python -m dist_lstm ...` is the same program. Training is `python train.py` (Hydra).
 """
@@ -19,12 +20,18 @@ from typing import IO, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from dist_lstm.checkpoint import write_atomically
+from dist_lstm.checkpoint import load_checkpoint, write_atomically
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
-from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
+from dist_lstm.inference import (
+    SearchOptions,
+    Translator,
+    dataset_split_files,
+    load_model,
+    resolve_checkpoint_path,
+)
 
 log = logging.getLogger("dist_lstm")
 
@@ -50,7 +57,7 @@ def _add_search_args(parser: argparse.ArgumentParser, default_beam: int = 5) -> 
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="a checkpoint file, or a run directory (uses checkpoints/best.pt)",
+        help="a checkpoint folder or file, or a run directory (uses checkpoints/best)",
     )
     parser.add_argument(
         "--beam",
@@ -179,6 +186,17 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    source = resolve_checkpoint_path(args.checkpoint)
+    payload = load_checkpoint(source)
+    payload.pop("world_size", None)
+    payload["exported_from"] = str(source)
+    out = write_atomically(payload, args.output)
+    log.info("exported %s (step %s) to %s", source, payload.get("step"), out)
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -222,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of the same model into one checkpoint.",
     )
     sources = average.add_mutually_exclusive_group(required=True)
-    sources.add_argument("--checkpoints", nargs="+", help="checkpoint files to average")
+    sources.add_argument("--checkpoints", nargs="+", help="checkpoints (folders or files)")
     sources.add_argument("--run", help="a run directory: average its last --last step checkpoints")
     average.add_argument(
         "--last",
@@ -232,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     average.add_argument("--output", required=True, help="the averaged checkpoint file")
     average.set_defaults(func=cmd_average)
+
+    export = commands.add_parser(
+        "export",
+        help="consolidate a checkpoint into one file",
+        description="Write any checkpoint (single, DDP, DeepSpeed ZeRO 1-3; a run directory "
+        "means its best) as one file: full fp32 weights, model config and tokenizer, "
+        "loadable with torch.load(..., weights_only=True).",
+    )
+    export.add_argument("checkpoint", help="a checkpoint folder, file, or run directory")
+    export.add_argument("output", help="the file to write, e.g. model.pt")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

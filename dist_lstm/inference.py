@@ -1,7 +1,8 @@
 """Using a trained model: load a checkpoint with its tokenizer and config, translate text.
 
-A checkpoint file carries the resolved config and the serialized SentencePiece models, so
-it is all `dist-lstm translate` needs; a run directory resolves to its best checkpoint.
+A checkpoint (a training checkpoint folder, or one file from `dist-lstm export` or
+`average`) carries the resolved config and the serialized SentencePiece models, so it is
+all `dist-lstm translate` needs; a run directory resolves to its best checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from dist_lstm.checkpoint import load_checkpoint, load_model_weights
+from dist_lstm.checkpoint import is_checkpoint_folder, load_checkpoint, load_model_weights
 from dist_lstm.config import register_configs
 from dist_lstm.data.tokenizer import PAD_ID, Tokenizer
 from dist_lstm.errors import UserError
@@ -35,15 +36,16 @@ class LoadedModel:
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory / checkpoints folder holding best.pt."""
+    """A checkpoint folder or file, or a run directory / checkpoints folder (its best)."""
     path = Path(path).expanduser()
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
-            if candidate.is_file():
-                return candidate
+    if path.is_dir() and not is_checkpoint_folder(path):
+        for candidate in (path / "checkpoints" / "best", path / "best"):
+            if candidate.exists():
+                return candidate.resolve()
         raise UserError(
-            f"{path} is a directory without a checkpoint: give a checkpoint file "
-            "(e.g. RUN_DIR/checkpoints/best.pt) or a run directory that has one."
+            f"{path} is a directory without a checkpoint: give a checkpoint (e.g. "
+            "RUN_DIR/checkpoints/best, or a file from `dist-lstm export`) or a run "
+            "directory that has one."
         )
     return path
 
@@ -56,7 +58,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         if key not in payload:
             raise UserError(
                 f"{path} has no {what} inside, so it cannot be used for translation. "
-                "Use a checkpoint written by `python train.py` or `dist-lstm average`."
+                "Use a checkpoint written by `python train.py`, `dist-lstm export` or "
+                "`dist-lstm average`."
             )
     tokenizer = Tokenizer(payload["tokenizer"])
     config = payload["config"]

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dist_lstm.checkpoint import CheckpointManager
+from dist_lstm.checkpoint.resume import check_resumable, resume_folder
 from dist_lstm.config import validate_config
 from dist_lstm.data.build import build_data, make_eval_loader, make_train_loader
 from dist_lstm.data.corpus import ParallelText
@@ -118,7 +119,18 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         data.train, max_tokens, cfg.seed, topology.rank, topology.world_size
     )
     valid_loader = make_eval_loader(data.valid, max_tokens, topology.rank, topology.world_size)
-    checkpoints = CheckpointManager(run_dir, cfg.trainer.keep_last_checkpoints)
+    checkpoints = CheckpointManager(
+        run_dir, cfg.checkpoint.keep_last, strategy.is_main, strategy.barrier
+    )
+    resume_from = resume_folder(cfg.resume, checkpoints)
+    if resume_from is None and checkpoints.latest() is not None:
+        raise UserError(
+            f"{run_dir} already holds checkpoints of another run ({checkpoints.latest().name}). "
+            "Continue it with resume=auto, or start in a new directory (hydra.run.dir=...)."
+        )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resume_from is not None:
+        check_resumable(resume_from, resolved, cfg.strategy.name, topology.world_size)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     trainer = Trainer(
         cfg,
@@ -131,18 +143,25 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         checkpoints,
         metrics,
         checkpoint_meta={
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": resolved,
             # Unresolved, so `evaluate --split` finds the shipped data on another machine.
             "data_config": OmegaConf.to_container(cfg.data, resolve=False),
             "tokenizer": data.tokenizer.models,
+            "versions": library_versions(),
         },
     )
+    if resume_from is not None:
+        trainer.resume(resume_from)
+        if strategy.is_main:
+            metrics.drop_after(trainer.state.step)  # the steps being redone
+    elif cfg.resume == "auto" and strategy.is_main:
+        log.info("resume=auto: no checkpoint in %s yet, starting fresh", checkpoints.directory)
     state = trainer.fit()
     result: Dict[str, Any] = {"step": state.step, "best_" + cfg.trainer.monitor: state.best_metric}
     if state.history:
         result.update(state.history[-1])
     if data.test is not None and strategy.is_main:
-        result.update(test_best_model(cfg, data.test, checkpoints.path("best"), strategy.device))
+        result.update(test_best_model(cfg, data.test, checkpoints.named("best"), strategy.device))
         metrics.write(
             {"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}}
         )
@@ -151,6 +170,19 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         log.info("outputs in %s: metrics.jsonl, loss.png, checkpoints/, tokenizer/", run_dir)
     strategy.barrier()
     return result
+
+
+def library_versions() -> Dict[str, str]:
+    """Recorded in every checkpoint, to explain a checkpoint that no longer loads."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("dist-lstm", "torch", "deepspeed", "sentencepiece", "hydra-core"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def test_best_model(

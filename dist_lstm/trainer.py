@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -17,7 +18,8 @@ from omegaconf import DictConfig
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
-from dist_lstm.checkpoint import CheckpointManager
+from dist_lstm.checkpoint import CheckpointManager, rng
+from dist_lstm.checkpoint.manager import STATE, TRAINER, rng_file
 from dist_lstm.config.validate import parse_duration
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.evaluation import loss_and_translations, summarize
@@ -64,6 +66,8 @@ class Trainer:
         checkpoint_meta: Dict[str, Any],
     ):
         self.cfg = cfg.trainer
+        self.seed = cfg.seed
+        self.save_every_steps = cfg.checkpoint.every_steps
         self.strategy = strategy
         self.scheduler = scheduler
         self.train_loader = train_loader
@@ -86,11 +90,12 @@ class Trainer:
             self._planned_steps(), self.cfg.progress_bar and self.strategy.is_main
         )
         self._start = time.monotonic()
+        self._check_stop(end_of_epoch=True)  # a resumed run may already be done
         window = _Window()
         try:
             while self.state.stop_reason is None:
                 sampler.set_epoch(self.state.epoch)
-                self._train_epoch(len(sampler) - sampler.position, window, progress)
+                self._train_epoch(sampler.remaining(), window, progress)
                 if self.state.stop_reason:
                     break
                 self.state.epoch += 1
@@ -101,7 +106,7 @@ class Trainer:
             progress.close()
         if self.state.last_validated_step != self.state.step:
             self.validate()
-        self._save(last=True)
+        self._save()
         log.info(
             "training stopped: %s after %d steps, %d epochs, %.0f s; best %s %.3f at step %d",
             self.state.stop_reason,
@@ -158,6 +163,8 @@ class Trainer:
             paused = time.monotonic()
             self.validate()
             window.started += time.monotonic() - paused  # keep tokens/s about training
+        elif self.save_every_steps and step % self.save_every_steps == 0:
+            self._save()
         self._check_stop(end_of_epoch=False)
 
     def _log_train(self, window: "_Window", progress: TrainingProgress) -> None:
@@ -269,22 +276,53 @@ class Trainer:
         return min(bounds) if bounds else None
 
     # ------------------------------------------------------------ checkpoints
-    def _save(
-        self, metrics: Optional[Dict[str, float]] = None, best: bool = False, last: bool = False
-    ) -> None:
-        """After a validation: a step checkpoint (and best.pt if it improved); at the end:
-        last.pt. The weights are fetched once, on every rank (sharded models need it)."""
-        state = self.strategy.model_state_dict()
+    def _save(self, metrics: Optional[Dict[str, float]] = None, best: bool = False) -> Path:
+        """Checkpoint the whole training state (all ranks take part)."""
+        meta = {"epoch": self.state.epoch, **self.checkpoint_meta}
+        meta["world_size"] = self.strategy.topology.world_size
+        if metrics is not None:
+            meta["metrics"] = metrics
+        folder = self.checkpoints.save(
+            self.state.step,
+            write_state=self.strategy.save_state,
+            rank_state=rng.capture(),
+            rank=self.strategy.topology.rank,
+            shared_state=self.state_dict(),
+            meta=meta,
+            best=best,
+        )
         if self.strategy.is_main:
-            meta = {"step": self.state.step, "epoch": self.state.epoch, **self.checkpoint_meta}
-            if metrics is not None:
-                meta["metrics"] = metrics
-                self.checkpoints.save_step(state, **meta)
-            if best:
-                self.checkpoints.save("best", state, **meta)
-            if last:
-                self.checkpoints.save("last", state, **meta)
-        self.strategy.barrier()
+            log.info("checkpoint: %s", folder)
+        return folder
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Where training is, identical on every rank: counters, data position, LR."""
+        return {
+            "train_state": asdict(self.state),
+            "sampler": self.train_loader.batch_sampler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.state = TrainState(**state["train_state"])
+        self.train_loader.batch_sampler.load_state_dict(state["sampler"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def resume(self, folder: Path) -> None:
+        """Continue exactly where the checkpoint in `folder` was written."""
+        self.strategy.load_state(folder / STATE)
+        self.load_state_dict(torch.load(folder / TRAINER, weights_only=True))
+        rank = self.strategy.topology.rank
+        own_rng = rng_file(folder, rank)
+        if own_rng.is_file():
+            rng.restore(torch.load(own_rng, weights_only=True))
+        else:  # written by fewer ranks: this rank starts a fresh, reproducible stream
+            rng.reseed(self.seed, self.state.step, rank)
+        self.state.stop_reason = None
+        if self.strategy.is_main:
+            log.info(
+                "resumed from %s: step %d, epoch %d", folder, self.state.step, self.state.epoch
+            )
 
 
 class _Window:

@@ -12,18 +12,19 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from dist_lstm.checkpoint.manager import STEP_PREFIX, load_checkpoint
+from dist_lstm.checkpoint.consolidate import load_checkpoint
+from dist_lstm.checkpoint.manager import CheckpointManager
 from dist_lstm.errors import UserError
 
 
 def last_step_checkpoints(run_dir: str | Path, count: int) -> List[Path]:
-    """The `count` newest step checkpoints of a run, oldest first."""
-    folder = Path(run_dir).expanduser() / "checkpoints"
-    found = sorted(folder.glob(f"{STEP_PREFIX}*.pt"))
+    """The `count` newest complete checkpoints of a run, oldest first."""
+    manager = CheckpointManager(Path(run_dir).expanduser(), keep_last=1, is_main=False)
+    found = manager.completed()
     if len(found) < count:
         raise UserError(
-            f"{folder} has {len(found)} step checkpoints, {count} were asked for. Lower "
-            "--last, or train with a larger trainer.keep_last_checkpoints."
+            f"{manager.directory} has {len(found)} checkpoints, {count} were asked for. "
+            "Lower --last, or train with a larger checkpoint.keep_last."
         )
     return found[-count:]
 
@@ -58,7 +59,7 @@ def average_checkpoints(paths: Sequence[str | Path]) -> Dict[str, Any]:
         for payload in payloads:
             total += payload["model"][name].double()
         averaged[name] = (total / len(payloads)).to(tensor.dtype)
-    result = {k: v for k, v in payloads[-1].items() if k != "metrics"}
+    result = {k: v for k, v in payloads[-1].items() if k not in ("metrics", "world_size")}
     result["model"] = averaged
     result["averaged_from"] = [str(p) for p in paths]
     return result

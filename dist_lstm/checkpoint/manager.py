@@ -1,51 +1,198 @@
-"""Single-file model checkpoints (`last.pt`, `best.pt`, `step_*.pt`) in a run's
-checkpoints/ folder.
+"""The checkpoint folder of a run: layout, atomic commit, latest/best, retention.
 
-Files are written to a temporary name and renamed, so a crash mid-write never replaces a
-good checkpoint with a truncated one. Each file carries the resolved config and the
-serialized tokenizer, so one file is enough to rebuild the model for inference.
+    <run_dir>/checkpoints/
+        step_00000500/            one checkpoint per save
+            state/                model + optimizer, written by the strategy (sharded:
+                                  DCP files or DeepSpeed's ZeRO partitions)
+            trainer.pt            step, epoch, sampler position, LR schedule, best metric
+            rng/rank_00000.pt     every rank's RNG states, one file per rank
+            meta.pt               resolved config, tokenizer, metrics, world size, versions
+            COMPLETE              written last: only marked folders are ever loaded
+        best -> step_00000500     symlinks, replaced atomically
+        last -> step_00000750
+
+Why: a job killed mid-save (preemption, a crash, a full disk) must never leave something
+that looks like a checkpoint. Every rank writes into a scratch folder, rank 0 renames it
+into place and only then writes the marker; unmarked folders are removed at start-up.
+All ranks are assumed to see the same filesystem (as torchrun and SLURM jobs usually do).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from dist_lstm.errors import UserError
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
 STEP_PREFIX = "step_"
+SCRATCH_PREFIX = ".incomplete_"
+COMPLETE = "COMPLETE"
+META = "meta.pt"
+TRAINER = "trainer.pt"
+STATE = "state"
+RNG = "rng"
+
+
+def step_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / COMPLETE).is_file()
+
+
+def rng_file(folder: Path, rank: int) -> Path:
+    return folder / RNG / f"rank_{rank:05d}.pt"
 
 
 class CheckpointManager:
-    """Owns the checkpoint folder of one run: names, atomic writes and retention.
+    """Saves and finds the checkpoints of one run; every rank holds one.
 
-    `best.pt` and `last.pt` are named checkpoints; `step_XXXXXXXX.pt` are written at each
-    validation and only the newest `keep_last` are kept (for averaging).
+    `save` is collective: every rank calls it with the same step, writes its part through
+    `write_state`, and rank 0 commits. `barrier` and `is_main` come from the strategy.
     """
 
-    def __init__(self, run_dir: str | Path, keep_last: int = 0):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        keep_last: int,
+        is_main: bool = True,
+        barrier: Callable[[], None] = lambda: None,
+    ):
         self.directory = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
+        self.is_main = is_main
+        self.barrier = barrier
+        if is_main:
+            self.remove_incomplete()
+        barrier()
 
-    def path(self, name: str) -> Path:
-        return self.directory / f"{name}.pt"
+    # ------------------------------------------------------------------ finding
+    def completed(self) -> List[Path]:
+        """Complete step checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.glob(f"{STEP_PREFIX}*") if p.is_dir()]
+        return sorted(p for p in found if is_complete(p))
 
-    def save(self, name: str, model_state: Dict[str, torch.Tensor], **meta: Any) -> Path:
-        """Atomically write `name`.pt with the model weights and `meta` (step, config...)."""
-        payload = {"format_version": FORMAT_VERSION, "model": model_state, **meta}
-        return write_atomically(payload, self.path(name))
+    def latest(self) -> Optional[Path]:
+        done = self.completed()
+        return done[-1] if done else None
 
-    def save_step(self, model_state: Dict[str, torch.Tensor], step: int, **meta: Any) -> None:
-        """Write step_<step>.pt and delete step checkpoints beyond the newest keep_last."""
-        if self.keep_last <= 0:
+    def named(self, name: str) -> Path:
+        """`best` or `last`: the checkpoint folder the symlink points to."""
+        return (self.directory / name).resolve()
+
+    def remove_incomplete(self) -> None:
+        """Delete scratch folders and unmarked step folders left by an interrupted save."""
+        if not self.directory.is_dir():
             return
-        self.save(f"{STEP_PREFIX}{step:08d}", model_state, step=step, **meta)
-        for old in sorted(self.directory.glob(f"{STEP_PREFIX}*.pt"))[: -self.keep_last]:
-            old.unlink()
+        for folder in self.directory.iterdir():
+            partial = folder.name.startswith(SCRATCH_PREFIX) or (
+                folder.name.startswith(STEP_PREFIX) and folder.is_dir() and not is_complete(folder)
+            )
+            if partial:
+                log.warning("removing incomplete checkpoint %s (its save was interrupted)", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------- saving
+    def save(
+        self,
+        step: int,
+        write_state: Callable[[Path], None],
+        rank_state: Dict[str, Any],
+        rank: int,
+        shared_state: Dict[str, Any],
+        meta: Dict[str, Any],
+        best: bool = False,
+    ) -> Path:
+        """Write checkpoint `step` on all ranks and commit it; returns its folder.
+
+        write_state(folder): the strategy writes model and optimizer under folder
+        (collective). rank_state: this rank's own state (RNG). shared_state and meta:
+        the same on every rank, written once by rank 0.
+        """
+        final = self.directory / step_name(step)
+        if final.is_dir() and is_complete(final):  # already saved at this step
+            if self.is_main:
+                self._link("last", final)
+                if best:
+                    self._link("best", final)
+            self.barrier()
+            return final
+        scratch = self.directory / f"{SCRATCH_PREFIX}{step_name(step)}"
+        if self.is_main:
+            shutil.rmtree(scratch, ignore_errors=True)
+            (scratch / RNG).mkdir(parents=True)
+        self.barrier()
+        write_state(scratch / STATE)
+        _save_synced(rank_state, rng_file(scratch, rank))
+        self.barrier()
+        if self.is_main:
+            _save_synced(shared_state, scratch / TRAINER)
+            _save_synced({"format_version": FORMAT_VERSION, "step": step, **meta}, scratch / META)
+            _fsync_tree(scratch)
+            os.replace(scratch, final)
+            _fsync_dir(self.directory)
+            (final / COMPLETE).write_text(f"{step}\n")
+            _fsync_dir(final)
+            self._link("last", final)
+            if best:
+                self._link("best", final)
+            self._apply_retention()
+        self.barrier()
+        return final
+
+    def _link(self, name: str, target: Path) -> None:
+        """Point `name` at `target` atomically (a new symlink renamed over the old one)."""
+        link = self.directory / name
+        scratch = self.directory / f".{name}.new"
+        scratch.unlink(missing_ok=True)
+        scratch.symlink_to(target.name, target_is_directory=True)
+        os.replace(scratch, link)
+
+    def _apply_retention(self) -> None:
+        """Keep the newest `keep_last` checkpoints plus those `best`/`last` point to."""
+        protected = {self.named(n) for n in ("best", "last") if (self.directory / n).exists()}
+        done = self.completed()
+        keep = set(done[-self.keep_last :]) if self.keep_last > 0 else set()
+        for folder in done:
+            if folder.resolve() not in protected and folder not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _save_synced(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file the strategy wrote (DCP and DeepSpeed do not all fsync)."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
 
 
 def write_atomically(payload: Dict[str, Any], target: str | Path) -> Path:
@@ -53,25 +200,19 @@ def write_atomically(payload: Dict[str, Any], target: str | Path) -> Path:
     target = Path(target).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(target.name + ".tmp")
-    torch.save(payload, scratch)
+    _save_synced(payload, scratch)
     os.replace(scratch, target)
     return target
 
 
-def load_checkpoint(path: str | Path) -> Dict[str, Any]:
-    """Read a checkpoint written by CheckpointManager.save, with a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+def read_meta(folder: Path) -> Dict[str, Any]:
+    """meta.pt of a complete checkpoint folder, with a clear error otherwise."""
+    if not is_complete(folder):
         raise UserError(
-            f"{path} is not a dist-lstm checkpoint ({exc.__class__.__name__})."
-        ) from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise UserError(f"{path} is not a dist-lstm checkpoint (no model weights inside).")
-    return payload
+            f"{folder} is not a complete checkpoint (no {COMPLETE} marker): its save was "
+            "interrupted. Use another checkpoint of the run, e.g. RUN_DIR/checkpoints/last."
+        )
+    return torch.load(folder / META, map_location="cpu", weights_only=True)
 
 
 def load_model_weights(

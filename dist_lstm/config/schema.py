@@ -117,8 +117,6 @@ class TrainerConfig:
     val_beam: int = 1
     decode_max_len_a: float = 1.5
     decode_max_len_b: int = 10
-    # Step checkpoints kept (written at each validation; for `dist-lstm average --last`).
-    keep_last_checkpoints: int = 3
     device: str = "auto"  # auto | cpu | cuda
     # Numeric precision of training: 32, bf16 (autocast) or fp16 (autocast + loss scaling).
     precision: str = "32"
@@ -139,6 +137,17 @@ class StrategyConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many stay; see dist_lstm/checkpoint/."""
+
+    # Checkpoints are written after every validation and when training ends; also every
+    # N optimizer steps when set.
+    every_steps: Optional[int] = None
+    # Newest checkpoints kept (plus the best); older ones are deleted after each save.
+    keep_last: int = 3
+
+
+@dataclass
 class Config:
     """The whole run. Group defaults come from conf/config.yaml."""
 
@@ -148,6 +157,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # null: start fresh; auto: continue from the newest complete checkpoint of the run
+    # directory if there is one; or a checkpoint folder (RUN/checkpoints/step_00000500).
+    resume: Optional[str] = None
 
 
 def _embedded_data_path(name: str) -> str:

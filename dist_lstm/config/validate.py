@@ -201,12 +201,6 @@ def validate_trainer(trainer: DictConfig) -> None:
         "decoding needs room for at least one token: a >= 0 and b >= 1.",
     )
     _positive("trainer.val_beam", trainer.val_beam)
-    _require(
-        trainer.keep_last_checkpoints >= 0,
-        "trainer.keep_last_checkpoints",
-        trainer.keep_last_checkpoints,
-        "use >= 0 (0 keeps no step checkpoints).",
-    )
     _choice("trainer.device", trainer.device, DEVICES)
     _choice("trainer.precision", trainer.precision, PRECISIONS)
 
@@ -223,6 +217,16 @@ def validate_strategy(strategy: DictConfig) -> None:
     )
 
 
+def validate_checkpoint(checkpoint: DictConfig) -> None:
+    _positive("checkpoint.every_steps", checkpoint.every_steps, allow_none=True)
+    _require(
+        checkpoint.keep_last >= 1,
+        "checkpoint.keep_last",
+        checkpoint.keep_last,
+        "keep at least the newest checkpoint (>= 1); resume needs it.",
+    )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value range; raise ConfigError naming the first bad key."""
     _require(cfg.seed >= 0, "seed", cfg.seed, "use a non-negative integer.")
@@ -231,3 +235,4 @@ def validate_config(cfg: DictConfig) -> None:
     validate_optim(cfg.optim, cfg.trainer)
     validate_trainer(cfg.trainer)
     validate_strategy(cfg.strategy)
+    validate_checkpoint(cfg.checkpoint)

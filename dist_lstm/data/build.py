@@ -82,7 +82,12 @@ def make_train_loader(
     sampler's position ahead of the batches actually trained on.
     """
     sampler = BucketBatchSampler(dataset.sizes(), max_tokens, seed, rank, world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+    # Its own generator: each new iterator draws a seed from it, and would otherwise take
+    # it from the global RNG, which a resumed run (new iterator mid-epoch) would shift.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0, generator=generator
+    )
 
 
 def make_eval_loader(
@@ -95,4 +100,11 @@ def make_eval_loader(
     """
     sizes = torch.as_tensor(dataset.sizes())
     batches = token_budget_batches(sizes, torch.sort(sizes, stable=True).indices, max_tokens)
-    return DataLoader(dataset, batch_sampler=batches[rank::world_size], collate_fn=collate)
+    # Own generator (see make_train_loader): validating must not move the global RNG,
+    # or a run that validates before a checkpoint would train on differently afterwards.
+    return DataLoader(
+        dataset,
+        batch_sampler=batches[rank::world_size],
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -8,12 +8,13 @@ Why this shape:
   so every rank computes the same batch list independently and a resumed run gets the
   same batches as an uninterrupted one.
 - Every rank must run the same number of steps or collective ops hang; the batch list is
-  padded (by repeating its first batches) to a multiple of the world size, then dealt out
-  round-robin, so each rank gets distinct batches and the same count.
+  dealt out round-robin and the last round is filled with the epoch's first batches, so
+  each rank gets distinct batches (but for that fill) and the same count.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Iterator, List, Sequence
 
 import torch
@@ -47,9 +48,15 @@ def token_budget_batches(
 class BucketBatchSampler(Sampler[List[int]]):
     """Yields this rank's batches of dataset indices for the current epoch.
 
-    Call `set_epoch(e)` before iterating each epoch. `state_dict()` records the epoch and
-    how many of this epoch's batches were consumed, and `load_state_dict()` makes the next
-    iteration continue right after them.
+    The epoch's batch list is the same at every world size; ranks take it in rounds
+    (rank r takes batch `consumed + r`) and all advance `consumed` by the world size
+    together. The position is therefore counted in global batches, so a checkpoint
+    written by N ranks resumes on M ranks without skipping or repeating a batch. In the
+    last round, ranks past the end take batches from the epoch's start, so that every
+    rank runs the same number of steps.
+
+    Call `set_epoch(e)` before iterating each epoch; `state_dict()`/`load_state_dict()`
+    carry the epoch and the global position.
     """
 
     def __init__(
@@ -68,17 +75,17 @@ class BucketBatchSampler(Sampler[List[int]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        self.position = 0  # batches of this epoch already handed out on this rank
+        self.consumed = 0  # global batches of this epoch handed out to all ranks
         self._cache: Dict[int, List[List[int]]] = {}
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first batch (unless a restored state says otherwise)."""
         if epoch != self.epoch:
             self.epoch = epoch
-            self.position = 0
+            self.consumed = 0
 
     def _global_batches(self, epoch: int) -> List[List[int]]:
-        """All ranks' batches for `epoch`, identical on every rank, padded to world size."""
+        """All ranks' batches for `epoch`, identical on every rank and world size."""
         if epoch in self._cache:
             return self._cache[epoch]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -86,25 +93,27 @@ class BucketBatchSampler(Sampler[List[int]]):
         order = perm[torch.sort(self.sizes[perm], stable=True).indices]
         batches = token_budget_batches(self.sizes, order, self.max_tokens)
         batches = [batches[i] for i in torch.randperm(len(batches), generator=gen)]
-        remainder = len(batches) % self.world_size
-        if remainder:
-            batches += batches[: self.world_size - remainder]
         self._cache = {epoch: batches}
         return batches
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank)."""
-        return len(self._global_batches(self.epoch)) // self.world_size
+        return math.ceil(len(self._global_batches(self.epoch)) / self.world_size)
+
+    def remaining(self) -> int:
+        """Batches of the current epoch still to come on this rank."""
+        left = len(self._global_batches(self.epoch)) - self.consumed
+        return max(0, math.ceil(left / self.world_size))
 
     def __iter__(self) -> Iterator[List[int]]:
-        mine = self._global_batches(self.epoch)[self.rank :: self.world_size]
-        while self.position < len(mine):
-            batch = mine[self.position]
-            self.position += 1
+        batches = self._global_batches(self.epoch)
+        while self.consumed < len(batches):
+            batch = batches[(self.consumed + self.rank) % len(batches)]
+            self.consumed = min(self.consumed + self.world_size, len(batches))
             yield batch
 
     def state_dict(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         if state["seed"] != self.seed:
@@ -113,4 +122,4 @@ class BucketBatchSampler(Sampler[List[int]]):
                 f"{self.seed}; resume with the same seed."
             )
         self.epoch = state["epoch"]
-        self.position = state["position"]
+        self.consumed = state["consumed"]

@@ -28,6 +28,18 @@ class MetricsWriter:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(clean) + "\n")
 
+    def drop_after(self, step: int) -> None:
+        """Forget records past `step` and the final test scores: a resumed run logs
+        those steps again and tests its best model again at its end."""
+        if not self.path.is_file():
+            return
+        kept = [
+            r for r in read_metrics(self.path) if r.get("step", 0) <= step and "test_bleu" not in r
+        ]
+        scratch = self.path.with_name(self.path.name + ".tmp")
+        scratch.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        scratch.replace(self.path)
+
 
 def read_metrics(path: str | Path) -> List[Dict[str, Any]]:
     with open(path) as handle:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 
+from dist_lstm.checkpoint.consolidate import single_process_quietly
 from dist_lstm.data.dataset import Batch
 from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.topology import Topology
@@ -105,5 +107,48 @@ class Strategy(ABC):
     def model_state_dict(self) -> Dict[str, torch.Tensor]:
         return self.unwrapped_model.state_dict()
 
+    def save_state(self, folder: Path) -> None:
+        """Write model, optimizer (and loss scaler) under `folder`; collective.
+
+        torch.distributed.checkpoint: each rank writes its own file, replicated tensors
+        once, and the result loads at any world size (DCP reshards on load).
+        """
+        import torch.distributed.checkpoint as dcp
+
+        with single_process_quietly():
+            dcp.save(self._dcp_state(), checkpoint_id=str(folder), no_dist=not _distributed())
+
+    def load_state(self, folder: Path) -> None:
+        """Restore what `save_state` wrote, at this run's world size; collective."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._dcp_state()
+        with single_process_quietly():
+            dcp.load(state, checkpoint_id=str(folder), no_dist=not _distributed())
+        set_state_dict(
+            self.unwrapped_model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
+        if self.scaler:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def _dcp_state(self) -> Dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        # Canonical keys (no DDP "module." prefix); the optimizer's state is created
+        # first if no step has run, so a load has every slot to fill.
+        model_state, optim_state = get_state_dict(self.unwrapped_model, self.optimizer)
+        state: Dict[str, Any] = {"model": model_state, "optim": optim_state}
+        if self.scaler:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
     def teardown(self) -> None:
         """Release process groups or engines; nothing to do for one process."""
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import copy
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
+from dist_lstm.checkpoint.consolidate import DEEPSPEED_TAG
 from dist_lstm.data.dataset import Batch
+from dist_lstm.errors import UserError
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
 from dist_lstm.topology import Topology
@@ -134,3 +137,21 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         # complete; stage 3 gathers them into the replica first (all ranks take part).
         module = self.eval_model()
         return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+
+    def save_state(self, folder: Path) -> None:
+        # DeepSpeed's own format: each rank writes its ZeRO partition of the optimizer.
+        self._pending_reduction.close()
+        self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
+
+    def load_state(self, folder: Path) -> None:
+        loaded, _ = self.engine.load_checkpoint(
+            str(folder),
+            tag=DEEPSPEED_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,  # our scheduler is restored with the trainer
+        )
+        if loaded is None:
+            raise UserError(
+                f"{folder} holds no DeepSpeed state: resume a strategy=deepspeed run from a "
+                "checkpoint that strategy=deepspeed wrote."
+            )

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from dist_lstm.checkpoint import load_checkpoint
 from tests.conftest import ROOT, write_lines
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
@@ -72,7 +73,7 @@ def corpus(tmp_path_factory):
 
 
 def last_params(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    return load_checkpoint(run_dir / "checkpoints" / "last")["model"]
 
 
 def train_losses(run_dir):

@@ -76,7 +76,7 @@ def test_translate_keeps_line_count_order_and_empty_lines(run_dir, tmp_path, cap
 def test_translate_reads_stdin(run_dir, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", FakeStdin("\n".join(SENTENCES).encode() + b"\n"))
     code, out, err = call(
-        ["translate", "--checkpoint", run_dir / "checkpoints" / "best.pt", "--beam", 1], capsys
+        ["translate", "--checkpoint", run_dir / "checkpoints" / "best", "--beam", 1], capsys
     )
     assert code == 0, err
     assert len(out.split("\n")) == len(SENTENCES) + 1
@@ -153,7 +153,7 @@ def test_evaluate_split_test_prints_scores_with_signatures(run_dir, capsys):
 
 def test_average_identical_and_different_checkpoints(run_dir, tmp_path, capsys):
     ckpts = run_dir / "checkpoints"
-    a, b = ckpts / "step_00000075.pt", ckpts / "step_00000150.pt"
+    a, b = ckpts / "step_00000075", ckpts / "step_00000150"
     code, _, err = call(
         ["average", "--checkpoints", b, b, "--output", tmp_path / "same.pt"], capsys
     )
@@ -183,7 +183,7 @@ def test_not_a_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("missing", ["tokenizer", "config"])
 def test_checkpoint_missing_tokenizer_or_config(run_dir, tmp_path, capsys, missing):
-    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    payload = load_checkpoint(run_dir / "checkpoints" / "best")
     del payload[missing]
     torch.save(payload, tmp_path / "partial.pt")
     code, _, err = call(["translate", "--checkpoint", tmp_path / "partial.pt"], capsys)
@@ -191,7 +191,7 @@ def test_checkpoint_missing_tokenizer_or_config(run_dir, tmp_path, capsys, missi
 
 
 def test_model_config_mismatch_names_parameter_and_shapes(run_dir, tmp_path, capsys):
-    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    payload = load_checkpoint(run_dir / "checkpoints" / "best")
     payload["config"]["model"]["hidden_size"] = 64
     torch.save(payload, tmp_path / "mismatch.pt")
     code, _, err = call(["translate", "--checkpoint", tmp_path / "mismatch.pt"], capsys)

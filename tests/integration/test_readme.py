@@ -1,4 +1,4 @@
-"""The README's inference walkthrough, run exactly as written (in a scratch folder)."""
+"""The README's walkthroughs (inference, then resume), run exactly as written."""
 
 import os
 import re
@@ -9,17 +9,17 @@ from tests.conftest import ROOT
 MARKER = "<!-- the block below is run as written by tests/integration/test_readme.py -->"
 
 
-def readme_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index(MARKER) + len(MARKER) :]
-    return re.search(r"```bash\n(.*?)```", after, re.S).group(1)
+def readme_blocks() -> str:
+    """Every marked bash block, in README order."""
+    parts = (ROOT / "README.md").read_text().split(MARKER)[1:]
+    return "".join(re.search(r"```bash\n(.*?)```", part, re.S).group(1) for part in parts)
 
 
-def test_readme_inference_commands_work_as_written(tmp_path):
+def test_readme_commands_work_as_written(tmp_path):
     # The commands use repository-relative paths: give them a scratch copy of the layout.
     for name in ("train.py", "conf", "dist_lstm"):
         (tmp_path / name).symlink_to(ROOT / name)
-    script = "set -eu\n" + readme_block()  # no pipefail: `zcat | head` ends zcat early
+    script = "set -eu\n" + readme_blocks()  # no pipefail: `zcat | head` ends zcat early
     proc = subprocess.run(
         ["bash", "-c", script],
         cwd=tmp_path,
@@ -32,3 +32,9 @@ def test_readme_inference_commands_work_as_written(tmp_path):
     assert len((tmp_path / "sample.en").read_text().splitlines()) == 20
     assert proc.stdout.count("BLEU = ") == 2 and '"bleu_signature"' in proc.stdout
     assert (tmp_path / "outputs" / "smoke" / "averaged.pt").is_file()
+    assert "'config', 'data_config'" in proc.stdout and "'model'" in proc.stdout  # export
+    assert "'tokenizer'" in proc.stdout
+    # The resume block: the finished run resumes at its end; the second resumes at 75.
+    assert "resumed from" in (tmp_path / "outputs" / "smoke" / "train.log").read_text()
+    logs = [p.read_text() for p in (tmp_path / "outputs").glob("*/*/train.log")]
+    assert any("step_00000075: step 75, epoch" in text for text in logs)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
+from dist_lstm.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 
 
@@ -33,8 +33,8 @@ def test_smoke_experiment_writes_every_output(tmp_path):
         "loss.png",
         "train.log",
         "tokenizer/tokenizer.json",
-        "checkpoints/last.pt",
-        "checkpoints/best.pt",
+        "checkpoints/last/COMPLETE",
+        "checkpoints/best/COMPLETE",
     ):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -46,7 +46,7 @@ def test_smoke_experiment_writes_every_output(tmp_path):
     assert all({"val_loss", "val_bleu", "val_chrf"} <= r.keys() for r in val_records)
     assert train_records[-1]["loss"] < train_records[0]["loss"]
     assert any("test_bleu" in r for r in records)
-    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    last = load_checkpoint(run_dir / "checkpoints" / "last")
     assert last["step"] == 150 and last["config"]["model"]["hidden_size"] == 128
     log = (run_dir / "train.log").read_text()
     assert "validation step 150" in log

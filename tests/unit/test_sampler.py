@@ -77,13 +77,38 @@ def test_state_dict_resumes_right_after_consumed_batches():
     it = iter(sampler)
     consumed = [next(it) for _ in range(5)]
     state = sampler.state_dict()
-    assert state["epoch"] == 2 and state["position"] == 5
+    assert state["epoch"] == 2 and state["consumed"] == 5
     resumed = BucketBatchSampler(s, 200, seed=3)
     resumed.load_state_dict(state)
     resumed.set_epoch(2)  # the trainer calls this at the top of the epoch; it must not rewind
     assert consumed + list(resumed) == full
     with pytest.raises(ValueError, match="seed"):
         BucketBatchSampler(s, 200, seed=4).load_state_dict(state)
+
+
+def test_position_written_by_two_ranks_resumes_on_three_without_loss_or_repeat():
+    """A checkpoint counts global batches, so another world size continues exactly."""
+    s = sizes()
+    full = epoch_batches(BucketBatchSampler(s, 200, seed=3), 1)
+    two = [BucketBatchSampler(s, 200, seed=3, rank=r, world_size=2) for r in range(2)]
+    seen = []
+    for sampler in two:
+        sampler.set_epoch(1)
+        it = iter(sampler)
+        seen.append([next(it) for _ in range(4)])
+    state = two[0].state_dict()
+    assert state == two[1].state_dict() and state["consumed"] == 8
+    three = [BucketBatchSampler(s, 200, seed=3, rank=r, world_size=3) for r in range(3)]
+    for sampler in three:
+        sampler.load_state_dict(state)
+        sampler.set_epoch(1)
+    rest = [list(sampler) for sampler in three]
+    assert len({len(r) for r in rest}) == 1  # same step count on every rank
+    before = [b for pair in zip(*seen) for b in pair]
+    after = [b for round_ in zip(*rest) for b in round_]
+    tail = len(full) - len(before)
+    assert before + after[:tail] == full  # nothing skipped, nothing repeated
+    assert after[tail:] == full[: len(after) - tail]  # the last round's fill only
 
 
 def test_item_over_budget_gets_its_own_batch():

@@ -4,8 +4,8 @@ import json
 import random
 
 import pytest
-import torch
 
+from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.run import train
 from tests.conftest import compose_config, write_lines
 
@@ -103,7 +103,7 @@ def test_best_checkpoint_is_the_best_validation(tmp_path, corpus):
     )
     vals = [r for r in records if "val_loss" in r]
     best = min(vals, key=lambda r: r["val_loss"])
-    saved = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    saved = load_checkpoint(tmp_path / "checkpoints" / "best")
     assert saved["step"] == best["step"]
     assert saved["metrics"]["val_loss"] == pytest.approx(best["val_loss"])
 

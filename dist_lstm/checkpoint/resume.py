@@ -1,0 +1,79 @@
+"""Which checkpoint `resume=...` means, and whether this run can continue from it.
+
+Checked before any state is loaded, so a mismatch ends with one message naming the
+difference, not with a shape error from deep inside DCP or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from dist_lstm.checkpoint.consolidate import DEEPSPEED_TAG, is_checkpoint_folder
+from dist_lstm.checkpoint.manager import STATE, CheckpointManager, is_complete, read_meta
+from dist_lstm.errors import UserError
+
+
+def resume_folder(resume: Optional[str], manager: CheckpointManager) -> Optional[Path]:
+    """None (start fresh) or the complete checkpoint folder to continue from.
+
+    resume=auto: the newest complete checkpoint of this run directory, if any.
+    resume=PATH: a checkpoint folder, or a run directory (its newest checkpoint).
+    """
+    if resume is None:
+        return None
+    if resume == "auto":
+        return manager.latest()
+    path = Path(resume).expanduser()
+    if is_checkpoint_folder(path):
+        if not is_complete(path):
+            raise UserError(
+                f"resume={resume}: that checkpoint's save was interrupted (no COMPLETE "
+                "marker); resume from an earlier one or use resume=auto."
+            )
+        return path
+    latest = CheckpointManager(path, keep_last=1, is_main=False).latest()
+    if latest is not None:
+        return latest
+    raise UserError(
+        f"resume={resume}: not a checkpoint folder nor a run directory with checkpoints. "
+        "Give RUN_DIR/checkpoints/step_XXXXXXXX, a run directory, or resume=auto."
+    )
+
+
+def check_resumable(
+    folder: Path, config: Dict[str, Any], strategy_name: str, world_size: int
+) -> Dict[str, Any]:
+    """The checkpoint's meta, after checking that this run's model and strategy fit it."""
+    meta = read_meta(folder)
+    saved = meta.get("config", {})
+    if saved.get("model") != config["model"]:
+        changed = sorted(
+            key
+            for key in set(saved.get("model", {})) | set(config["model"])
+            if saved.get("model", {}).get(key) != config["model"].get(key)
+        )
+        raise UserError(
+            f"resume: {folder} holds another model (model.{', model.'.join(changed)} "
+            "differ). Resume with the checkpoint's model settings, or start a new run."
+        )
+    if saved.get("seed") != config["seed"]:
+        raise UserError(
+            f"resume: {folder} was trained with seed={saved.get('seed')}; this run has "
+            f"seed={config['seed']}. Use the same seed, or the data order would change."
+        )
+    deepspeed_state = (folder / STATE / DEEPSPEED_TAG).is_dir()
+    if deepspeed_state != (strategy_name == "deepspeed"):
+        written = "strategy=deepspeed" if deepspeed_state else "strategy=single/ddp"
+        raise UserError(
+            f"resume: {folder} was written with {written}; resume with the same kind of "
+            "strategy (single and ddp checkpoints are interchangeable), or export the "
+            "weights with `dist-lstm export` and start a new run from them."
+        )
+    if deepspeed_state and meta.get("world_size") != world_size:
+        raise UserError(
+            f"resume: {folder} was written by {meta.get('world_size')} DeepSpeed ranks and "
+            f"this run has {world_size}; DeepSpeed checkpoints resume at their own world "
+            "size (strategy=ddp checkpoints resume at any world size)."
+        )
+    return meta

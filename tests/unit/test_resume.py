@@ -1,0 +1,123 @@
+"""Checkpoints in one process: exact resume, atomic commit, retention, bad resume input."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.checkpoint.manager import CheckpointManager
+from dist_lstm.errors import UserError
+from dist_lstm.run import train
+from tests.conftest import compose_config, write_lines
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(5)
+    overrides = []
+    for split, n in (("train", 300), ("valid", 30)):
+        src = [" ".join(rng.choice("abcdef") for _ in range(rng.randint(2, 6))) for _ in range(n)]
+        overrides.append(f"data.{split}_src={write_lines(root / f'{split}.src', src)}")
+        overrides.append(
+            f"data.{split}_tgt={write_lines(root / f'{split}.tgt', [s[::-1] for s in src])}"
+        )
+    return [
+        "data=custom",
+        *overrides,
+        "data.tokenizer.vocab_size=12",
+        "data.max_tokens=200",
+        "data.max_len=20",
+        "model=tiny",
+        "model.emb_dim=16",
+        "model.hidden_size=16",
+        "model.dropout=0.2",  # resume must restore the RNG that dropout draws from
+        "optim.warmup_steps=0",
+        "optim.schedule=inverse_sqrt",
+        "optim.warmup_steps=3",
+        "trainer.progress_bar=false",
+        "trainer.log_every_steps=1",
+        "trainer.early_stopping_patience=0",
+        "trainer.max_epochs=null",
+        "trainer.val_every_steps=4",
+    ]
+
+
+def run(run_dir, corpus, *overrides):
+    train(compose_config([*corpus, *overrides]), run_dir=run_dir)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records
+
+
+def losses(records):
+    return [(r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    records = run(run_dir, corpus, "trainer.max_steps=14")
+    return run_dir, records
+
+
+def test_resumed_run_matches_an_uninterrupted_one_exactly(corpus, uninterrupted, tmp_path):
+    """Stopped at step 6 (mid-epoch, after no validation), continued to 14: the same
+    per-step losses and bitwise the same weights, with dropout on and a warmup schedule."""
+    reference_dir, reference = uninterrupted
+    run(tmp_path, corpus, "trainer.max_steps=6", "checkpoint.every_steps=3")
+    records = run(tmp_path, corpus, "trainer.max_steps=14", "resume=auto")
+    assert losses(records) == losses(reference)  # metrics.jsonl forgot the redone steps
+    mine = load_checkpoint(tmp_path / "checkpoints" / "last")["model"]
+    theirs = load_checkpoint(reference_dir / "checkpoints" / "last")["model"]
+    for name in theirs:
+        assert torch.equal(mine[name], theirs[name]), name
+
+
+def test_retention_keeps_newest_and_best(uninterrupted):
+    run_dir, records = uninterrupted
+    folder = run_dir / "checkpoints"
+    steps = sorted(int(p.name[5:]) for p in folder.glob("step_*"))
+    vals = {r["step"]: r["val_bleu"] for r in records if "val_bleu" in r}
+    best_step = max(vals, key=lambda s: (vals[s], -s))
+    assert set(steps) == {8, 12, 14} | {best_step}
+    assert (folder / "best").resolve().name == f"step_{best_step:08d}"
+    assert (folder / "last").resolve().name == "step_00000014"
+
+
+def test_interrupted_save_is_never_loaded_and_is_cleaned_up(corpus, tmp_path):
+    run(tmp_path, corpus, "trainer.max_steps=4")
+    folder = tmp_path / "checkpoints"
+    # A save killed before its marker, and a scratch folder of another.
+    broken = folder / "step_00000009"
+    shutil.copytree(folder / "step_00000004", broken)
+    (broken / "COMPLETE").unlink()
+    (folder / ".incomplete_step_00000010").mkdir()
+    manager = CheckpointManager(tmp_path, keep_last=3)
+    assert manager.latest().name == "step_00000004"
+    assert not broken.exists() and not (folder / ".incomplete_step_00000010").exists()
+    shutil.copytree(folder / "step_00000004", broken)
+    (broken / "COMPLETE").unlink()
+    with pytest.raises(UserError, match="no COMPLETE marker"):
+        run(tmp_path / "other", corpus, "trainer.max_steps=8", f"resume={broken}")
+
+
+def test_bad_resume_requests_fail_clearly_and_keep_the_checkpoints(corpus, tmp_path):
+    run(tmp_path, corpus, "trainer.max_steps=4")
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        run(tmp_path, corpus, "trainer.max_steps=8")  # fresh start over a run
+    with pytest.raises(UserError, match="model.hidden_size"):
+        run(tmp_path, corpus, "trainer.max_steps=8", "resume=auto", "model.hidden_size=32")
+    with pytest.raises(UserError, match="seed=7"):
+        run(tmp_path, corpus, "trainer.max_steps=8", "resume=auto", "seed=7")
+    with pytest.raises(UserError, match="not a checkpoint folder"):
+        run(tmp_path / "new", corpus, "trainer.max_steps=8", f"resume={tmp_path / 'nowhere'}")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_resume_auto_without_checkpoints_starts_fresh(corpus, tmp_path):
+    records = run(tmp_path, corpus, "trainer.max_steps=2", "resume=auto")
+    assert [s for s, _ in losses(records)] == [1, 2]
