@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ from dist_lstm.logging.metrics import MetricsWriter, plot_losses
 from dist_lstm.logging.run_dir import adopt_main_run_dir
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_scheduler
+from dist_lstm.signals import exit_status
 from dist_lstm.strategy import Strategy, build_strategy
 from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
 from dist_lstm.trainer import Trainer, monitor_mode
@@ -156,7 +158,10 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
             metrics.drop_after(trainer.state.step)  # the steps being redone
     elif cfg.resume == "auto" and strategy.is_main:
         log.info("resume=auto: no checkpoint in %s yet, starting fresh", checkpoints.directory)
-    state = trainer.fit()
+    with trainer.stop_request:
+        state = trainer.fit()
+    if state.stop_signal is not None:
+        stop_for_signal(state.stop_signal, state.step, strategy)
     result: Dict[str, Any] = {"step": state.step, "best_" + cfg.trainer.monitor: state.best_metric}
     if state.history:
         result.update(state.history[-1])
@@ -170,6 +175,20 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         log.info("outputs in %s: metrics.jsonl, loss.png, checkpoints/, tokenizer/", run_dir)
     strategy.barrier()
     return result
+
+
+def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:
+    """The checkpoint is written: skip the final test and exit with 128 + signum."""
+    if strategy.is_main:
+        log.warning(
+            "stopped by %s at step %d; the checkpoint is complete. Continue with resume=auto "
+            "(same hydra.run.dir). Exit status %d.",
+            signal.Signals(signum).name,
+            step,
+            exit_status(signum),
+        )
+    strategy.barrier()
+    sys.exit(exit_status(signum))
 
 
 def library_versions() -> Dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from dist_lstm.evaluation import loss_and_translations, summarize
 from dist_lstm.logging.console import TrainingProgress
 from dist_lstm.logging.metrics import MetricsWriter
 from dist_lstm.loss import sequence_loss
+from dist_lstm.signals import StopRequest
 from dist_lstm.strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class TrainState:
     validations_without_improvement: int = 0
     last_validated_step: int = -1
     stop_reason: Optional[str] = None
+    stop_signal: Optional[int] = None  # set when a signal stopped training
     history: list = field(default_factory=list)
 
 
@@ -78,6 +81,7 @@ class Trainer:
         self.metrics = metrics
         self.checkpoint_meta = checkpoint_meta
         self.state = TrainState()
+        self.stop_request = StopRequest()  # run.py installs it around fit()
         self.mode = monitor_mode(self.cfg.monitor)
         self.max_seconds = parse_duration(self.cfg.max_time) if self.cfg.max_time else None
         self._start = time.monotonic()
@@ -104,18 +108,21 @@ class Trainer:
                 self._check_stop(end_of_epoch=True)
         finally:
             progress.close()
-        if self.state.last_validated_step != self.state.step:
+        if self.state.stop_signal is None and self.state.last_validated_step != self.state.step:
             self.validate()
         self._save()
+        best = (
+            f"best {self.cfg.monitor} {self.state.best_metric:.3f} at step {self.state.best_step}"
+            if self.state.best_metric is not None
+            else "not validated yet"
+        )
         log.info(
-            "training stopped: %s after %d steps, %d epochs, %.0f s; best %s %.3f at step %d",
+            "training stopped: %s after %d steps, %d epochs, %.0f s; %s",
             self.state.stop_reason,
             self.state.step,
             self.state.epoch,
             self.elapsed,
-            self.cfg.monitor,
-            self.state.best_metric,
-            self.state.best_step,
+            best,
         )
         return self.state
 
@@ -165,6 +172,7 @@ class Trainer:
             window.started += time.monotonic() - paused  # keep tokens/s about training
         elif self.save_every_steps and step % self.save_every_steps == 0:
             self._save()
+        self._check_signal()
         self._check_stop(end_of_epoch=False)
 
     def _log_train(self, window: "_Window", progress: TrainingProgress) -> None:
@@ -246,8 +254,20 @@ class Trainer:
     def elapsed(self) -> float:
         return time.monotonic() - self._start
 
+    def _check_signal(self) -> None:
+        """Stop on every rank if any rank received a stop signal (ranks may get it at
+        slightly different times; all must leave the loop at the same step)."""
+        local = self.stop_request.signum or 0
+        votes = self.strategy.all_reduce_sum(torch.tensor([float(local > 0), float(local)]))
+        if votes[0] > 0:
+            signum = local or int(votes[1] / votes[0])
+            self.state.stop_signal = signum
+            self.state.stop_reason = f"stopped by {signal.Signals(signum).name}"
+
     def _check_stop(self, end_of_epoch: bool) -> None:
         cfg, state = self.cfg, self.state
+        if state.stop_signal is not None:
+            return
         if cfg.max_steps is not None and state.step >= cfg.max_steps:
             state.stop_reason = f"reached trainer.max_steps={cfg.max_steps}"
         elif end_of_epoch and cfg.max_epochs is not None and state.epoch >= cfg.max_epochs:
@@ -319,6 +339,7 @@ class Trainer:
         else:  # written by fewer ranks: this rank starts a fresh, reproducible stream
             rng.reseed(self.seed, self.state.step, rank)
         self.state.stop_reason = None
+        self.state.stop_signal = None
         if self.strategy.is_main:
             log.info(
                 "resumed from %s: step %d, epoch %d", folder, self.state.step, self.state.epoch

@@ -7,9 +7,10 @@ process group is read from the environment (env://). CPU ranks use gloo, GPU ran
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import nullcontext
 from datetime import timedelta
-from typing import Any, ContextManager, List
+from typing import Any, ContextManager, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,30 @@ def default_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def elastic_store(world_size: int, timeout_s: float) -> Optional[dist.Store]:
+    """Under torchrun, the rendezvous store with a key prefix of this attempt.
+
+    After `torchrun --max-restarts` restarts the workers, the store still holds the
+    previous attempt's keys, and a plain re-initialization hung or failed (measured:
+    4 of 5 restarts). Keys under a prefix of TORCHELASTIC_RESTART_COUNT start clean.
+    Outside torchrun (None) the default env:// initialization is used.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    # torchrun hosts the store in its agent (TORCHELASTIC_USE_AGENT_STORE); otherwise
+    # rank 0 hosts it, as env:// would.
+    hosted_by_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=not hosted_by_agent and int(os.environ["RANK"]) == 0,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    return dist.PrefixStore(f"dist_lstm/attempt_{attempt}", store)
+
+
 def init_process_group(topology: Topology, backend: str, timeout_s: float) -> None:
     """Join the job's process group (idempotent). A collective that waits longer than
     `timeout_s` raises instead of hanging, so one failed rank ends the whole job."""
@@ -38,6 +63,7 @@ def init_process_group(topology: Topology, backend: str, timeout_s: float) -> No
         rank=topology.rank,
         world_size=topology.world_size,
         timeout=timedelta(seconds=timeout_s),
+        store=elastic_store(topology.world_size, timeout_s),
     )
     log.info("process group: %s, rank %d of %d", backend, topology.rank, topology.world_size)
 

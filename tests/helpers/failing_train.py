@@ -1,7 +1,9 @@
-"""train.py with a fault injected: the rank named by FAIL_RANK raises at FAIL_STEP.
+"""train.py with a fault injected: the rank named by FAIL_RANK raises at FAIL_STEP (in
+the first attempt only, when torchrun restarts the workers).
 
 Used by the distributed tests to check that one failing rank ends the whole job quickly
-with a message naming it, instead of leaving the other ranks waiting in a collective.
+with a message naming it, instead of leaving the other ranks waiting in a collective,
+and that `torchrun --max-restarts` restarts resume from the last checkpoint.
 """
 
 import os
@@ -20,6 +22,7 @@ def failing_step(self, window, progress):
     if (
         self.state.step == int(os.environ["FAIL_STEP"])
         and os.environ["RANK"] == os.environ["FAIL_RANK"]
+        and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     ):
         raise RuntimeError("injected failure for the test")
 

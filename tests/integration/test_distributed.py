@@ -212,19 +212,18 @@ def test_two_nodes_on_loopback_match_one_node(corpus, ddp_reference, tmp_path):
         torch.testing.assert_close(two_nodes[name], reference[name], rtol=0, atol=0, msg=name)
 
 
-def test_sbatch_template_runs_with_stand_in_slurm_commands(corpus, tmp_path):
-    """launch/slurm/train.sbatch as SLURM would run it on one node, with srun and scontrol
-    replaced by stand-ins: the torchrun command line it builds must train."""
+def slurm_stand_ins(tmp_path):
+    """srun and scontrol replaced for one node: srun runs its command once (dropping its
+    own options); scontrol answers `show hostnames` and logs every call."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
-    # srun runs its command once (one node), dropping its own options.
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {calls}\necho 127.0.0.1\n')
     (bin_dir / "srun").write_text(
         '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n'
     )
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    run_dir = tmp_path / "slurm-run"
     env = {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
@@ -234,8 +233,15 @@ def test_sbatch_template_runs_with_stand_in_slurm_commands(corpus, tmp_path):
         "SLURM_JOB_NODELIST": "node1",
         "GPUS_PER_NODE": "2",
         "RDZV_PORT": str(free_port()),
-        "RUN_DIR": str(run_dir),
+        "RUN_DIR": str(tmp_path / "slurm-run"),
     }
+    return env, calls
+
+
+def test_sbatch_template_runs_with_stand_in_slurm_commands(corpus, tmp_path):
+    """launch/slurm/train.sbatch as SLURM would run it on one node: the torchrun command
+    line it builds must train."""
+    env, _ = slurm_stand_ins(tmp_path)
     proc = subprocess.run(
         [
             "bash",
@@ -251,7 +257,44 @@ def test_sbatch_template_runs_with_stand_in_slurm_commands(corpus, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "slurm-run"
     assert "DDPStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()
+
+
+def test_sbatch_template_checkpoints_and_requeues_on_usr1(corpus, tmp_path):
+    """SLURM's warning signal: every rank checkpoints, the job asks to be requeued, and
+    the requeued job (the same script again) continues from the checkpoint."""
+    env, calls = slurm_stand_ins(tmp_path)
+    args = ["bash", "launch/slurm/train.sbatch", *corpus, "trainer.val_every_steps=0"]
+    proc = subprocess.Popen(
+        [*args, "trainer.max_steps=100000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    run_dir = tmp_path / "slurm-run"
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before the signal"
+    proc.send_signal(signal.SIGUSR1)  # --signal=B:USR1@120 goes to the batch shell
+    output, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, output[-3000:]
+    assert "requeue 4242" in calls.read_text()
+    step = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["train_state"]["step"]
+    requeued = subprocess.run(
+        [*args, f"trainer.max_steps={step + 2}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert requeued.returncode == 0, requeued.stdout[-3000:] + requeued.stderr[-3000:]
+    final = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["train_state"]["step"]
+    assert final == step + 2
 
 
 @pytest.mark.parametrize(
@@ -325,3 +368,134 @@ def test_deepspeed_launcher_runs_train_py(corpus, tmp_path):
     )
     assert len(train_losses(run_dir)) == 2
     assert "DeepSpeedStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_ddp_run_resumed_midway_matches_the_uninterrupted_one(corpus, ddp_reference, tmp_path):
+    run_dir = tmp_path / "resumed"
+    first = [*corpus, *DS_STEPS[1:], "strategy=ddp", f"hydra.run.dir={run_dir}"]
+    run(torchrun(*first, "trainer.max_steps=3"))
+    assert {p.name for p in (run_dir / "checkpoints" / "last" / "rng").iterdir()} == {
+        "rank_00000.pt",
+        "rank_00001.pt",
+    }
+    run(torchrun(*first, "trainer.max_steps=6", "resume=auto"))
+    assert train_losses(run_dir) == train_losses(ddp_reference)
+    reference, resumed = last_params(ddp_reference), last_params(run_dir)
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_run_resumed_midway_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
+    run_dir = tmp_path / f"zero{stage}_resumed"
+    first = [
+        *corpus,
+        *DS_STEPS[1:],
+        "strategy=deepspeed",
+        f"strategy.zero_stage={stage}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    run(torchrun(*first, "trainer.max_steps=3"))
+    run(torchrun(*first, "trainer.max_steps=6", "resume=auto"))
+    assert train_losses(run_dir) == pytest.approx(train_losses(ddp_reference), rel=1e-3)
+    reference, resumed = last_params(ddp_reference), last_params(run_dir)
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], rtol=1e-3, atol=1e-4)
+
+
+def test_ddp_checkpoint_resumes_in_one_process(corpus, tmp_path):
+    """Written by 2 ranks, continued by 1: DCP reshards, the epoch goes on from the
+    same global batch."""
+    run_dir = tmp_path / "two_then_one"
+    common = [*corpus, "trainer.val_every_steps=2", f"hydra.run.dir={run_dir}"]
+    run(torchrun(*common, "strategy=ddp", "trainer.max_steps=2"))
+    trainer_state = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")
+    assert trainer_state["sampler"]["consumed"] == 4  # 2 steps x 2 ranks
+    run([sys.executable, "train.py", *common, "trainer.max_steps=4", "resume=auto"])
+    state = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")
+    assert state["train_state"]["step"] == 4 and state["sampler"]["consumed"] == 6
+    assert "resumed from" in (run_dir / "train.log").read_text()
+
+
+def test_sigterm_checkpoints_every_rank_and_the_run_resumes(corpus, tmp_path):
+    run_dir = tmp_path / "preempted"
+    common = [*corpus, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}"]
+    args = torchrun(*common, "trainer.max_steps=100000")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before the signal"
+    proc.send_signal(signal.SIGTERM)  # as a scheduler would: torchrun passes it on
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    last = (run_dir / "checkpoints" / "last").resolve()
+    assert (last / "COMPLETE").is_file() and len(list((last / "rng").iterdir())) == 2
+    step = torch.load(last / "trainer.pt")["train_state"]["step"]
+    assert step >= 1
+    assert "stopped by SIGTERM" in (run_dir / "train.log").read_text()
+    run(torchrun(*common, f"trainer.max_steps={step + 2}", "resume=auto"))
+    assert torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["train_state"]["step"] == (
+        step + 2
+    )
+
+
+def test_sigusr1_in_one_process_checkpoints_and_exits_138(corpus, tmp_path):
+    """SLURM's `--signal=USR1@120` warning: checkpoint, then exit with 128 + 10."""
+    run_dir = tmp_path / "warned"
+    args = [sys.executable, "train.py", *corpus, "trainer.max_steps=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before the signal"
+    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(signal.SIGUSR1)  # a second one must not cut the checkpoint short
+    assert proc.wait(timeout=60) == 128 + signal.SIGUSR1
+    assert ((run_dir / "checkpoints" / "last") / "COMPLETE").is_file()
+    log = (run_dir / "train.log").read_text()
+    assert "stopped by SIGUSR1" in log and "resume=auto" in log
+
+
+def test_torchrun_restart_resumes_from_the_last_checkpoint(corpus, ddp_reference, tmp_path):
+    """A rank fails at step 5 of the first attempt; torchrun --max-restarts=1 starts the
+    group again, which resumes from step 4 and ends like a run that never failed."""
+    run_dir = tmp_path / "restarted"
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        str(ROOT / "tests" / "helpers" / "failing_train.py"),
+        *corpus,
+        *DS_STEPS,
+        "strategy=ddp",
+        "checkpoint.every_steps=2",
+        "resume=auto",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIL_STEP": "5", "FAIL_RANK": "1"}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "injected failure" in (run_dir / "train.rank1.log").read_text()
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert train_losses(run_dir) == train_losses(ddp_reference)
+    reference, restarted = last_params(ddp_reference), last_params(run_dir)
+    for name in reference:
+        assert torch.equal(restarted[name], reference[name]), name
