@@ -71,6 +71,10 @@ class Trainer:
         self.cfg = cfg.trainer
         self.seed = cfg.seed
         self.save_every_steps = cfg.checkpoint.every_steps
+        minutes = cfg.checkpoint.every_minutes
+        self.save_every_seconds = 60.0 * minutes if minutes else None
+        self.async_save = cfg.checkpoint.async_save
+        self._last_save = time.monotonic()
         self.strategy = strategy
         self.scheduler = scheduler
         self.train_loader = train_loader
@@ -111,6 +115,7 @@ class Trainer:
         if self.state.stop_signal is None and self.state.last_validated_step != self.state.step:
             self.validate()
         self._save()
+        self.checkpoints.wait()  # an asynchronous save is committed before training ends
         best = (
             f"best {self.cfg.monitor} {self.state.best_metric:.3f} at step {self.state.best_step}"
             if self.state.best_metric is not None
@@ -166,13 +171,17 @@ class Trainer:
             )
         if step % self.cfg.log_every_steps == 0 or step == 1:
             self._log_train(window, progress)
+        paused = time.monotonic()
+        saved = True
         if self.cfg.val_every_steps and step % self.cfg.val_every_steps == 0:
-            paused = time.monotonic()
-            self.validate()
-            window.started += time.monotonic() - paused  # keep tokens/s about training
+            self.validate()  # saves
         elif self.save_every_steps and step % self.save_every_steps == 0:
             self._save()
-        self._check_signal()
+        else:
+            saved = False
+        if self._poll_ranks() and not saved:
+            self._save()
+        window.started += time.monotonic() - paused  # keep tokens/s about training
         self._check_stop(end_of_epoch=False)
 
     def _log_train(self, window: "_Window", progress: TrainingProgress) -> None:
@@ -254,15 +263,27 @@ class Trainer:
     def elapsed(self) -> float:
         return time.monotonic() - self._start
 
-    def _check_signal(self) -> None:
-        """Stop on every rank if any rank received a stop signal (ranks may get it at
-        slightly different times; all must leave the loop at the same step)."""
+    def _poll_ranks(self) -> bool:
+        """One small all-reduce per step for decisions every rank must take together.
+
+        Stop if any rank received a stop signal (ranks may get it at slightly different
+        times, but all must leave the loop at the same step). Returns whether the
+        checkpoint.every_minutes interval is up, by rank 0's clock.
+        """
         local = self.stop_request.signum or 0
-        votes = self.strategy.all_reduce_sum(torch.tensor([float(local > 0), float(local)]))
+        due = (
+            self.strategy.is_main
+            and self.save_every_seconds is not None
+            and time.monotonic() - self._last_save >= self.save_every_seconds
+        )
+        votes = self.strategy.all_reduce_sum(
+            torch.tensor([float(local > 0), float(local), float(due)])
+        )
         if votes[0] > 0:
             signum = local or int(votes[1] / votes[0])
             self.state.stop_signal = signum
             self.state.stop_reason = f"stopped by {signal.Signals(signum).name}"
+        return bool(votes[2] > 0)
 
     def _check_stop(self, end_of_epoch: bool) -> None:
         cfg, state = self.cfg, self.state
@@ -302,9 +323,10 @@ class Trainer:
         meta["world_size"] = self.strategy.topology.world_size
         if metrics is not None:
             meta["metrics"] = metrics
+        self._last_save = time.monotonic()
         folder = self.checkpoints.save(
             self.state.step,
-            write_state=self.strategy.save_state,
+            write_state=lambda target: self.strategy.save_state(target, self.async_save),
             rank_state=rng.capture(),
             rank=self.strategy.topology.rank,
             shared_state=self.state_dict(),

@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -71,6 +72,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.is_main = is_main
         self.barrier = barrier
+        self._in_flight: Optional[Tuple[Future, Path, Path, int, bool]] = None
         if is_main:
             self.remove_incomplete()
         barrier()
@@ -107,7 +109,7 @@ class CheckpointManager:
     def save(
         self,
         step: int,
-        write_state: Callable[[Path], None],
+        write_state: Callable[[Path], Optional[Future]],
         rank_state: Dict[str, Any],
         rank: int,
         shared_state: Dict[str, Any],
@@ -117,9 +119,13 @@ class CheckpointManager:
         """Write checkpoint `step` on all ranks and commit it; returns its folder.
 
         write_state(folder): the strategy writes model and optimizer under folder
-        (collective). rank_state: this rank's own state (RNG). shared_state and meta:
-        the same on every rank, written once by rank 0.
+        (collective). If it returns a Future (an asynchronous save: the state is already
+        copied, the files are still being written), the commit waits for it and happens
+        at the next `save` or `wait`; at most one save is in flight. rank_state: this
+        rank's own state (RNG). shared_state and meta: the same on every rank, written
+        once by rank 0.
         """
+        self.wait()
         final = self.directory / step_name(step)
         if final.is_dir() and is_complete(final):  # already saved at this step
             if self.is_main:
@@ -133,12 +139,30 @@ class CheckpointManager:
             shutil.rmtree(scratch, ignore_errors=True)
             (scratch / RNG).mkdir(parents=True)
         self.barrier()
-        write_state(scratch / STATE)
+        in_flight = write_state(scratch / STATE)
         _save_synced(rank_state, rng_file(scratch, rank))
-        self.barrier()
         if self.is_main:
             _save_synced(shared_state, scratch / TRAINER)
             _save_synced({"format_version": FORMAT_VERSION, "step": step, **meta}, scratch / META)
+        if in_flight is None:
+            self._commit(scratch, final, step, best)
+        else:
+            self._in_flight = (in_flight, scratch, final, step, best)
+        return final
+
+    def wait(self) -> None:
+        """Finish and commit the save in flight, if any (all ranks call it together)."""
+        if self._in_flight is None:
+            return
+        future, scratch, final, step, best = self._in_flight
+        self._in_flight = None
+        future.result()  # raises here if writing failed; nothing is committed then
+        self._commit(scratch, final, step, best)
+
+    def _commit(self, scratch: Path, final: Path, step: int, best: bool) -> None:
+        """Every rank's files are written: rank 0 renames and marks the folder."""
+        self.barrier()
+        if self.is_main:
             _fsync_tree(scratch)
             os.replace(scratch, final)
             _fsync_dir(self.directory)
@@ -149,7 +173,6 @@ class CheckpointManager:
                 self._link("best", final)
             self._apply_retention()
         self.barrier()
-        return final
 
     def _link(self, name: str, target: Path) -> None:
         """Point `name` at `target` atomically (a new symlink renamed over the old one)."""

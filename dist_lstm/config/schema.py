@@ -143,8 +143,13 @@ class CheckpointConfig:
     # Checkpoints are written after every validation and when training ends; also every
     # N optimizer steps when set.
     every_steps: Optional[int] = None
+    # ... and every N minutes (by rank 0's clock), when set.
+    every_minutes: Optional[float] = None
     # Newest checkpoints kept (plus the best); older ones are deleted after each save.
     keep_last: int = 3
+    # Write in a background thread while training goes on (single/DDP): the state is
+    # copied first; the folder is committed when writing ends; at most one in flight.
+    async_save: bool = False
 
 
 @dataclass

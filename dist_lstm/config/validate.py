@@ -217,8 +217,15 @@ def validate_strategy(strategy: DictConfig) -> None:
     )
 
 
-def validate_checkpoint(checkpoint: DictConfig) -> None:
+def validate_checkpoint(checkpoint: DictConfig, strategy: DictConfig) -> None:
     _positive("checkpoint.every_steps", checkpoint.every_steps, allow_none=True)
+    _positive("checkpoint.every_minutes", checkpoint.every_minutes, allow_none=True)
+    _require(
+        not (checkpoint.async_save and strategy.name == "deepspeed"),
+        "checkpoint.async_save",
+        checkpoint.async_save,
+        "DeepSpeed writes its checkpoints synchronously; use it with strategy=ddp or single.",
+    )
     _require(
         checkpoint.keep_last >= 1,
         "checkpoint.keep_last",
@@ -235,4 +242,4 @@ def validate_config(cfg: DictConfig) -> None:
     validate_optim(cfg.optim, cfg.trainer)
     validate_trainer(cfg.trainer)
     validate_strategy(cfg.strategy)
-    validate_checkpoint(cfg.checkpoint)
+    validate_checkpoint(cfg.checkpoint, cfg.strategy)

@@ -7,6 +7,7 @@ DeepSpeed runs differ only in the subclass that implements these methods.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, Dict, Iterator, List, Optional
@@ -27,6 +28,7 @@ class Strategy(ABC):
         self.scaler = grad_scaler(precision, topology.device)
         self.model: Optional[torch.nn.Module] = None  # what the trainer calls forward on
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self._async_group: Optional[Any] = None  # process group of asynchronous saves
 
     @property
     def device(self) -> torch.device:
@@ -107,16 +109,33 @@ class Strategy(ABC):
     def model_state_dict(self) -> Dict[str, torch.Tensor]:
         return self.unwrapped_model.state_dict()
 
-    def save_state(self, folder: Path) -> None:
+    def save_state(self, folder: Path, asynchronous: bool = False) -> Optional[Future]:
         """Write model, optimizer (and loss scaler) under `folder`; collective.
 
         torch.distributed.checkpoint: each rank writes its own file, replicated tensors
-        once, and the result loads at any world size (DCP reshards on load).
+        once, and the result loads at any world size (DCP reshards on load). With
+        `asynchronous`, the state is copied and a Future returned while a thread writes;
+        its collectives use a gloo group of their own (on the training group they hung
+        while DDP trained: measured).
         """
         import torch.distributed.checkpoint as dcp
 
+        state, no_dist = self._dcp_state(), not _distributed()
         with single_process_quietly():
-            dcp.save(self._dcp_state(), checkpoint_id=str(folder), no_dist=not _distributed())
+            if asynchronous:
+                group = self._checkpoint_group()
+                return dcp.async_save(
+                    state, checkpoint_id=str(folder), process_group=group, no_dist=no_dist
+                )
+            dcp.save(state, checkpoint_id=str(folder), no_dist=no_dist)
+        return None
+
+    def _checkpoint_group(self) -> Optional[Any]:
+        if not _distributed():
+            return None
+        if self._async_group is None:  # collective: every rank saves at the same step
+            self._async_group = torch.distributed.new_group(backend="gloo")
+        return self._async_group
 
     def load_state(self, folder: Path) -> None:
         """Restore what `save_state` wrote, at this run's world size; collective."""

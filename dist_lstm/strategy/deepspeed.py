@@ -138,8 +138,9 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         module = self.eval_model()
         return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
 
-    def save_state(self, folder: Path) -> None:
+    def save_state(self, folder: Path, asynchronous: bool = False) -> None:
         # DeepSpeed's own format: each rank writes its ZeRO partition of the optimizer.
+        # Always synchronous (config validation refuses checkpoint.async_save here).
         self._pending_reduction.close()
         self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
 

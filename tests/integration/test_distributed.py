@@ -371,9 +371,13 @@ def test_deepspeed_launcher_runs_train_py(corpus, tmp_path):
 
 
 # ------------------------------------------------------------------ checkpoints
-def test_ddp_run_resumed_midway_matches_the_uninterrupted_one(corpus, ddp_reference, tmp_path):
+@pytest.mark.parametrize("saving", [[], ["checkpoint.every_steps=1", "checkpoint.async_save=true"]])
+def test_ddp_run_resumed_midway_matches_the_uninterrupted_one(
+    corpus, ddp_reference, tmp_path, saving
+):
+    """Also with a background save after every step while DDP trains."""
     run_dir = tmp_path / "resumed"
-    first = [*corpus, *DS_STEPS[1:], "strategy=ddp", f"hydra.run.dir={run_dir}"]
+    first = [*corpus, *DS_STEPS[1:], *saving, "strategy=ddp", f"hydra.run.dir={run_dir}"]
     run(torchrun(*first, "trainer.max_steps=3"))
     assert {p.name for p in (run_dir / "checkpoints" / "last" / "rng").iterdir()} == {
         "rank_00000.pt",

@@ -63,12 +63,17 @@ def uninterrupted(corpus, tmp_path_factory):
     return run_dir, records
 
 
-def test_resumed_run_matches_an_uninterrupted_one_exactly(corpus, uninterrupted, tmp_path):
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_resumed_run_matches_an_uninterrupted_one_exactly(
+    corpus, uninterrupted, tmp_path, asynchronous
+):
     """Stopped at step 6 (mid-epoch, after no validation), continued to 14: the same
-    per-step losses and bitwise the same weights, with dropout on and a warmup schedule."""
+    per-step losses and bitwise the same weights, with dropout on and a warmup schedule;
+    also when checkpoints are written in the background while training goes on."""
     reference_dir, reference = uninterrupted
-    run(tmp_path, corpus, "trainer.max_steps=6", "checkpoint.every_steps=3")
-    records = run(tmp_path, corpus, "trainer.max_steps=14", "resume=auto")
+    saving = ["checkpoint.every_steps=3", f"checkpoint.async_save={asynchronous}"]
+    run(tmp_path, corpus, "trainer.max_steps=6", *saving)
+    records = run(tmp_path, corpus, "trainer.max_steps=14", "resume=auto", *saving)
     assert losses(records) == losses(reference)  # metrics.jsonl forgot the redone steps
     mine = load_checkpoint(tmp_path / "checkpoints" / "last")["model"]
     theirs = load_checkpoint(reference_dir / "checkpoints" / "last")["model"]
@@ -121,3 +126,24 @@ def test_bad_resume_requests_fail_clearly_and_keep_the_checkpoints(corpus, tmp_p
 def test_resume_auto_without_checkpoints_starts_fresh(corpus, tmp_path):
     records = run(tmp_path, corpus, "trainer.max_steps=2", "resume=auto")
     assert [s for s, _ in losses(records)] == [1, 2]
+
+
+def test_time_based_saves_follow_every_minutes(corpus, tmp_path):
+    run(
+        tmp_path,
+        corpus,
+        "trainer.max_steps=5",
+        "checkpoint.every_minutes=1e-6",
+        "checkpoint.keep_last=10",
+    )
+    steps = sorted(int(p.name[5:]) for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_async_save_is_refused_for_deepspeed():
+    from dist_lstm.config import validate_config
+    from dist_lstm.errors import ConfigError
+
+    cfg = compose_config(["strategy=deepspeed", "checkpoint.async_save=true"])
+    with pytest.raises(ConfigError, match="checkpoint.async_save"):
+        validate_config(cfg)
