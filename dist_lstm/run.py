@@ -12,13 +12,14 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dist_lstm.checkpoint import CheckpointManager
+from dist_lstm.checkpoint.manager import STATE
 from dist_lstm.checkpoint.resume import check_resumable, resume_folder
 from dist_lstm.config import validate_config
 from dist_lstm.data.build import build_data, make_eval_loader, make_train_loader
@@ -105,6 +106,8 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         topology.device,
         topology.world_size,
     )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    checkpoints, resume_from = find_resume(cfg, resolved, run_dir, strategy)
     data = build_data(cfg.data, strategy.is_main, strategy.broadcast_object)
     if strategy.is_main:
         data.tokenizer.save(run_dir / "tokenizer")
@@ -121,18 +124,6 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         data.train, max_tokens, cfg.seed, topology.rank, topology.world_size
     )
     valid_loader = make_eval_loader(data.valid, max_tokens, topology.rank, topology.world_size)
-    checkpoints = CheckpointManager(
-        run_dir, cfg.checkpoint.keep_last, strategy.is_main, strategy.barrier
-    )
-    resume_from = resume_folder(cfg.resume, checkpoints)
-    if resume_from is None and checkpoints.latest() is not None:
-        raise UserError(
-            f"{run_dir} already holds checkpoints of another run ({checkpoints.latest().name}). "
-            "Continue it with resume=auto, or start in a new directory (hydra.run.dir=...)."
-        )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if resume_from is not None:
-        check_resumable(resume_from, resolved, cfg.strategy.name, topology.world_size)
     metrics = MetricsWriter(run_dir / "metrics.jsonl")
     trainer = Trainer(
         cfg,
@@ -175,6 +166,26 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         log.info("outputs in %s: metrics.jsonl, loss.png, checkpoints/, tokenizer/", run_dir)
     strategy.barrier()
     return result
+
+
+def find_resume(
+    cfg: DictConfig, resolved: Dict[str, Any], run_dir: Path, strategy: Strategy
+) -> Tuple[CheckpointManager, Optional[Path]]:
+    """The run's checkpoint manager and the checkpoint to continue from (None: fresh),
+    checked before any data or model is built so that a bad request fails at once."""
+    checkpoints = CheckpointManager(
+        run_dir, cfg.checkpoint.keep_last, strategy.is_main, strategy.barrier
+    )
+    resume_from = resume_folder(cfg.resume, checkpoints)
+    if resume_from is None and checkpoints.latest() is not None:
+        raise UserError(
+            f"{run_dir} already holds checkpoints of another run ({checkpoints.latest().name}). "
+            "Continue it with resume=auto, or start in a new directory (hydra.run.dir=...)."
+        )
+    if resume_from is not None:
+        meta = check_resumable(resume_from, resolved, cfg.strategy.name)
+        strategy.prepare_resume(resume_from / STATE, meta["world_size"])
+    return checkpoints, resume_from
 
 
 def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:

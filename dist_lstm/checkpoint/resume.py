@@ -41,9 +41,7 @@ def resume_folder(resume: Optional[str], manager: CheckpointManager) -> Optional
     )
 
 
-def check_resumable(
-    folder: Path, config: Dict[str, Any], strategy_name: str, world_size: int
-) -> Dict[str, Any]:
+def check_resumable(folder: Path, config: Dict[str, Any], strategy_name: str) -> Dict[str, Any]:
     """The checkpoint's meta, after checking that this run's model and strategy fit it."""
     meta = read_meta(folder)
     saved = meta.get("config", {})
@@ -69,11 +67,5 @@ def check_resumable(
             f"resume: {folder} was written with {written}; resume with the same kind of "
             "strategy (single and ddp checkpoints are interchangeable), or export the "
             "weights with `dist-lstm export` and start a new run from them."
-        )
-    if deepspeed_state and meta.get("world_size") != world_size:
-        raise UserError(
-            f"resume: {folder} was written by {meta.get('world_size')} DeepSpeed ranks and "
-            f"this run has {world_size}; DeepSpeed checkpoints resume at their own world "
-            "size (strategy=ddp checkpoints resume at any world size)."
         )
     return meta

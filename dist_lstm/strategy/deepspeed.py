@@ -28,6 +28,11 @@ receives the gathered weights once per validation.
 from __future__ import annotations
 
 import copy
+import logging
+import os
+import shutil
+import subprocess
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -40,6 +45,8 @@ from dist_lstm.errors import UserError
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
 from dist_lstm.topology import Topology
+
+log = logging.getLogger(__name__)
 
 
 def deepspeed_config(zero_stage: int, clip_grad_norm: float, precision: str) -> Dict[str, Any]:
@@ -81,6 +88,7 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         # Open from the first backward of an accumulation group until `step`.
         self._pending_reduction = ExitStack()
         self._replica: Optional[torch.nn.Module] = None  # stage 3: full-weight copy
+        self._universal = False  # resuming from a universal checkpoint (world size changed)
 
     def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
         import deepspeed
@@ -92,7 +100,10 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
-            config=deepspeed_config(self.zero_stage, self.clip_grad_norm, self.deepspeed_precision),
+            config={
+                **deepspeed_config(self.zero_stage, self.clip_grad_norm, self.deepspeed_precision),
+                "checkpoint": {"load_universal": self._universal},
+            },
         )
         self.model = self.engine
         # The LR schedule and logging act on the torch optimizer DeepSpeed wraps.
@@ -144,7 +155,19 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         self._pending_reduction.close()
         self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_TAG, save_latest=False)
 
+    def prepare_resume(self, folder: Path, saved_world_size: int) -> None:
+        """ZeRO partitions are per rank: at another world size, convert the checkpoint
+        to DeepSpeed's universal format (once, kept beside the original) and load that."""
+        if saved_world_size == self.topology.world_size:
+            return
+        self._universal = True
+        if self.is_main:
+            convert_to_universal(folder)
+        self.barrier()
+
     def load_state(self, folder: Path) -> None:
+        if self._universal:
+            folder = folder / UNIVERSAL
         loaded, _ = self.engine.load_checkpoint(
             str(folder),
             tag=DEEPSPEED_TAG,
@@ -156,3 +179,36 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
                 f"{folder} holds no DeepSpeed state: resume a strategy=deepspeed run from a "
                 "checkpoint that strategy=deepspeed wrote."
             )
+
+
+UNIVERSAL = "universal"
+
+
+def convert_to_universal(state: Path) -> Path:
+    """state/universal/ from state/zero/ with DeepSpeed's converter (stages 1 and 2 need
+    --inject_missing_state); written to a scratch name and renamed, so an interrupted
+    conversion is redone next time."""
+    target = state / UNIVERSAL
+    if target.is_dir():
+        return target
+    scratch = state / f".{UNIVERSAL}.incomplete"
+    shutil.rmtree(scratch, ignore_errors=True)
+    command = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(state / DEEPSPEED_TAG),
+        "--output_folder",
+        str(scratch / DEEPSPEED_TAG),
+        "--inject_missing_state",
+    ]
+    log.info("converting %s to a universal checkpoint for a new world size", state)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError(
+            f"converting {state} to DeepSpeed's universal format failed: "
+            f"{done.stderr.strip()[-2000:]}\nResume at the world size that wrote it."
+        )
+    os.replace(scratch, target)
+    return target
