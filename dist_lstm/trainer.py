@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader
 
@@ -23,6 +24,7 @@ from dist_lstm.checkpoint import CheckpointManager, rng
 from dist_lstm.checkpoint.manager import STATE, TRAINER, rng_file
 from dist_lstm.config.validate import parse_duration
 from dist_lstm.data.tokenizer import Tokenizer
+from dist_lstm.errors import UserError
 from dist_lstm.evaluation import loss_and_translations, summarize
 from dist_lstm.logging.console import TrainingProgress
 from dist_lstm.logging.metrics import MetricsWriter
@@ -352,8 +354,17 @@ class Trainer:
 
     def resume(self, folder: Path) -> None:
         """Continue exactly where the checkpoint in `folder` was written."""
-        self.strategy.load_state(folder / STATE)
-        self.load_state_dict(torch.load(folder / TRAINER, weights_only=True))
+        try:
+            self.strategy.load_state(folder / STATE)
+            self.load_state_dict(torch.load(folder / TRAINER, weights_only=True))
+        except UserError:
+            raise
+        except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
+            raise UserError(
+                f"resume: {folder} could not be loaded ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Its files were changed or "
+                "damaged after the save; resume from an earlier checkpoint with resume=PATH."
+            ) from exc
         rank = self.strategy.topology.rank
         own_rng = rng_file(folder, rank)
         if own_rng.is_file():

@@ -55,6 +55,14 @@ def check_resumable(folder: Path, config: Dict[str, Any], strategy_name: str) ->
             f"resume: {folder} holds another model (model.{', model.'.join(changed)} "
             "differ). Resume with the checkpoint's model settings, or start a new run."
         )
+    saved_data = saved.get("data", {})
+    for key in ("max_tokens", "max_len", "train_src", "train_tgt"):
+        if saved_data.get(key) != config["data"][key]:
+            raise UserError(
+                f"resume: {folder} was trained with data.{key}={saved_data.get(key)}; this "
+                f"run has data.{key}={config['data'][key]}. The saved position in the epoch "
+                "only means something for the same batches: keep the data settings."
+            )
     if saved.get("seed") != config["seed"]:
         raise UserError(
             f"resume: {folder} was trained with seed={saved.get('seed')}; this run has "

@@ -517,6 +517,12 @@ def test_deepspeed_checkpoint_resumes_at_another_world_size(corpus, tmp_path):
     ]
     run(torchrun(*common, "trainer.max_steps=2"))
     written = load_checkpoint(run_dir / "checkpoints" / "last")["model"]
+    exported = tmp_path / "zero2.pt"
+    run([sys.executable, "-m", "dist_lstm", "export", str(run_dir), str(exported)])
+    single_file = torch.load(exported, weights_only=True)
+    assert {"model", "config", "tokenizer", "step"} <= single_file.keys()
+    for name, tensor in written.items():
+        assert torch.equal(single_file["model"][name], tensor), name
     run(torchrun(*common, "trainer.max_steps=4", "resume=auto", nproc=1))
     assert (run_dir / "checkpoints" / "step_00000002" / "state" / "universal").is_dir()
     state = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")

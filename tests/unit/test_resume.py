@@ -118,6 +118,8 @@ def test_bad_resume_requests_fail_clearly_and_keep_the_checkpoints(corpus, tmp_p
         run(tmp_path, corpus, "trainer.max_steps=8", "resume=auto", "model.hidden_size=32")
     with pytest.raises(UserError, match="seed=7"):
         run(tmp_path, corpus, "trainer.max_steps=8", "resume=auto", "seed=7")
+    with pytest.raises(UserError, match="data.max_tokens=200"):
+        run(tmp_path, corpus, "trainer.max_steps=8", "resume=auto", "data.max_tokens=300")
     with pytest.raises(UserError, match="not a checkpoint folder"):
         run(tmp_path / "new", corpus, "trainer.max_steps=8", f"resume={tmp_path / 'nowhere'}")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
@@ -147,3 +149,11 @@ def test_async_save_is_refused_for_deepspeed():
     cfg = compose_config(["strategy=deepspeed", "checkpoint.async_save=true"])
     with pytest.raises(ConfigError, match="checkpoint.async_save"):
         validate_config(cfg)
+
+
+def test_damaged_checkpoint_files_fail_with_a_clear_message(corpus, tmp_path):
+    run(tmp_path, corpus, "trainer.max_steps=2")
+    shard = next((tmp_path / "checkpoints" / "last" / "state").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated on disk after the save
+    with pytest.raises(UserError, match="could not be loaded.*resume=PATH"):
+        run(tmp_path, corpus, "trainer.max_steps=4", "resume=auto")
