@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, List, Sequence
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -33,3 +34,22 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 def write_lines(path: Path, lines: Sequence[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def reversal_corpus(
+    root: Path, seed: int, sizes: Dict[str, int], letters: str, max_words: int
+) -> List[str]:
+    """A toy translation task (reverse the sentence's characters), written as
+    train/valid files under `root`; returns the data.* overrides that select it."""
+    rng = random.Random(seed)
+    overrides = ["data=custom"]
+    for split, n in sizes.items():
+        src = [
+            " ".join(rng.choice(letters) for _ in range(rng.randint(2, max_words)))
+            for _ in range(n)
+        ]
+        overrides.append(f"data.{split}_src={write_lines(root / f'{split}.src', src)}")
+        overrides.append(
+            f"data.{split}_tgt={write_lines(root / f'{split}.tgt', [s[::-1] for s in src])}"
+        )
+    return overrides

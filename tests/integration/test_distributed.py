@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from dist_lstm.checkpoint import load_checkpoint
-from tests.conftest import ROOT, write_lines
+from tests.conftest import ROOT, reversal_corpus
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
 
@@ -44,20 +43,26 @@ def torchrun(*overrides, nproc=2):
     ]
 
 
+def start_training(args, run_dir, env=None):
+    """Start a long training command and return its process once the first step is
+    logged (so a signal meets training, not start-up)."""
+    env = env or {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "training ended before it could be signalled"
+    return proc
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(2)
-    overrides = []
-    for split, n in (("train", 600), ("valid", 30)):
-        src = [" ".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 9))) for _ in range(n)]
-        overrides.append(f"data.{split}_src={write_lines(root / f'{split}.src', src)}")
-        overrides.append(
-            f"data.{split}_tgt={write_lines(root / f'{split}.tgt', [s[::-1] for s in src])}"
-        )
     return [
-        "data=custom",
-        *overrides,
+        *reversal_corpus(root, 2, {"train": 600, "valid": 30}, "abcdefgh", 9),
         "data.tokenizer.vocab_size=16",
         "data.max_tokens=160",
         "data.max_len=20",
@@ -266,22 +271,10 @@ def test_sbatch_template_checkpoints_and_requeues_on_usr1(corpus, tmp_path):
     the requeued job (the same script again) continues from the checkpoint."""
     env, calls = slurm_stand_ins(tmp_path)
     args = ["bash", "launch/slurm/train.sbatch", *corpus, "trainer.val_every_steps=0"]
-    proc = subprocess.Popen(
-        [*args, "trainer.max_steps=100000"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
     run_dir = tmp_path / "slurm-run"
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "training ended before the signal"
+    proc = start_training([*args, "trainer.max_steps=100000"], run_dir, env)
     proc.send_signal(signal.SIGUSR1)  # --signal=B:USR1@120 goes to the batch shell
-    output, _ = proc.communicate(timeout=90)
-    assert proc.returncode == 0, output[-3000:]
+    assert proc.wait(timeout=90) == 0
     assert "requeue 4242" in calls.read_text()
     step = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["train_state"]["step"]
     requeued = subprocess.run(
@@ -328,15 +321,7 @@ def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
 def test_ctrl_c_ends_every_rank(corpus, tmp_path):
     run_dir = tmp_path / "interrupted"
     args = torchrun(*corpus, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc = start_training(args, run_dir)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) != 0
     leftover = subprocess.run(["pgrep", "-f", f"hydra.run.dir={run_dir}"], capture_output=True)
@@ -425,19 +410,9 @@ def test_ddp_checkpoint_resumes_in_one_process(corpus, tmp_path):
 def test_sigterm_checkpoints_every_rank_and_the_run_resumes(corpus, tmp_path):
     run_dir = tmp_path / "preempted"
     common = [*corpus, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}"]
-    args = torchrun(*common, "trainer.max_steps=100000")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "training ended before the signal"
+    proc = start_training(torchrun(*common, "trainer.max_steps=100000"), run_dir)
     proc.send_signal(signal.SIGTERM)  # as a scheduler would: torchrun passes it on
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    assert proc.wait(timeout=60) != 0
     last = (run_dir / "checkpoints" / "last").resolve()
     assert (last / "COMPLETE").is_file() and len(list((last / "rng").iterdir())) == 2
     step = torch.load(last / "trainer.pt")["train_state"]["step"]
@@ -453,19 +428,7 @@ def test_sigusr1_in_one_process_checkpoints_and_exits_138(corpus, tmp_path):
     """SLURM's `--signal=USR1@120` warning: checkpoint, then exit with 128 + 10."""
     run_dir = tmp_path / "warned"
     args = [sys.executable, "train.py", *corpus, "trainer.max_steps=100000"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [*args, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "training ended before the signal"
+    proc = start_training([*args, f"hydra.run.dir={run_dir}"], run_dir)
     proc.send_signal(signal.SIGUSR1)
     proc.send_signal(signal.SIGUSR1)  # a second one must not cut the checkpoint short
     assert proc.wait(timeout=60) == 128 + signal.SIGUSR1

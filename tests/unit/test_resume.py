@@ -1,7 +1,6 @@
 """Checkpoints in one process: exact resume, atomic commit, retention, bad resume input."""
 
 import json
-import random
 import shutil
 
 import pytest
@@ -11,23 +10,14 @@ from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.manager import CheckpointManager
 from dist_lstm.errors import UserError
 from dist_lstm.run import train
-from tests.conftest import compose_config, write_lines
+from tests.conftest import compose_config, reversal_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(5)
-    overrides = []
-    for split, n in (("train", 300), ("valid", 30)):
-        src = [" ".join(rng.choice("abcdef") for _ in range(rng.randint(2, 6))) for _ in range(n)]
-        overrides.append(f"data.{split}_src={write_lines(root / f'{split}.src', src)}")
-        overrides.append(
-            f"data.{split}_tgt={write_lines(root / f'{split}.tgt', [s[::-1] for s in src])}"
-        )
     return [
-        "data=custom",
-        *overrides,
+        *reversal_corpus(root, 5, {"train": 300, "valid": 30}, "abcdef", 6),
         "data.tokenizer.vocab_size=12",
         "data.max_tokens=200",
         "data.max_len=20",

@@ -1,31 +1,23 @@
 """Stopping rules, accumulation and best-checkpoint selection of the training loop."""
 
 import json
-import random
 
 import pytest
 
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.run import train
-from tests.conftest import compose_config, write_lines
+from tests.conftest import compose_config, reversal_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(1)
-    files = {}
-    for split, n in (("train", 300), ("valid", 40)):
-        src = [" ".join(rng.choice("abcdef") for _ in range(rng.randint(2, 6))) for _ in range(n)]
-        files[f"data.{split}_src"] = write_lines(root / f"{split}.src", src)
-        files[f"data.{split}_tgt"] = write_lines(root / f"{split}.tgt", [s[::-1] for s in src])
-    return [f"{k}={v}" for k, v in files.items()]
+    return reversal_corpus(root, 1, {"train": 300, "valid": 40}, "abcdef", 6)
 
 
 def run(tmp_path, corpus, *overrides):
     cfg = compose_config(
         [
-            "data=custom",
             *corpus,
             "data.tokenizer.vocab_size=12",
             "data.max_tokens=200",
