@@ -8,9 +8,8 @@ how many ranks wrote the checkpoint or with which strategy.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import torch
 
@@ -21,12 +20,9 @@ MODEL_KEY = "model"
 DEEPSPEED_TAG = "zero"  # DeepSpeed's own sub-folder of state/
 
 
-@contextmanager
-def single_process_quietly() -> Iterator[None]:
-    """DCP warns on every call without a process group; one process is intended here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
+# DCP warns on every call without a process group (also from the thread of an
+# asynchronous save); a single process is intended wherever that happens here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
 def is_checkpoint_folder(path: Path) -> bool:
@@ -55,8 +51,7 @@ def _dcp_model_weights(state: Path) -> Dict[str, torch.Tensor]:
         if key.startswith(prefix) and isinstance(entry, TensorStorageMetadata)
     }
     wrapped = {MODEL_KEY: template}
-    with single_process_quietly():
-        dcp.load(wrapped, checkpoint_id=str(state), no_dist=True)
+    dcp.load(wrapped, checkpoint_id=str(state), no_dist=True)
     return {k: v.float() if v.is_floating_point() else v for k, v in wrapped[MODEL_KEY].items()}
 
 

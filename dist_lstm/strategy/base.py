@@ -14,7 +14,7 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 
-from dist_lstm.checkpoint.consolidate import single_process_quietly
+import dist_lstm.checkpoint.consolidate  # noqa: F401  (DCP's single-process warning filter)
 from dist_lstm.data.dataset import Batch
 from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.topology import Topology
@@ -125,13 +125,12 @@ class Strategy(ABC):
         import torch.distributed.checkpoint as dcp
 
         state, no_dist = self._dcp_state(), not _distributed()
-        with single_process_quietly():
-            if asynchronous:
-                group = self._checkpoint_group()
-                return dcp.async_save(
-                    state, checkpoint_id=str(folder), process_group=group, no_dist=no_dist
-                )
-            dcp.save(state, checkpoint_id=str(folder), no_dist=no_dist)
+        if asynchronous:
+            group = self._checkpoint_group()
+            return dcp.async_save(
+                state, checkpoint_id=str(folder), process_group=group, no_dist=no_dist
+            )
+        dcp.save(state, checkpoint_id=str(folder), no_dist=no_dist)
         return None
 
     def _checkpoint_group(self) -> Optional[Any]:
@@ -147,8 +146,7 @@ class Strategy(ABC):
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = self._dcp_state()
-        with single_process_quietly():
-            dcp.load(state, checkpoint_id=str(folder), no_dist=not _distributed())
+        dcp.load(state, checkpoint_id=str(folder), no_dist=not _distributed())
         set_state_dict(
             self.unwrapped_model,
             self.optimizer,

@@ -1,0 +1,112 @@
+"""Checkpoint cost: how long training stops for a save, synchronous vs asynchronous.
+
+    python benchmarks/checkpoint_io.py                 # default model, AdamW state
+    python benchmarks/checkpoint_io.py --experiment cpu_small
+
+Builds the configured model and optimizer (one optimizer step, so Adam's moments
+exist), then writes the full training state through the single-process strategy the
+trainer uses: a synchronous save, and an asynchronous one (the time `save_state`
+blocks, then the time until the files are written), each the median of a few repeats,
+plus a load. Writes benchmarks/results/checkpoint_io_<device>.json (committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dist_lstm.config import register_configs
+from dist_lstm.model import build_model
+from dist_lstm.optim import build_optimizer
+from dist_lstm.strategy.single import SingleDeviceStrategy
+from dist_lstm.topology import from_environment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(experiment: str | None):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    overrides = [f"experiment={experiment}"] if experiment else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def trained_strategy(cfg) -> SingleDeviceStrategy:
+    vocab = cfg.data.tokenizer.vocab_size
+    strategy = SingleDeviceStrategy(from_environment("cpu"), cfg.optim.clip_grad_norm)
+    strategy.wrap(build_model(cfg.model, vocab, vocab, 0), lambda m: build_optimizer(m, cfg.optim))
+    src = torch.randint(4, vocab, (8, 12))
+    tgt = torch.randint(4, vocab, (8, 13))
+    logits = strategy.model(src, torch.full((8,), 12), tgt)
+    strategy.backward(logits.float().logsumexp(-1).mean())
+    strategy.step()
+    return strategy
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--experiment", default=None, help="e.g. cpu_small (default: none)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    cfg = compose(args.experiment)
+    strategy = trained_strategy(cfg)
+    scratch = Path(tempfile.mkdtemp(prefix="checkpoint-io-"))
+    sync_s, blocking_s, total_s, load_s = [], [], [], []
+    try:
+        for index in range(args.repeats):
+            started = time.perf_counter()
+            strategy.save_state(scratch / f"sync{index}")
+            sync_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            future = strategy.save_state(scratch / f"async{index}", asynchronous=True)
+            blocking_s.append(time.perf_counter() - started)
+            future.result()
+            total_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            strategy.load_state(scratch / f"sync{index}")
+            load_s.append(time.perf_counter() - started)
+        size = folder_bytes(scratch / "sync0")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    parameters = sum(p.numel() for p in strategy.unwrapped_model.parameters())
+    report = {
+        "model": f"experiment={args.experiment}" if args.experiment else "default config",
+        "parameters": parameters,
+        "state": "model + AdamW moments (DCP, one process)",
+        "checkpoint_mb": round(size / 2**20, 1),
+        "sync_save_s": round(statistics.median(sync_s), 3),
+        "async_save_blocking_s": round(statistics.median(blocking_s), 3),
+        "async_save_total_s": round(statistics.median(total_s), 3),
+        "load_s": round(statistics.median(load_s), 3),
+        "repeats": args.repeats,
+        "device": "cpu",
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    name = f"checkpoint_io_{args.experiment or 'default'}_cpu.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
