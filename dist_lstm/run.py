@@ -30,6 +30,7 @@ from dist_lstm.evaluation import sacrebleu_scores
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.logging.metrics import MetricsWriter, plot_losses
 from dist_lstm.logging.run_dir import adopt_main_run_dir
+from dist_lstm.logging.wandb import WandbLogger
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_scheduler
 from dist_lstm.signals import exit_status
@@ -107,7 +108,7 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         topology.world_size,
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    checkpoints, resume_from = find_resume(cfg, resolved, run_dir, strategy)
+    checkpoints, resume_from, resume_meta = find_resume(cfg, resolved, run_dir, strategy)
     data = build_data(cfg.data, strategy.is_main, strategy.broadcast_object)
     if strategy.is_main:
         data.tokenizer.save(run_dir / "tokenizer")
@@ -124,7 +125,15 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         data.train, max_tokens, cfg.seed, topology.rank, topology.world_size
     )
     valid_loader = make_eval_loader(data.valid, max_tokens, topology.rank, topology.world_size)
-    metrics = MetricsWriter(run_dir / "metrics.jsonl")
+    wandb_logger = None
+    if strategy.is_main:
+        wandb_logger = WandbLogger(
+            cfg.logger.wandb,
+            run_dir,
+            {**resolved, "world_size": topology.world_size, "versions": library_versions()},
+            run_id=resume_meta.get("wandb_run_id"),
+        )
+    metrics = MetricsWriter(run_dir / "metrics.jsonl", wandb_logger)
     trainer = Trainer(
         cfg,
         strategy,
@@ -141,14 +150,33 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
             "data_config": OmegaConf.to_container(cfg.data, resolve=False),
             "tokenizer": data.tokenizer.models,
             "versions": library_versions(),
+            "wandb_run_id": wandb_logger.run_id if wandb_logger else None,
         },
     )
+    try:
+        return fit_and_report(cfg, trainer, resume_from, data.test, run_dir)
+    finally:
+        if wandb_logger is not None:
+            wandb_logger.finish()
+
+
+def fit_and_report(
+    cfg: DictConfig,
+    trainer: Trainer,
+    resume_from: Optional[Path],
+    test: Optional[ParallelText],
+    run_dir: Path,
+) -> Dict[str, Any]:
+    """Resume if asked, train, then test the best checkpoint and draw the loss plot."""
+    strategy = trainer.strategy
     if resume_from is not None:
         trainer.resume(resume_from)
         if strategy.is_main:
-            metrics.drop_after(trainer.state.step)  # the steps being redone
+            trainer.metrics.drop_after(trainer.state.step)  # the steps being redone
     elif cfg.resume == "auto" and strategy.is_main:
-        log.info("resume=auto: no checkpoint in %s yet, starting fresh", checkpoints.directory)
+        log.info(
+            "resume=auto: no checkpoint in %s yet, starting fresh", trainer.checkpoints.directory
+        )
     with trainer.stop_request:
         state = trainer.fit()
     if state.stop_signal is not None:
@@ -156,13 +184,19 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
     result: Dict[str, Any] = {"step": state.step, "best_" + cfg.trainer.monitor: state.best_metric}
     if state.history:
         result.update(state.history[-1])
-    if data.test is not None and strategy.is_main:
-        result.update(test_best_model(cfg, data.test, checkpoints.named("best"), strategy.device))
-        metrics.write(
+    if test is not None and strategy.is_main:
+        result.update(
+            test_best_model(cfg, test, trainer.checkpoints.named("best"), strategy.device)
+        )
+        trainer.metrics.write(
             {"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}}
         )
+    if trainer.metrics.sink is not None:  # W&B's run summary: best and test scores
+        trainer.metrics.sink.summarize(
+            {k: v for k, v in result.items() if k.startswith(("best_", "test_"))}
+        )
     if strategy.is_main:
-        plot_losses(metrics.path, run_dir / "loss.png")
+        plot_losses(trainer.metrics.path, run_dir / "loss.png")
         log.info("outputs in %s: metrics.jsonl, loss.png, checkpoints/, tokenizer/", run_dir)
     strategy.barrier()
     return result
@@ -170,9 +204,9 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
 
 def find_resume(
     cfg: DictConfig, resolved: Dict[str, Any], run_dir: Path, strategy: Strategy
-) -> Tuple[CheckpointManager, Optional[Path]]:
-    """The run's checkpoint manager and the checkpoint to continue from (None: fresh),
-    checked before any data or model is built so that a bad request fails at once."""
+) -> Tuple[CheckpointManager, Optional[Path], Dict[str, Any]]:
+    """The run's checkpoint manager, the checkpoint to continue from (None: fresh) and
+    its meta, checked before any data or model is built so a bad request fails at once."""
     checkpoints = CheckpointManager(
         run_dir, cfg.checkpoint.keep_last, strategy.is_main, strategy.barrier
     )
@@ -182,10 +216,11 @@ def find_resume(
             f"{run_dir} already holds checkpoints of another run ({checkpoints.latest().name}). "
             "Continue it with resume=auto, or start in a new directory (hydra.run.dir=...)."
         )
+    meta: Dict[str, Any] = {}
     if resume_from is not None:
         meta = check_resumable(resume_from, resolved, cfg.strategy.name)
         strategy.prepare_resume(resume_from / STATE, meta["world_size"])
-    return checkpoints, resume_from
+    return checkpoints, resume_from, meta
 
 
 def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:

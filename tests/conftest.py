@@ -19,8 +19,10 @@ CONF_DIR = ROOT / "conf"
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """Keep tokenizer caches out of the user's home; one cache for the whole session."""
+    """Keep tokenizer caches out of the user's home; one cache for the whole session.
+    W&B stays off unless a test turns it on (no network, no files in run directories)."""
     os.environ["DIST_LSTM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["WANDB_MODE"] = "disabled"
     yield
 
 

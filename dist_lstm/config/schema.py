@@ -153,6 +153,26 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases, from rank 0; see dist_lstm/logging/wandb.py."""
+
+    # auto: online when W&B credentials are present (WANDB_API_KEY or `wandb login`),
+    # otherwise offline (upload later with `wandb sync RUN_DIR/wandb/offline-run-*`).
+    # A WANDB_MODE environment variable wins over this key.
+    mode: str = "auto"  # auto | online | offline | disabled
+    project: str = "dist-lstm"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    name: Optional[str] = None  # default: the run directory's name
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
 class Config:
     """The whole run. Group defaults come from conf/config.yaml."""
 
@@ -163,6 +183,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     # null: start fresh; auto: continue from the newest complete checkpoint of the run
     # directory if there is one; or a checkpoint folder (RUN/checkpoints/step_00000500).
     resume: Optional[str] = None

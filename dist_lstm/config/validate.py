@@ -234,6 +234,9 @@ def validate_checkpoint(checkpoint: DictConfig, strategy: DictConfig) -> None:
     )
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every value range; raise ConfigError naming the first bad key."""
     _require(cfg.seed >= 0, "seed", cfg.seed, "use a non-negative integer.")
@@ -243,3 +246,4 @@ def validate_config(cfg: DictConfig) -> None:
     validate_trainer(cfg.trainer)
     validate_strategy(cfg.strategy)
     validate_checkpoint(cfg.checkpoint, cfg.strategy)
+    _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import matplotlib
 
@@ -14,11 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 class MetricsWriter:
-    """Appends records to metrics.jsonl, flushing each so a crash loses nothing logged."""
+    """Appends records to metrics.jsonl, flushing each so a crash loses nothing logged,
+    and hands each record to `sink` (the W&B logger) when there is one."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, sink: Optional[Any] = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sink = sink
 
     def write(self, record: Dict[str, Any]) -> None:
         clean = {
@@ -27,6 +29,8 @@ class MetricsWriter:
         }
         with open(self.path, "a") as handle:
             handle.write(json.dumps(clean) + "\n")
+        if self.sink is not None:
+            self.sink.log(clean)
 
     def drop_after(self, step: int) -> None:
         """Forget records past `step` and the final test scores: a resumed run logs

@@ -1,0 +1,55 @@
+"""W&B logging: offline runs hold the config and the metrics at global steps, a resumed
+run keeps its id, and the mode never waits for a login."""
+
+import pytest
+
+from dist_lstm.checkpoint import read_meta
+from dist_lstm.errors import ConfigError, UserError
+from dist_lstm.logging.wandb import resolve_mode
+from tests.helpers.wandb_records import offline_runs
+from tests.unit.test_resume import corpus, run  # noqa: F401  (the fixture and the runner)
+
+
+@pytest.fixture
+def wandb_on(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc credentials
+
+
+def test_offline_run_holds_config_and_metrics_and_resumes_with_its_id(
+    corpus,  # noqa: F811
+    tmp_path,
+    wandb_on,
+):
+    logging = ["logger.wandb.mode=auto", "logger.wandb.tags=[smoke]", "trainer.val_every_steps=2"]
+    run(tmp_path, corpus, "trainer.max_steps=4", *logging)
+    (first,) = offline_runs(tmp_path)
+    meta = read_meta((tmp_path / "checkpoints" / "last").resolve())
+    assert first["id"] == meta["wandb_run_id"]
+    assert first["config"]["model"]["hidden_size"] == 16
+    assert first["config"]["world_size"] == 1
+    steps = [h["_step"] for h in first["history"] if "loss" in h]
+    assert steps == [1, 2, 3, 4]  # the trainer's global steps
+    assert [h["_step"] for h in first["history"] if "val_bleu" in h] == [2, 4]
+    assert "best_val_bleu" in first["summary"]
+
+    run(tmp_path, corpus, "trainer.max_steps=6", "resume=auto", *logging)
+    first_again, second = offline_runs(tmp_path)
+    assert second["id"] == first["id"]  # the same W&B run continues
+    assert [h["_step"] for h in second["history"] if "loss" in h] == [5, 6]
+
+
+def test_mode_resolution_never_waits_for_a_login(wandb_on, monkeypatch):
+    assert resolve_mode("auto") == "offline"
+    with pytest.raises(UserError, match="wandb login"):
+        resolve_mode("online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("online") == "disabled"  # the environment variable wins
+
+
+def test_unknown_mode_is_refused(corpus, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="logger.wandb.mode"):
+        run(tmp_path, corpus, "trainer.max_steps=1", "logger.wandb.mode=sometimes")
