@@ -27,7 +27,7 @@ from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import loss_and_translations, summarize
 from dist_lstm.logging.console import TrainingProgress
-from dist_lstm.logging.metrics import MetricsWriter
+from dist_lstm.logging.metrics import MetricsWriter, peak_memory_mb
 from dist_lstm.loss import sequence_loss
 from dist_lstm.signals import StopRequest
 from dist_lstm.strategy import Strategy
@@ -163,6 +163,7 @@ class Trainer:
         if not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
         self.state.step += 1
+        window.steps += 1
         if grad_norm is not None:
             window.grad_norm = grad_norm
         step = self.state.step
@@ -197,9 +198,12 @@ class Trainer:
             "step": self.state.step,
             "epoch": self.state.epoch,
             "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)),
             "lr": lr,
             "tokens_per_sec": tokens_per_sec,
+            "step_time_s": window.seconds / max(window.steps, 1),
             "grad_norm": window.grad_norm,
+            "memory_mb": peak_memory_mb(self.strategy.device),
             "elapsed_s": self.elapsed,
         }
         if self.strategy.is_main:
@@ -225,6 +229,8 @@ class Trainer:
         metrics = summarize(
             float(sums[0]), int(sums[1]), merged, self.valid_references, self.tokenizer
         )
+        if self.strategy.is_main:
+            self._log_samples(merged)
         self.state.last_validated_step = self.state.step
         improved = self._update_best(metrics[self.cfg.monitor])
         if isinstance(self.scheduler, ReduceLROnPlateau):
@@ -249,6 +255,13 @@ class Trainer:
             )
         self._save(metrics=metrics, best=improved)
         return metrics
+
+    def _log_samples(self, hypotheses: Dict[int, list], count: int = 5) -> None:
+        """A few validation translations beside their references (W&B table)."""
+        first = sorted(hypotheses)[:count]
+        texts = self.tokenizer.decode("tgt", [hypotheses[i] for i in first])
+        rows = [[i, text, self.valid_references[i]] for i, text in zip(first, texts)]
+        self.metrics.log_samples(self.state.step, rows)
 
     def _update_best(self, value: float) -> bool:
         best = self.state.best_metric
@@ -388,6 +401,7 @@ class _Window:
 
     def reset(self) -> None:
         self.loss_sum, self.tokens, self.last_loss = 0.0, 0, 0.0
+        self.steps = 0
         self.started = time.monotonic()
 
     def add(self, stats: Dict[str, float]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")  # headless: runs on clusters and CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -32,6 +33,12 @@ class MetricsWriter:
         if self.sink is not None:
             self.sink.log(clean)
 
+    def log_samples(self, step: int, rows: List[List[Any]]) -> None:
+        """Sample translations [index, hypothesis, reference]: for the sink only (W&B
+        shows them as a table); metrics.jsonl keeps numbers."""
+        if self.sink is not None:
+            self.sink.log_samples(step, rows)
+
     def drop_after(self, step: int) -> None:
         """Forget records past `step` and the final test scores: a resumed run logs
         those steps again and tests its best model again at its end."""
@@ -43,6 +50,15 @@ class MetricsWriter:
         scratch = self.path.with_name(self.path.name + ".tmp")
         scratch.write_text("".join(json.dumps(r) + "\n" for r in kept))
         scratch.replace(self.path)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA's peak allocated memory on GPUs, else this process's peak resident size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def read_metrics(path: str | Path) -> List[Dict[str, Any]]:

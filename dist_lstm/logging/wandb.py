@@ -14,7 +14,7 @@ import netrc
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -89,6 +89,14 @@ class WandbLogger:
             return
         values = {k: v for k, v in record.items() if k != "step" and v is not None}
         self.run.log(values, step=int(record["step"]))
+
+    def log_samples(self, step: int, rows: List[List[Any]]) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        table = wandb.Table(columns=["index", "hypothesis", "reference"], data=rows)
+        self.run.log({"val_samples": table}, step=step)
 
     def summarize(self, values: Dict[str, Any]) -> None:
         if self.run is None:

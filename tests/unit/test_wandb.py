@@ -32,6 +32,10 @@ def test_offline_run_holds_config_and_metrics_and_resumes_with_its_id(
     steps = [h["_step"] for h in first["history"] if "loss" in h]
     assert steps == [1, 2, 3, 4]  # the trainer's global steps
     assert [h["_step"] for h in first["history"] if "val_bleu" in h] == [2, 4]
+    tables = [h for h in first["history"] if "table" in str(h.get("val_samples/_type"))]
+    assert [h["_step"] for h in tables] == [2, 4]  # sample translations
+    train = [h for h in first["history"] if "loss" in h]
+    assert all(h["memory_mb"] > 0 and h["step_time_s"] > 0 and h["ppl"] > 1 for h in train)
     assert "best_val_bleu" in first["summary"]
 
     run(tmp_path, corpus, "trainer.max_steps=6", "resume=auto", *logging)
