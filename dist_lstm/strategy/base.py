@@ -106,9 +106,6 @@ class Strategy(ABC):
     def barrier(self) -> None:
         """Wait for all ranks."""
 
-    def model_state_dict(self) -> Dict[str, torch.Tensor]:
-        return self.unwrapped_model.state_dict()
-
     def prepare_resume(self, folder: Path, saved_world_size: int) -> None:
         """Called before `wrap` when the run will resume from the state in `folder`.
         DCP reshards by itself on load, so nothing is needed here."""

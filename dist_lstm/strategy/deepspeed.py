@@ -142,13 +142,6 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def model_state_dict(self) -> Dict[str, torch.Tensor]:
-        # Stages 0-2 keep full weights in every rank's module (only optimizer state and,
-        # in stage 2, gradients are partitioned), so the module's own state dict is
-        # complete; stage 3 gathers them into the replica first (all ranks take part).
-        module = self.eval_model()
-        return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-
     def save_state(self, folder: Path, asynchronous: bool = False) -> None:
         # DeepSpeed's own format: each rank writes its ZeRO partition of the optimizer.
         # Always synchronous (config validation refuses checkpoint.async_save here).
