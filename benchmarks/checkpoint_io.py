@@ -13,8 +13,6 @@ plus a load. Writes benchmarks/results/checkpoint_io_<device>.json (committed).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -22,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_file import write_result
 
 from dist_lstm.config import register_configs
 from dist_lstm.model import build_model
@@ -29,7 +28,6 @@ from dist_lstm.optim import build_optimizer
 from dist_lstm.strategy.single import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -98,14 +96,8 @@ def main() -> None:
         "load_s": round(statistics.median(load_s), 3),
         "repeats": args.repeats,
         "device": "cpu",
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    name = f"checkpoint_io_{args.experiment or 'default'}_cpu.json"
-    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(f"checkpoint_io_{args.experiment or 'default'}_cpu", report)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from results_file import write_result
+
+from dist_lstm.topology import free_local_port
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 
 PROBE = """
 import os, time, torch, torch.distributed as dist
@@ -47,12 +47,6 @@ dist.destroy_process_group()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(nproc: int) -> list:
     return [
         sys.executable,
@@ -60,7 +54,7 @@ def torchrun(nproc: int) -> list:
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
         "--rdzv_backend=c10d",
-        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        f"--rdzv_endpoint=127.0.0.1:{free_local_port()}",
     ]
 
 
@@ -153,14 +147,8 @@ def main() -> None:
         "settings": settings,
         "gradient_allreduce_ms_per_step": round(allreduce_ms(n, numel), 2),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"scaling_{report['device']}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(f"scaling_{report['device']}", report)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,13 @@ benchmarks/results/translate_speed_<device>.json (committed).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+from results_file import write_result
 
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(translator: Translator, sources: list[list[int]]) -> dict:
@@ -61,14 +58,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "device": str(args.device),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "results": results,
-        "date": time.strftime("%Y-%m-%d"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"translate_speed_{torch.device(args.device).type}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_result(f"translate_speed_{torch.device(args.device).type}", report)
 
 
 if __name__ == "__main__":

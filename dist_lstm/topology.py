@@ -8,6 +8,7 @@ MASTER_PORT; a plain `python train.py` has none of them and is rank 0 of a world
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import List, Mapping, Optional
 
@@ -81,3 +82,11 @@ def from_environment(device_preference: str, env: Optional[Mapping[str, str]] = 
             "torchrun or the deepspeed launcher (see launch/README.md)."
         )
     return Topology(rank, world_size, local_rank, resolve_device(device_preference, local_rank))
+
+
+def free_local_port() -> int:
+    """A TCP port free on this machine now, for a rendezvous of local processes
+    (torchrun launched by tests and benchmarks, jobs started on one node)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,10 @@ import pytest
 import torch
 
 from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.topology import free_local_port
 from tests.conftest import ROOT, reversal_corpus
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args, timeout=300):
@@ -37,7 +31,7 @@ def torchrun(*overrides, nproc=2):
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
         "--rdzv_backend=c10d",
-        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        f"--rdzv_endpoint=127.0.0.1:{free_local_port()}",
         "train.py",
         *overrides,
     ]
@@ -187,7 +181,7 @@ def test_a_failing_rank_ends_the_job_quickly_and_names_itself(corpus, tmp_path):
 def test_two_nodes_on_loopback_match_one_node(corpus, ddp_reference, tmp_path):
     """Two torchrun 'nodes' (one process each) meet through c10d rendezvous on loopback
     and train exactly like one node with two processes."""
-    port, run_dir = free_port(), tmp_path / "two_nodes"
+    port, run_dir = free_local_port(), tmp_path / "two_nodes"
     node = [
         sys.executable,
         "-m",
@@ -237,7 +231,7 @@ def slurm_stand_ins(tmp_path):
         "SLURM_NNODES": "1",
         "SLURM_JOB_NODELIST": "node1",
         "GPUS_PER_NODE": "2",
-        "RDZV_PORT": str(free_port()),
+        "RDZV_PORT": str(free_local_port()),
         "RUN_DIR": str(tmp_path / "slurm-run"),
     }
     return env, calls
@@ -338,7 +332,7 @@ def test_deepspeed_launcher_runs_train_py(corpus, tmp_path):
         "--num_gpus",
         "2",
         "--master_port",
-        str(free_port()),
+        str(free_local_port()),
     ]
     run(
         [
@@ -448,7 +442,7 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(corpus, ddp_reference
         "--nproc_per_node=2",
         "--max-restarts=1",
         "--rdzv_backend=c10d",
-        f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+        f"--rdzv_endpoint=127.0.0.1:{free_local_port()}",
         str(ROOT / "tests" / "helpers" / "failing_train.py"),
         *corpus,
         *DS_STEPS,
