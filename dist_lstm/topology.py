@@ -1,16 +1,20 @@
 """Where this process sits: rank, world size, local rank and device.
 
-The one place that reads the launcher's environment. torchrun, the DeepSpeed launcher and
-`srun` + torchrun (see launch/) all export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
-MASTER_PORT; a plain `python train.py` has none of them and is rank 0 of a world of 1.
+The one place that reads the launcher's environment. torchrun, the DeepSpeed launcher,
+`srun` + torchrun (see launch/) and `launcher.nproc_per_node` all export RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT. A task that SLURM's `srun` (or Hydra's submitit
+launcher) starts directly, one process per task, has SLURM's variables instead; they are
+translated (`scheduler_environment`). A plain `python train.py` has none of them and is
+rank 0 of a world of 1.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass
-from typing import List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -33,13 +37,63 @@ class Topology:
         return self.world_size > 1
 
 
+def _scheduler_job() -> Optional[Any]:
+    """submitit's view of the scheduler task this process is, or None: a SLURM job step
+    started by srun, or a task of submitit's local executor."""
+    try:
+        from submitit.local.local import LocalJobEnvironment
+        from submitit.slurm.slurm import SlurmJobEnvironment
+    except ImportError:  # submitit is installed with the package; be quiet if it is not
+        return None
+    env = os.environ
+    if env.get("SUBMITIT_EXECUTOR") == "local" and "SUBMITIT_LOCAL_GLOBALID" in env:
+        return LocalJobEnvironment()
+    # SLURM_STEP_ID tells an srun task from the batch script itself, which sees the job's
+    # task count too but is a single process.
+    if {"SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID"} <= env.keys():
+        return SlurmJobEnvironment()
+    return None
+
+
+def scheduler_environment() -> Dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT of a task that a scheduler
+    started without torchrun (one process per task); empty when RANK is already set or the
+    job has a single task.
+
+    submitit's job environments parse SLURM's compressed node lists; the first node hosts
+    the rendezvous, on a port drawn from the job id, so every task agrees without talking.
+    MASTER_ADDR / MASTER_PORT already in the environment win.
+    """
+    if "RANK" in os.environ:
+        return {}
+    job = _scheduler_job()
+    if job is None or job.num_tasks <= 1:
+        return {}
+    local = job.cluster == "local"
+    port = random.Random(job.job_id).randint(20000, 60000)
+    return {
+        "RANK": str(job.global_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_RANK": str(job.local_rank),
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR")
+        or ("127.0.0.1" if local else job.hostnames[0]),
+        "MASTER_PORT": os.environ.get("MASTER_PORT") or str(port),
+    }
+
+
+def launcher_environment() -> Mapping[str, str]:
+    """The environment with the ranks a scheduler implies filled in."""
+    implied = scheduler_environment()
+    return {**os.environ, **implied} if implied else os.environ
+
+
 def launcher_rank(env: Optional[Mapping[str, str]] = None) -> int:
     """This process's global rank as the launcher set it (0 when not launched)."""
-    return int((env if env is not None else os.environ).get("RANK", "0"))
+    return int((env if env is not None else launcher_environment()).get("RANK", "0"))
 
 
 def launcher_world_size(env: Optional[Mapping[str, str]] = None) -> int:
-    return int((env if env is not None else os.environ).get("WORLD_SIZE", "1"))
+    return int((env if env is not None else launcher_environment()).get("WORLD_SIZE", "1"))
 
 
 def drop_local_rank_argument(argv: List[str]) -> List[str]:
@@ -70,8 +124,11 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 
 
 def from_environment(device_preference: str, env: Optional[Mapping[str, str]] = None) -> Topology:
-    """Read rank facts from the launcher's environment variables."""
-    env = env if env is not None else os.environ
+    """Read rank facts from the launcher's environment variables. Ranks implied by a
+    scheduler are exported first: the process group (env://) and DeepSpeed read them."""
+    if env is None:
+        os.environ.update(scheduler_environment())
+        env = os.environ
     rank, world_size = launcher_rank(env), launcher_world_size(env)
     local_rank = int(env.get("LOCAL_RANK", "0"))
     if not 0 <= rank < world_size:

@@ -1,0 +1,80 @@
+"""Ranks from a scheduler without torchrun: SLURM's srun tasks and submitit's local tasks."""
+
+import os
+
+import pytest
+
+from dist_lstm.topology import from_environment, launcher_rank, scheduler_environment
+
+SLURM_TASK = {
+    "SLURM_JOB_ID": "81234",
+    "SLURM_STEP_ID": "0",
+    "SLURM_PROCID": "5",
+    "SLURM_LOCALID": "1",
+    "SLURM_NTASKS": "8",
+    "SLURM_JOB_NUM_NODES": "4",
+    "SLURM_JOB_NODELIST": "gpu[07-08,11],cpu3",
+}
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No launcher variables; whatever a test (or from_environment) sets is undone."""
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    for name in (*launcher, *SLURM_TASK, "SUBMITIT_EXECUTOR"):
+        monkeypatch.setenv(name, "")  # recorded, so teardown restores the original state
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_srun_task_gets_ranks_and_the_first_node_as_master(clean_env):
+    for name, value in SLURM_TASK.items():
+        clean_env.setenv(name, value)
+    env = scheduler_environment()
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")} == {
+        "RANK": "5",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "gpu07",
+    }
+    clean_env.setenv("SLURM_PROCID", "0")  # every task derives the same port from the job
+    assert scheduler_environment()["MASTER_PORT"] == env["MASTER_PORT"]
+    assert 20000 <= int(env["MASTER_PORT"]) <= 60000
+    assert launcher_rank() == 0
+
+
+def test_ranks_are_exported_for_the_process_group(clean_env):
+    for name, value in {**SLURM_TASK, "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("MASTER_PORT", "29999")  # one set by the user wins
+    topology = from_environment("cpu")
+    assert (topology.rank, topology.world_size, topology.local_rank) == (1, 2, 1)
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu07", "29999")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"RANK": "3"},  # torchrun inside the allocation set the ranks
+        {"SLURM_STEP_ID": None},  # the batch script itself: one process
+        {"SLURM_NTASKS": "1"},
+    ],
+)
+def test_scheduler_ranks_only_when_no_launcher_set_them(clean_env, change):
+    for name, value in {**SLURM_TASK, **change}.items():
+        if value is not None:
+            clean_env.setenv(name, value)
+    assert scheduler_environment() == {}
+
+
+def test_submitit_local_tasks_meet_on_this_machine(clean_env):
+    for name, value in {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "777",
+        "SUBMITIT_LOCAL_GLOBALID": "1",
+        "SUBMITIT_LOCAL_LOCALID": "1",
+        "SUBMITIT_LOCAL_NTASKS": "2",
+    }.items():
+        clean_env.setenv(name, value)
+    env = scheduler_environment()
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("1", "2", "127.0.0.1")
