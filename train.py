@@ -4,6 +4,7 @@ python train.py                      # default: Multi30k de->en
 python train.py experiment=smoke     # a 2-minute end-to-end check
 python train.py optim.lr=5e-4 data.src_lang=fr
 torchrun --nproc_per_node=2 train.py strategy=ddp experiment=smoke
+python train.py -m optim.lr=1e-3,5e-4 launcher.nproc_per_node=2   # a sweep of 2-process jobs
 """
 
 import sys
@@ -12,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dist_lstm.config import register_configs
-from dist_lstm.run import train, user_errors
+from dist_lstm.job import run_job
 from dist_lstm.topology import drop_local_rank_argument
 
 register_configs()
@@ -20,9 +21,8 @@ sys.argv = drop_local_rank_argument(sys.argv)  # the deepspeed launcher appends 
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        train(cfg)
+def main(cfg: DictConfig) -> float:
+    return run_job(cfg)  # the objective, for sweepers that optimise (hparams_search=optuna)
 
 
 if __name__ == "__main__":

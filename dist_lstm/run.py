@@ -181,7 +181,12 @@ def fit_and_report(
         state = trainer.fit()
     if state.stop_signal is not None:
         stop_for_signal(state.stop_signal, state.step, strategy)
-    result: Dict[str, Any] = {"step": state.step, "best_" + cfg.trainer.monitor: state.best_metric}
+    bleus = [record["val_bleu"] for record in state.history if "val_bleu" in record]
+    result: Dict[str, Any] = {
+        "step": state.step,
+        "best_val_bleu": max(bleus) if bleus else None,
+        "best_" + cfg.trainer.monitor: state.best_metric,
+    }
     if state.history:
         result.update(state.history[-1])
     if test is not None and strategy.is_main:

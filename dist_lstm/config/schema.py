@@ -173,6 +173,18 @@ class LoggerConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Processes this job starts itself, without torchrun (see dist_lstm/spawn.py)."""
+
+    # Above 1: run the job as this many local processes (DDP or DeepSpeed) through
+    # torch.distributed's elastic launch API: `python train.py -m ... launcher.nproc_per_node=2`
+    # makes every job of a sweep a distributed job. Leave at 1 under torchrun/srun.
+    nproc_per_node: int = 1
+    # Restarts of the whole worker group after a worker fails (resume=auto continues).
+    max_restarts: int = 0
+
+
+@dataclass
 class Config:
     """The whole run. Group defaults come from conf/config.yaml."""
 
@@ -184,6 +196,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # null: start fresh; auto: continue from the newest complete checkpoint of the run
     # directory if there is one; or a checkpoint folder (RUN/checkpoints/step_00000500).
     resume: Optional[str] = None

@@ -234,6 +234,22 @@ def validate_checkpoint(checkpoint: DictConfig, strategy: DictConfig) -> None:
     )
 
 
+def validate_launcher(launcher: DictConfig, strategy: DictConfig) -> None:
+    _positive("launcher.nproc_per_node", launcher.nproc_per_node)
+    _require(
+        launcher.max_restarts >= 0,
+        "launcher.max_restarts",
+        launcher.max_restarts,
+        "use 0 (no restarts) or a positive count.",
+    )
+    _require(
+        not (launcher.nproc_per_node > 1 and strategy.name == "single"),
+        "launcher.nproc_per_node",
+        launcher.nproc_per_node,
+        "strategy=single trains in one process; use strategy=ddp, deepspeed or auto.",
+    )
+
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -246,4 +262,5 @@ def validate_config(cfg: DictConfig) -> None:
     validate_trainer(cfg.trainer)
     validate_strategy(cfg.strategy)
     validate_checkpoint(cfg.checkpoint, cfg.strategy)
+    validate_launcher(cfg.launcher, cfg.strategy)
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)

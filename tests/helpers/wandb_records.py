@@ -47,12 +47,15 @@ def key(item: Any) -> str:
 
 
 def read_run(path: Path) -> Dict[str, Any]:
-    """{"id", "config": {key: value}, "history": [{key: value}], "summary": {...}}."""
+    """{"id", "group", "name", "config": {key: value}, "history": [{key: value}],
+    "summary": {...}}."""
     run: Dict[str, Any] = {"id": None, "config": {}, "history": [], "summary": {}}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run["id"] = record.run.run_id
+            run["group"] = record.run.run_group
+            run["name"] = record.run.display_name
             for item in record.run.config.update:
                 run["config"][item.key] = json.loads(item.value_json)
         elif kind == "config":

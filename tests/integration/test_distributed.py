@@ -211,6 +211,47 @@ def test_two_nodes_on_loopback_match_one_node(corpus, ddp_reference, tmp_path):
         torch.testing.assert_close(two_nodes[name], reference[name], rtol=0, atol=0, msg=name)
 
 
+def test_srun_tasks_without_torchrun_match_torchrun(corpus, ddp_reference, tmp_path):
+    """Two tasks as `srun --ntasks=2 python train.py` starts them (SLURM's variables, no
+    torchrun): they find their ranks and master from SLURM and train exactly like torchrun."""
+    run_dir = tmp_path / "srun"
+    command = [
+        sys.executable,
+        "train.py",
+        *corpus,
+        *DS_STEPS,
+        "strategy=ddp",
+        f"hydra.run.dir={run_dir}",
+    ]
+    slurm = {
+        "SLURM_JOB_ID": "4243",
+        "SLURM_STEP_ID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_JOB_NODELIST": "localhost",
+        "MASTER_PORT": str(free_local_port()),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "DDPStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()
+    assert (run_dir / "train.rank1.log").is_file()
+    reference, srun = last_params(ddp_reference), last_params(run_dir)
+    for name in reference:
+        torch.testing.assert_close(srun[name], reference[name], rtol=0, atol=0, msg=name)
+
+
 def slurm_stand_ins(tmp_path):
     """srun and scontrol replaced for one node: srun runs its command once (dropping its
     own options); scontrol answers `show hostnames` and logs every call."""
@@ -490,3 +531,25 @@ def test_deepspeed_checkpoint_resumes_at_another_world_size(corpus, tmp_path):
     # steps at lr 2e-3 move each weight by about 4e-3 at most (a fresh init is ~0.1 off).
     moved = max(float((final[k] - written[k]).abs().max()) for k in written)
     assert 0 < moved < 0.01
+
+
+def test_sigterm_stops_a_sweep_of_two_process_jobs_after_a_checkpoint(corpus, tmp_path):
+    """SIGTERM to `python train.py -m ... launcher.nproc_per_node=2` (as a scheduler sends
+    it): the workers checkpoint, the sweep stops with 143 and starts no further job."""
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *corpus,
+        "launcher.nproc_per_node=2",
+        "trainer.max_steps=100000",
+        "seed=1,2",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    proc = start_training(command, sweep_dir / "0")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 143
+    last = (sweep_dir / "0" / "checkpoints" / "last").resolve()
+    assert (last / "COMPLETE").is_file() and len(list((last / "rng").iterdir())) == 2
+    assert not (sweep_dir / "1").exists()

@@ -1,0 +1,140 @@
+"""`python train.py -m ...` as users run sweeps: a grid with a failing job, distributed jobs
+inside a sweep, an Optuna search, a submitit job, and an unknown key caught before any job."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from dist_lstm.checkpoint import read_meta
+from tests.conftest import ROOT, reversal_corpus
+from tests.helpers.wandb_records import offline_runs
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return [
+        *reversal_corpus(root, 3, {"train": 300, "valid": 30}, "abcdef", 6),
+        "data.tokenizer.vocab_size=12",
+        "data.max_tokens=200",
+        "data.max_len=20",
+        "model=tiny",
+        "model.emb_dim=16",
+        "model.hidden_size=16",
+        "optim.warmup_steps=0",
+        "trainer.progress_bar=false",
+        "trainer.max_epochs=null",
+        "trainer.max_steps=6",
+        "trainer.val_every_steps=3",
+    ]
+
+
+def sweep(sweep_dir, *overrides, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def summary(sweep_dir):
+    with (sweep_dir / "sweep_summary.csv").open() as rows:
+        return list(csv.DictReader(rows))
+
+
+def test_grid_sweep_runs_every_job_and_summarises_a_failed_one(corpus, tmp_path):
+    sweep_dir = tmp_path / "grid"
+    proc = sweep(sweep_dir, *corpus, "optim.lr=0.003,0.01,-1", env={"WANDB_MODE": "offline"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output  # a job failed: the sweep says so in its status
+    assert "1 of 3 jobs did not complete" in output
+    rows = summary(sweep_dir)
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("0", "completed"),
+        ("1", "completed"),
+        ("2", "failed"),
+    ]
+    assert "optim.lr=0.003" in rows[0]["overrides"] and "optim.lr=0.01" in rows[1]["overrides"]
+    assert "optim.lr=-1.0 is invalid" in rows[2]["error"]
+    for row in rows[:2]:
+        job_dir = sweep_dir / row["job"]
+        records = [json.loads(x) for x in (job_dir / "metrics.jsonl").read_text().splitlines()]
+        best = max(r["val_bleu"] for r in records if "val_bleu" in r)
+        assert float(row["best_val_bleu"]) == pytest.approx(best)
+        assert (job_dir / "checkpoints" / "last" / "COMPLETE").is_file()
+    # the printed table: one row per job, showing what varies between them
+    assert "optim.lr=0.003" in proc.stdout and "failed" in proc.stdout
+    # one W&B group named after the sweep, one run per job named after its overrides
+    (first,), (second,) = offline_runs(sweep_dir / "0"), offline_runs(sweep_dir / "1")
+    assert first["group"] == second["group"] == "sweep-" + "_".join(sweep_dir.parts[-2:])
+    assert first["name"].startswith("0:") and "optim.lr=0.003" in first["name"]
+    assert first["id"] != second["id"]
+
+
+def test_unknown_override_key_fails_before_any_job_starts(corpus, tmp_path):
+    sweep_dir = tmp_path / "typo"
+    proc = sweep(sweep_dir, *corpus, "optim.lrr=0.1,0.2")
+    assert proc.returncode != 0
+    assert "optim.lrr" in proc.stderr
+    assert not any(p.is_dir() for p in sweep_dir.glob("*"))  # no job directory
+
+
+def test_sweep_job_with_two_processes_trains(corpus, tmp_path):
+    sweep_dir = tmp_path / "ddp"
+    proc = sweep(sweep_dir, *corpus, "launcher.nproc_per_node=2", "seed=1,2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
+    for job in ("0", "1"):
+        meta = read_meta((sweep_dir / job / "checkpoints" / "last").resolve())
+        assert meta["world_size"] == 2 and meta["step"] == 6
+        assert (sweep_dir / job / "train.rank1.log").is_file()
+        assert "process group: gloo, rank 0 of 2" in (sweep_dir / job / "train.log").read_text()
+
+
+def test_optuna_search_returns_the_better_trial(corpus, tmp_path):
+    """Two trials that differ in learning rate; this short a run scores BLEU 0 either way,
+    so the search minimises validation loss (the objective follows trainer.monitor)."""
+    sweep_dir = tmp_path / "optuna"
+    proc = sweep(
+        sweep_dir,
+        *corpus,
+        "hparams_search=optuna",
+        "trainer.monitor=val_loss",
+        "hydra.sweeper.direction=minimize",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.params={optim.lr: 'choice(0.0001, 0.01)'}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = summary(sweep_dir)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    lrs = {
+        r["job"]: next(o for o in r["overrides"].split() if o.startswith("optim.lr=")) for r in rows
+    }
+    assert sorted(lrs.values()) == ["optim.lr=0.0001", "optim.lr=0.01"]
+    objectives = {r["job"]: float(r["objective"]) for r in rows}
+    for job, value in objectives.items():  # the objective is the job's best val_loss
+        records = (sweep_dir / job / "metrics.jsonl").read_text().splitlines()
+        losses = [json.loads(x)["val_loss"] for x in records if "val_loss" in x]
+        assert value == pytest.approx(min(losses))
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    best_job = min(objectives, key=objectives.get)
+    assert results["best_value"] == pytest.approx(objectives[best_job])
+    assert f"optim.lr={results['best_params']['optim.lr']}" == lrs[best_job]
+
+
+def test_submitit_local_job_trains(corpus, tmp_path):
+    sweep_dir = tmp_path / "submitit"
+    proc = sweep(sweep_dir, *corpus, "hydra/launcher=submitit_local", "seed=1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = summary(sweep_dir)
+    assert row["status"] == "completed" and row["step"] == "6"
+    assert (sweep_dir / "0" / "checkpoints" / "last" / "COMPLETE").is_file()
+    assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))  # ran as a submitit job
