@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from dist_lstm.data.dataset import Batch
 from dist_lstm.data.tokenizer import Tokenizer
-from dist_lstm.loss import sequence_loss
 from dist_lstm.model import Seq2Seq
 from dist_lstm.search import best_hypotheses
 
@@ -40,7 +39,7 @@ def loss_and_translations(
         for batch in loader:
             batch: Batch = batch.to(device)
             encoded = model.encode(batch.src, batch.src_lengths)  # shared by loss and search
-            loss, tokens = sequence_loss(model.decoder(batch.tgt_in, encoded), batch.tgt_out)
+            loss, tokens = model.decoder(batch.tgt_in, encoded, batch.tgt_out)
             total_loss += float(loss)
             total_tokens += tokens
             decoded = best_hypotheses(

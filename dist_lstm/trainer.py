@@ -28,7 +28,6 @@ from dist_lstm.errors import UserError
 from dist_lstm.evaluation import loss_and_translations, summarize
 from dist_lstm.logging.console import TrainingProgress
 from dist_lstm.logging.metrics import MetricsWriter, peak_memory_mb
-from dist_lstm.loss import sequence_loss
 from dist_lstm.signals import StopRequest
 from dist_lstm.strategy import Strategy
 
@@ -153,8 +152,9 @@ class Trainer:
     def _forward_backward(self, batch, sync: bool, scale: float) -> Dict[str, float]:
         batch = self.strategy.align_batch(batch.to(self.strategy.device))
         with self.strategy.micro_batch(sync_gradients=sync):
-            logits = self.strategy.model(batch.src, batch.src_lengths, batch.tgt_in)
-            loss_sum, tokens = sequence_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+            loss_sum, tokens = self.strategy.model(
+                batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, self.cfg.label_smoothing
+            )
             self.strategy.backward(loss_sum / tokens * scale)
         return {"loss_sum": float(loss_sum.detach()), "tokens": tokens}
 

@@ -8,12 +8,13 @@ greedy search reproduces exactly what training scores.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dist_lstm.loss import linear_cross_entropy
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput
 
@@ -39,6 +40,22 @@ class DecoderState:
             memory=self.memory.index_select(0, rows),
             mask=self.mask.index_select(0, rows),
         )
+
+
+class OutputLayer(nn.Linear):
+    """The vocabulary projection (H -> V). Given targets, it returns the fused projection
+    + loss instead of logits; being a module call either way lets ZeRO-3 gather its
+    weights for it."""
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        if targets is None:
+            return super().forward(hidden)
+        return linear_cross_entropy(hidden, self.weight, self.bias, targets, label_smoothing)
 
 
 class Decoder(nn.Module):
@@ -83,7 +100,7 @@ class Decoder(nn.Module):
             )
             self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         else:
-            self.output = nn.Linear(hidden_size, vocab_size)
+            self.output = OutputLayer(hidden_size, vocab_size)
 
     def init_state(self, enc: EncoderOutput) -> DecoderState:
         batch = enc.memory.size(0)
@@ -123,18 +140,45 @@ class Decoder(nn.Module):
         hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=2))))
         return hidden, replace(state, h=h, c=c, feed=hidden[:, -1])
 
-    def forward(self, tgt_in: torch.Tensor, enc: EncoderOutput) -> torch.Tensor:
-        """Teacher forcing: tgt_in (B, T) ids (BOS first) -> logits (B, T, V)."""
+    def features(self, tgt_in: torch.Tensor, enc: EncoderOutput) -> torch.Tensor:
+        """Teacher forcing: tgt_in (B, T) ids (BOS first) -> attentional states (B, T, H)."""
         state = self.init_state(enc)
         embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         if not self.input_feeding:
             hidden, _ = self._decode(embedded, state)
-            return self.logits(hidden)
+            return hidden
         outputs = []
         for t in range(tgt_in.size(1)):
             hidden, state = self._decode(embedded[:, t : t + 1], state)
             outputs.append(hidden)
-        return self.logits(torch.cat(outputs, dim=1))  # (B, T, V)
+        return torch.cat(outputs, dim=1)
+
+    def forward(
+        self,
+        tgt_in: torch.Tensor,
+        enc: EncoderOutput,
+        tgt_out: Optional[torch.Tensor] = None,
+        label_smoothing: float = 0.0,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, int]]:
+        """Without tgt_out: logits (B, T, V). With tgt_out (B, T), padding at
+        embedding.padding_idx: (summed label-smoothed loss, real target tokens), the
+        vocabulary projection fused with the loss over real tokens only (see loss.py)."""
+        hidden = self.features(tgt_in, enc)
+        if tgt_out is None:
+            return self.logits(hidden)
+        real = tgt_out != self.embedding.padding_idx  # (B, T)
+        hidden, targets = hidden[real], tgt_out[real]  # (N, H), (N,)
+        if self.tie_embeddings:
+            loss = linear_cross_entropy(
+                self.pre_output(hidden),
+                self.embedding.weight,
+                self.output_bias,
+                targets,
+                label_smoothing,
+            )
+        else:
+            loss = self.output(hidden, targets, label_smoothing)
+        return loss, targets.numel()
 
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -23,10 +23,16 @@ class Seq2Seq(nn.Module):
         return self.encoder(src, src_lengths)
 
     def forward(
-        self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
-    ) -> torch.Tensor:
-        """src (B, S), src_lengths (B,), tgt_in (B, T) -> logits (B, T, V)."""
-        return self.decoder(tgt_in, self.encode(src, src_lengths))
+        self,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        tgt_in: torch.Tensor,
+        tgt_out: Optional[torch.Tensor] = None,
+        label_smoothing: float = 0.0,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, int]]:
+        """src (B, S), src_lengths (B,), tgt_in (B, T) -> logits (B, T, V); with tgt_out
+        (B, T): (summed loss, real target tokens), as training needs (Decoder.forward)."""
+        return self.decoder(tgt_in, self.encode(src, src_lengths), tgt_out, label_smoothing)
 
 
 def build_model(
