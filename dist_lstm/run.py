@@ -148,7 +148,7 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
             "config": resolved,
             # Unresolved, so `evaluate --split` finds the shipped data on another machine.
             "data_config": OmegaConf.to_container(cfg.data, resolve=False),
-            "tokenizer": data.tokenizer.models,
+            "tokenizer": data.tokenizer.payload,
             "versions": library_versions(),
             "wandb_run_id": wandb_logger.run_id if wandb_logger else None,
         },

@@ -54,10 +54,13 @@ def build_data(
     valid_text = load_split(data, "valid", checksums, data.max_valid_examples)
     has_test = data.test_src and data.test_tgt
     test_text = load_split(data, "test", checksums) if has_test else None
-    models = None
+    payload = None
     if is_main:
-        models = train_or_load(train_text, tokenizer_options(data), data.cache_dir).models
-    tokenizer = Tokenizer(broadcast(models))
+        tokenizer = train_or_load(train_text, tokenizer_options(data), data.cache_dir)
+        if data.tokenizer.prune_target_vocab:
+            tokenizer = tokenizer.with_target_vocab(train_text.tgt)
+        payload = tokenizer.payload
+    tokenizer = Tokenizer(broadcast(payload))
     log.info(
         "vocabulary: source %d, target %d (%s)",
         tokenizer.src_vocab_size,

@@ -4,6 +4,12 @@ The cache key hashes the training files' contents and every option that changes 
 so a second run with the same data reuses the trained model in milliseconds while any change
 (another vocabulary size, an edited corpus) trains a fresh one. Ids 0-3 are fixed as
 PAD/UNK/BOS/EOS for both languages so the model code can rely on them.
+
+A joint model's pieces include every source-only subword; the decoder has no use for
+them. `with_target_vocab` keeps, on the target side, only the pieces that occur in the
+training targets (and the specials): the decoder's embedding and output layer shrink to
+those (on Multi30k de->en with 8k joint BPE, 4,269 of 8,000), which is what a toolkit with
+a separate target vocabulary builds, and saves a third of the output projection's work.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import sentencepiece as spm
 
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ROLES = ("src", "tgt")
+TARGET_VOCAB_MULTIPLE = 64  # see Tokenizer.with_target_vocab
 META_FILE = "tokenizer.json"
 
 
@@ -48,12 +55,46 @@ class Tokenizer:
     and a checkpoint needs no folder beside it.
     """
 
-    def __init__(self, models: Dict[str, bytes]):
+    def __init__(self, models: Dict[str, Any]):
+        """`models`: {"src": bytes, "tgt": bytes} and optionally "tgt_pieces", the target
+        model's piece ids the target side keeps (see `with_target_vocab`); as `payload`
+        returns it, and as checkpoints store it."""
         self.models = {role: bytes(models[role]) for role in ROLES}
         self._sp = {
             role: spm.SentencePieceProcessor(model_proto=proto)
             for role, proto in self.models.items()
         }
+        pieces = models.get("tgt_pieces")
+        self.tgt_pieces: Optional[List[int]] = None if pieces is None else list(pieces)
+        self._to_target: Dict[int, int] = {}
+        if self.tgt_pieces is not None:
+            if self.tgt_pieces[:4] != [PAD_ID, UNK_ID, BOS_ID, EOS_ID]:
+                raise DataError("tokenizer: the target vocabulary must start with the specials")
+            self._to_target = {piece: i for i, piece in enumerate(self.tgt_pieces)}
+
+    @property
+    def payload(self) -> Dict[str, Any]:
+        """Everything needed to rebuild this tokenizer (checkpoints, other ranks)."""
+        out: Dict[str, Any] = dict(self.models)
+        if self.tgt_pieces is not None:
+            out["tgt_pieces"] = list(self.tgt_pieces)
+        return out
+
+    def with_target_vocab(self, targets: Sequence[str]) -> "Tokenizer":
+        """This tokenizer with the target side restricted to the pieces of `targets`.
+
+        The count is rounded up to a multiple of TARGET_VOCAB_MULTIPLE with unused pieces:
+        the output projection's GEMM runs at two thirds of the rate at an odd size
+        (measured: 4,273 rows 118 GFLOP/s, 4,288 rows 179 GFLOP/s on 2 CPU cores).
+        """
+        used = {piece for ids in self._sp["tgt"].encode(list(targets)) for piece in ids}
+        specials = [PAD_ID, UNK_ID, BOS_ID, EOS_ID]
+        pieces = specials + sorted(used - set(specials))
+        total = self._sp["tgt"].get_piece_size()
+        wanted = min(total, -(-len(pieces) // TARGET_VOCAB_MULTIPLE) * TARGET_VOCAB_MULTIPLE)
+        unused = (piece for piece in range(total) if piece not in used and piece > EOS_ID)
+        pieces += [next(unused) for _ in range(wanted - len(pieces))]
+        return Tokenizer({**self.models, "tgt_pieces": pieces})
 
     @property
     def joint(self) -> bool:
@@ -65,15 +106,25 @@ class Tokenizer:
 
     @property
     def tgt_vocab_size(self) -> int:
+        if self.tgt_pieces is not None:
+            return len(self.tgt_pieces)
         return self._sp["tgt"].get_piece_size()
 
     def encode(self, role: str, sentences: Sequence[str]) -> List[List[int]]:
-        """Subword ids of each sentence, without BOS/EOS."""
-        return self._sp[role].encode(list(sentences), out_type=int)
+        """Subword ids of each sentence, without BOS/EOS. Target pieces outside the
+        target vocabulary become UNK."""
+        ids = self._sp[role].encode(list(sentences), out_type=int)
+        if role == "tgt" and self.tgt_pieces is not None:
+            lookup = self._to_target
+            return [[lookup.get(piece, UNK_ID) for piece in seq] for seq in ids]
+        return ids
 
     def decode(self, role: str, ids: Sequence[Sequence[int]]) -> List[str]:
         """Detokenized text; the specials are dropped so scoring sees plain sentences."""
         specials = {PAD_ID, BOS_ID, EOS_ID}
+        if role == "tgt" and self.tgt_pieces is not None:
+            pieces = self.tgt_pieces
+            ids = [[pieces[i] for i in seq] for seq in ids]
         return self._sp[role].decode([[i for i in seq if i not in specials] for seq in ids])
 
     def save(self, directory: str | Path) -> Path:
@@ -87,7 +138,10 @@ class Tokenizer:
         )
         for role in ROLES:
             (directory / names[role]).write_bytes(self.models[role])
-        (directory / META_FILE).write_text(json.dumps(names, indent=2) + "\n")
+        meta: Dict[str, Any] = dict(names)
+        if self.tgt_pieces is not None:
+            meta["tgt_pieces"] = self.tgt_pieces
+        (directory / META_FILE).write_text(json.dumps(meta) + "\n")
         return directory
 
     @classmethod
@@ -100,7 +154,10 @@ class Tokenizer:
                 "tokenizer/ folder written by a training run."
             )
         names = json.loads(meta.read_text())
-        return cls({role: (directory / names[role]).read_bytes() for role in ROLES})
+        models: Dict[str, Any] = {role: (directory / names[role]).read_bytes() for role in ROLES}
+        if "tgt_pieces" in names:
+            models["tgt_pieces"] = names["tgt_pieces"]
+        return cls(models)
 
 
 def cache_key(train: ParallelText, options: TokenizerOptions) -> str:

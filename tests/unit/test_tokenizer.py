@@ -72,3 +72,25 @@ def test_all_pairs_filtered_is_an_error(tmp_path):
     t = tok.train_or_load(text, options(vocab_size=20), tmp_path / "c")
     with pytest.raises(DataError, match="empty after filtering.*raise data.max_len"):
         build_dataset(text, t, max_len=3, split="train")
+
+
+def test_target_vocab_keeps_only_target_pieces_and_round_trips(tmp_path, monkeypatch):
+    monkeypatch.setattr(tok, "TARGET_VOCAB_MULTIPLE", 8)
+    src = ["das haus ist klein", "der hund bellt laut", "ein kleines haus"] * 20
+    tgt = ["the house is small", "the dog barks", "a small house"] * 20
+    text = load_parallel(
+        str(write_lines(tmp_path / "train.de", src)), str(write_lines(tmp_path / "train.en", tgt))
+    )
+    joint = tok.train_or_load(text, options(vocab_size=60), tmp_path / "c")
+    pruned = joint.with_target_vocab(tgt)
+    assert pruned.src_vocab_size == joint.src_vocab_size  # the source side is untouched
+    assert pruned.tgt_vocab_size < joint.tgt_vocab_size
+    assert pruned.tgt_vocab_size % 8 == 0  # rounded up for the output GEMM
+    ids = pruned.encode("tgt", ["the small dog"])
+    assert max(max(seq) for seq in ids) < pruned.tgt_vocab_size
+    assert pruned.decode("tgt", ids) == ["the small dog"]
+    assert pruned.encode("src", ["das haus"]) == joint.encode("src", ["das haus"])
+    # a piece only the source side uses is unknown on the target side
+    assert tok.UNK_ID in pruned.encode("tgt", ["bellt"])[0]
+    again = tok.Tokenizer.load(pruned.save(tmp_path / "saved"))
+    assert again.payload == pruned.payload == tok.Tokenizer(pruned.payload).payload
