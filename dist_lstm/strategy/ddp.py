@@ -6,6 +6,7 @@ process group is read from the environment (env://). CPU ranks use gloo, GPU ran
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from contextlib import nullcontext
@@ -90,6 +91,13 @@ class CollectivesMixin:
         dist.barrier()
 
     def teardown(self) -> None:
+        """Drop the wrapped model before the process group. Otherwise DDP's reducer may be
+        the group's last owner: its destructor then joins gloo's worker threads while
+        holding the GIL, which a worker needs to release a finished collective's tensor
+        (a deadlock at exit, seen once in a restarted torchrun job). Destroying a group
+        that is still registered shuts its threads down with the GIL released."""
+        self.model = None
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 
