@@ -4,7 +4,7 @@ import torch
 import dist_lstm.loss as loss_module
 from dist_lstm.data.tokenizer import PAD_ID
 from dist_lstm.loss import linear_cross_entropy, sequence_loss
-from dist_lstm.model import build_model
+from tests.unit.test_model import tiny
 
 
 def test_loss_ignores_padding():
@@ -69,24 +69,13 @@ def test_fused_projection_loss_matches_cross_entropy_and_its_gradients(
 
 def test_model_loss_equals_logits_loss_and_skips_padding():
     """The training path (fused, real tokens only) equals scoring the logits."""
-    torch.manual_seed(0)
-    cfg = dict(
-        emb_dim=8,
-        hidden_size=12,
-        encoder_layers=1,
-        decoder_layers=2,
-        bidirectional=True,
-        attention="general",
-        input_feeding=True,
-        dropout=0.0,
-        tie_embeddings=False,
-    )
     for tie in (False, True):
-        model = build_model({**cfg, "tie_embeddings": tie}, 15, 13, PAD_ID)
-        src = torch.randint(4, 15, (3, 5))
+        model = tiny(tie_embeddings=tie)  # vocabularies SRC_V=30, TGT_V=40
+        torch.manual_seed(0)
+        src = torch.randint(4, 30, (3, 5))
         lengths = torch.tensor([5, 4, 2])
-        tgt_in = torch.randint(4, 13, (3, 6))
-        tgt_out = torch.randint(4, 13, (3, 6))
+        tgt_in = torch.randint(4, 40, (3, 6))
+        tgt_out = torch.randint(4, 40, (3, 6))
         tgt_out[1, 4:] = PAD_ID
         tgt_out[2, 2:] = PAD_ID
         want, want_tokens = sequence_loss(model(src, lengths, tgt_in), tgt_out, 0.1)
