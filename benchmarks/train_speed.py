@@ -169,7 +169,12 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
         with strategy.micro_batch(sync_gradients=True):
             smoothing = cfg.trainer.label_smoothing
             loss_sum, tokens = strategy.model(  # as the Trainer calls it
-                batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, smoothing
+                batch.src,
+                batch.src_lengths,
+                batch.tgt_in,
+                batch.tgt_out,
+                smoothing,
+                batch.tgt_positions,
             )
             sync()
             t2 = time.perf_counter()

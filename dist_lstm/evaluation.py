@@ -39,7 +39,9 @@ def loss_and_translations(
         for batch in loader:
             batch: Batch = batch.to(device)
             encoded = model.encode(batch.src, batch.src_lengths)  # shared by loss and search
-            loss, tokens = model.decoder(batch.tgt_in, encoded, batch.tgt_out)
+            loss, tokens = model.decoder(
+                batch.tgt_in, encoded, batch.tgt_out, tgt_positions=batch.tgt_positions
+            )
             total_loss += float(loss)
             total_tokens += tokens
             decoded = best_hypotheses(

@@ -39,6 +39,15 @@ def sequence_loss(
     return loss, int((targets != PAD_ID).sum())
 
 
+def real_token_positions(targets: torch.Tensor, padding_idx: int = PAD_ID) -> torch.Tensor:
+    """targets (B, T) -> (N,) flat positions of its non-padding tokens, ascending.
+
+    On a GPU tensor this waits for the device (the output size depends on the values);
+    `Batch.to` calls it while the targets are still on the host.
+    """
+    return (targets.reshape(-1) != padding_idx).nonzero().squeeze(1)
+
+
 def linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,

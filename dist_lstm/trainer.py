@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from omegaconf import DictConfig
@@ -90,6 +90,7 @@ class Trainer:
         self.mode = monitor_mode(self.cfg.monitor)
         self.max_seconds = parse_duration(self.cfg.max_time) if self.cfg.max_time else None
         self._start = time.monotonic()
+        self._window = _Window()  # loss and time since the last logged step
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> TrainState:
@@ -100,7 +101,7 @@ class Trainer:
         )
         self._start = time.monotonic()
         self._check_stop(end_of_epoch=True)  # a resumed run may already be done
-        window = _Window()
+        window = self._window = _Window()
         try:
             while self.state.stop_reason is None:
                 sampler.set_epoch(self.state.epoch)
@@ -149,29 +150,32 @@ class Trainer:
                 if self.state.stop_reason:
                     return
 
-    def _forward_backward(self, batch, sync: bool, scale: float) -> Dict[str, float]:
-        batch = self.strategy.align_batch(batch.to(self.strategy.device))
+    def _forward_backward(self, batch, sync: bool, scale: float) -> Tuple[torch.Tensor, int]:
+        """One micro-batch: (its summed loss, still on the device, and its target tokens).
+
+        Nothing here waits for the device: the token count and the positions of real
+        tokens come from the host-side batch, and the loss is read only at logging steps.
+        """
+        batch = self.strategy.align_batch(batch).to(self.strategy.device)
         with self.strategy.micro_batch(sync_gradients=sync):
             loss_sum, tokens = self.strategy.model(
-                batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, self.cfg.label_smoothing
+                batch.src,
+                batch.src_lengths,
+                batch.tgt_in,
+                batch.tgt_out,
+                self.cfg.label_smoothing,
+                batch.tgt_positions,
             )
             self.strategy.backward(loss_sum / tokens * scale)
-        return {"loss_sum": float(loss_sum.detach()), "tokens": tokens}
+        return loss_sum.detach(), tokens
 
     def _optimizer_step(self, window: "_Window", progress: TrainingProgress) -> None:
-        grad_norm = self.strategy.step()
+        window.grad_norm = self.strategy.step()
         if not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
         self.state.step += 1
         window.steps += 1
-        if grad_norm is not None:
-            window.grad_norm = grad_norm
         step = self.state.step
-        if not math.isfinite(window.last_loss):
-            raise FloatingPointError(
-                f"loss is {window.last_loss} at step {step}: lower optim.lr, keep "
-                "optim.clip_grad_norm > 0, or check the data."
-            )
         if step % self.cfg.log_every_steps == 0 or step == 1:
             self._log_train(window, progress)
         paused = time.monotonic()
@@ -188,8 +192,10 @@ class Trainer:
         self._check_stop(end_of_epoch=False)
 
     def _log_train(self, window: "_Window", progress: TrainingProgress) -> None:
+        """Read the window's loss from the device (the only wait for it between logs)."""
+        self._raise_if_diverged(window)
         totals = self.strategy.all_reduce_sum(
-            torch.tensor([window.loss_sum, window.tokens], dtype=torch.float64)
+            torch.tensor([float(window.loss_sum), window.tokens], dtype=torch.float64)
         )
         loss = float(totals[0] / max(totals[1], 1))
         tokens_per_sec = float(totals[1]) / max(window.seconds, 1e-9)
@@ -202,7 +208,7 @@ class Trainer:
             "lr": lr,
             "tokens_per_sec": tokens_per_sec,
             "step_time_s": window.seconds / max(window.steps, 1),
-            "grad_norm": window.grad_norm,
+            "grad_norm": None if window.grad_norm is None else float(window.grad_norm),
             "memory_mb": peak_memory_mb(self.strategy.device),
             "elapsed_s": self.elapsed,
         }
@@ -210,6 +216,21 @@ class Trainer:
             self.metrics.write(record)
         progress.update(self.state.step, loss, lr, tokens_per_sec)
         window.reset()
+
+    def _raise_if_diverged(self, window: "_Window") -> None:
+        """Stop on a non-finite loss before it is logged or saved.
+
+        Checked at logging steps and before every save rather than after every step, which
+        would make a GPU wait each step; a checkpoint therefore never holds the weights of a
+        diverged run, and at most log_every_steps steps are computed in vain.
+        """
+        if window.steps and not bool(torch.isfinite(window.loss_sum)):
+            first = self.state.step - window.steps + 1
+            raise FloatingPointError(
+                f"loss became {float(window.loss_sum)} between steps {first} and "
+                f"{self.state.step}: lower optim.lr, keep optim.clip_grad_norm > 0, or check "
+                "the data. Checkpoints written before it are intact."
+            )
 
     # ------------------------------------------------------------- validation
     def validate(self) -> Dict[str, float]:
@@ -279,7 +300,7 @@ class Trainer:
         return time.monotonic() - self._start
 
     def _poll_ranks(self) -> bool:
-        """One small all-reduce per step for decisions every rank must take together.
+        """Decisions every rank must take together, at every step, on host values only.
 
         Stop if any rank received a stop signal (ranks may get it at slightly different
         times, but all must leave the loop at the same step). Returns whether the
@@ -291,14 +312,12 @@ class Trainer:
             and self.save_every_seconds is not None
             and time.monotonic() - self._last_save >= self.save_every_seconds
         )
-        votes = self.strategy.all_reduce_sum(
-            torch.tensor([float(local > 0), float(local), float(due)])
-        )
-        if votes[0] > 0:
-            signum = local or int(votes[1] / votes[0])
+        stopped, signums, saves = self.strategy.host_sum([float(local > 0), local, float(due)])
+        if stopped > 0:
+            signum = local or int(signums / stopped)
             self.state.stop_signal = signum
             self.state.stop_reason = f"stopped by {signal.Signals(signum).name}"
-        return bool(votes[2] > 0)
+        return saves > 0
 
     def _check_stop(self, end_of_epoch: bool) -> None:
         cfg, state = self.cfg, self.state
@@ -334,6 +353,7 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def _save(self, metrics: Optional[Dict[str, float]] = None, best: bool = False) -> Path:
         """Checkpoint the whole training state (all ranks take part)."""
+        self._raise_if_diverged(self._window)
         meta = {"epoch": self.state.epoch, **self.checkpoint_meta}
         meta["world_size"] = self.strategy.topology.world_size
         if metrics is not None:
@@ -393,21 +413,26 @@ class Trainer:
 
 
 class _Window:
-    """Loss, tokens and time since the last logged step."""
+    """Loss, tokens and time since the last logged step.
+
+    The loss sum stays a device tensor (adding to it does not wait for the device) until
+    a logging step reads it.
+    """
 
     def __init__(self) -> None:
         self.reset()
-        self.grad_norm: Optional[float] = None
+        self.grad_norm: Optional[torch.Tensor] = None
 
     def reset(self) -> None:
-        self.loss_sum, self.tokens, self.last_loss = 0.0, 0, 0.0
+        self.loss_sum: Union[float, torch.Tensor] = 0.0
+        self.tokens = 0
         self.steps = 0
         self.started = time.monotonic()
 
-    def add(self, stats: Dict[str, float]) -> None:
-        self.loss_sum += stats["loss_sum"]
-        self.tokens += stats["tokens"]
-        self.last_loss = stats["loss_sum"] / max(stats["tokens"], 1)
+    def add(self, micro_batch: Tuple[torch.Tensor, int]) -> None:
+        loss_sum, tokens = micro_batch
+        self.loss_sum = self.loss_sum + loss_sum
+        self.tokens += tokens
 
     @property
     def seconds(self) -> float:

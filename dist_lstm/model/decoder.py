@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_lstm.loss import linear_cross_entropy
+from dist_lstm.loss import linear_cross_entropy, real_token_positions
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput
 
@@ -159,15 +159,22 @@ class Decoder(nn.Module):
         enc: EncoderOutput,
         tgt_out: Optional[torch.Tensor] = None,
         label_smoothing: float = 0.0,
+        tgt_positions: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, int]]:
         """Without tgt_out: logits (B, T, V). With tgt_out (B, T), padding at
         embedding.padding_idx: (summed label-smoothed loss, real target tokens), the
-        vocabulary projection fused with the loss over real tokens only (see loss.py)."""
+        vocabulary projection fused with the loss over real tokens only (see loss.py).
+
+        tgt_positions (N,): flat positions in tgt_out of its real tokens, computed on the
+        host (Batch.to); without them they are found here, which makes a GPU wait.
+        """
         hidden = self.features(tgt_in, enc)
         if tgt_out is None:
             return self.logits(hidden)
-        real = tgt_out != self.embedding.padding_idx  # (B, T)
-        hidden, targets = hidden[real], tgt_out[real]  # (N, H), (N,)
+        if tgt_positions is None:
+            tgt_positions = real_token_positions(tgt_out, self.embedding.padding_idx)
+        hidden = hidden.reshape(-1, hidden.size(-1)).index_select(0, tgt_positions)  # (N, H)
+        targets = tgt_out.reshape(-1).index_select(0, tgt_positions)  # (N,)
         if self.tie_embeddings:
             loss = linear_cross_entropy(
                 self.pre_output(hidden),
@@ -178,7 +185,7 @@ class Decoder(nn.Module):
             )
         else:
             loss = self.output(hidden, targets, label_smoothing)
-        return loss, targets.numel()
+        return loss, tgt_positions.numel()
 
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState

@@ -29,10 +29,12 @@ class Seq2Seq(nn.Module):
         tgt_in: torch.Tensor,
         tgt_out: Optional[torch.Tensor] = None,
         label_smoothing: float = 0.0,
+        tgt_positions: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, int]]:
         """src (B, S), src_lengths (B,), tgt_in (B, T) -> logits (B, T, V); with tgt_out
         (B, T): (summed loss, real target tokens), as training needs (Decoder.forward)."""
-        return self.decoder(tgt_in, self.encode(src, src_lengths), tgt_out, label_smoothing)
+        encoded = self.encode(src, src_lengths)
+        return self.decoder(tgt_in, encoded, tgt_out, label_smoothing, tgt_positions)
 
 
 def build_model(

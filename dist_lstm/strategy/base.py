@@ -29,6 +29,7 @@ class Strategy(ABC):
         self.model: Optional[torch.nn.Module] = None  # what the trainer calls forward on
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._async_group: Optional[Any] = None  # process group of asynchronous saves
+        self._host_group: Optional[Any] = None  # gloo group of host_sum beside NCCL
 
     @property
     def device(self) -> torch.device:
@@ -71,17 +72,19 @@ class Strategy(ABC):
         """Accumulate this micro-batch's gradients (loss-scaled under fp16)."""
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self) -> Optional[float]:
+    def step(self) -> Optional[torch.Tensor]:
         """Clip, update the parameters, clear gradients; return the gradient norm if clipped.
 
         Under DDP the gradients are already identical on every rank, and so is the norm.
+        The norm stays a device tensor (the trainer reads it at logging steps); only fp16's
+        loss scaler waits for the device, to learn whether gradients overflowed.
         """
         norm = None
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
         if self.clip_grad_norm > 0:
             params = self.unwrapped_model.parameters()
-            norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)  # skips the update if gradients overflowed
             self.scaler.update()
@@ -93,6 +96,12 @@ class Strategy(ABC):
     @abstractmethod
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over ranks (identity for one process)."""
+
+    def host_sum(self, values: List[float]) -> List[float]:
+        """Sum a few host-side numbers over ranks, for decisions all ranks take together
+        (stop on a signal, time to save). Never touches the accelerator: under NCCL it
+        runs on a gloo group of its own, so it does not wait for queued GPU work."""
+        return list(values)
 
     @abstractmethod
     def gather_objects(self, obj: Any) -> List[Any]:

@@ -77,6 +77,20 @@ class CollectivesMixin:
         dist.all_reduce(moved, op=dist.ReduceOp.SUM)
         return moved.to(tensor.device)
 
+    def host_sum(self, values: List[float]) -> List[float]:
+        summed = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=self._host_process_group())
+        return summed.tolist()
+
+    def _host_process_group(self) -> Optional[dist.ProcessGroup]:
+        """The default group when it is gloo already, else a gloo group made on first
+        use (collective: every rank polls at the same step)."""
+        if dist.get_backend() == "gloo":
+            return None
+        if self._host_group is None:
+            self._host_group = dist.new_group(backend="gloo")
+        return self._host_group
+
     def gather_objects(self, obj: Any) -> List[Any]:
         gathered: List[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, obj)
@@ -122,6 +136,9 @@ class DDPStrategy(CollectivesMixin, Strategy):
             model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=self.find_unused_parameters,
+            # Gradients live in the all-reduce buckets: no copy into them and back, and
+            # one gradient-sized buffer less.
+            gradient_as_bucket_view=True,
         )
         self.optimizer = optimizer_factory(self.model.module)
 

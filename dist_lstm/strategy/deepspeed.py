@@ -136,11 +136,11 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
             self._pending_reduction.enter_context(self.engine.coalesce_grad_reduction())
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self) -> Optional[float]:
+    def step(self) -> Optional[torch.Tensor]:
         self._pending_reduction.close()  # reduces the group's gradients, in parameter order
         self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
+        norm = self.engine.get_global_grad_norm()  # a float or a tensor, by ZeRO stage
+        return None if norm is None else torch.as_tensor(norm)
 
     def save_state(self, folder: Path, asynchronous: bool = False) -> None:
         # DeepSpeed's own format: each rank writes its ZeRO partition of the optimizer.

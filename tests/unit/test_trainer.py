@@ -1,8 +1,11 @@
 """Stopping rules, accumulation and best-checkpoint selection of the training loop."""
 
 import json
+import traceback
 
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
 
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.run import train
@@ -115,3 +118,80 @@ def test_bf16_training_runs_end_to_end(tmp_path, corpus):
     )
     losses = [r["loss"] for r in records if "loss" in r]
     assert result["step"] == 4 and all(loss == loss and loss < 10 for loss in losses)
+
+
+class HostReads(TorchFunctionMode):
+    """Records every read of a tensor's values into Python (item, float, bool, tolist,
+    nonzero: on a GPU each waits for the device) with the functions on the stack."""
+
+    READS = {
+        torch.Tensor.item,
+        torch.Tensor.__float__,
+        torch.Tensor.__int__,
+        torch.Tensor.__bool__,
+        torch.Tensor.__index__,
+        torch.Tensor.tolist,
+        torch.Tensor.nonzero,
+        torch.nonzero,
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.stacks = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.stacks.append({frame.name for frame in traceback.extract_stack()})
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_steps_read_no_values_from_the_device_between_logging_steps(
+    tmp_path, corpus, monkeypatch
+):
+    # Only host-side batch preparation (collate, Batch.to before the copy, the data
+    # loader's seed) may read tensor values in a step that neither logs nor saves.
+    allowed = {"to", "collate", "__iter__", "_log_train", "validate", "_save"}
+    reads = HostReads()
+    with reads:
+        result, _ = run(
+            tmp_path,
+            corpus,
+            "trainer.max_steps=6",
+            "trainer.max_epochs=null",
+            "trainer.log_every_steps=5",
+            "trainer.val_every_steps=0",
+            "checkpoint.every_steps=null",
+        )
+    assert result["step"] == 6
+    in_steps = [s for s in reads.stacks if "_train_epoch" in s]
+    at_logging = [s for s in in_steps if "_log_train" in s]
+    assert at_logging, "the loss is read at logging steps (checks the recorder works)"
+    assert [s for s in in_steps if not s & allowed] == []
+
+
+def test_a_diverged_loss_stops_training_before_anything_is_saved(tmp_path, corpus, monkeypatch):
+    from dist_lstm.model.seq2seq import Seq2Seq
+
+    forward, calls = Seq2Seq.forward, []
+
+    def diverging_from_step_3(self, *args, **kwargs):
+        loss, tokens = forward(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) >= 3 else loss), tokens
+
+    monkeypatch.setattr(Seq2Seq, "forward", diverging_from_step_3)
+    with pytest.raises(FloatingPointError, match="between steps 2 and 4") as error:
+        run(
+            tmp_path,
+            corpus,
+            "trainer.max_steps=8",
+            "trainer.max_epochs=null",
+            "trainer.log_every_steps=4",
+            "trainer.val_every_steps=0",
+            "checkpoint.every_steps=2",
+        )
+    assert "Checkpoints written before it are intact" in str(error.value)
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert saved == ["step_00000002"]
+    weights = load_checkpoint(tmp_path / "checkpoints" / saved[0])["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
