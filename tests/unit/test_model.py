@@ -138,3 +138,21 @@ def test_model_code_knows_nothing_of_distribution():
         text = path.read_text()
         for word in ("torch.distributed", "RANK", "deepspeed", "torch.save"):
             assert word not in text, f"{path.name} mentions {word}"
+
+
+def test_decoder_lstm_cells_match_nn_lstm_in_values_and_gradients():
+    from dist_lstm.model.decoder import DecoderLSTM
+
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(6, 8, num_layers=2, batch_first=True).double()
+    cells = DecoderLSTM(6, 8, num_layers=2, batch_first=True).double()
+    cells.load_state_dict(reference.state_dict())  # same parameters, same keys
+    x = torch.randn(3, 1, 6, dtype=torch.double)
+    state = (torch.randn(2, 3, 8, dtype=torch.double), torch.randn(2, 3, 8, dtype=torch.double))
+    results = []
+    for lstm in (reference, cells):
+        out, (h, c) = lstm(x, state)
+        (out.sum() + h.pow(2).sum() + c.sum()).backward()
+        results.append([out, h, c, *(p.grad for p in lstm.parameters())])
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected)
