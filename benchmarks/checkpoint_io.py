@@ -2,6 +2,7 @@
 
     python benchmarks/checkpoint_io.py                 # default model, AdamW state
     python benchmarks/checkpoint_io.py --experiment cpu_small
+    python benchmarks/checkpoint_io.py --smoke         # tiny model, once, no file
 
 Builds the configured model and optimizer (one optimizer step, so Adam's moments
 exist), then writes the full training state through the single-process strategy the
@@ -13,6 +14,7 @@ plus a load. Writes benchmarks/results/checkpoint_io_<device>.json (committed).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -20,25 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_config import compose_config
 from results_file import write_result
 
-from dist_lstm.config import register_configs
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer
 from dist_lstm.strategy.single import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose(experiment: str | None):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_configs()
-    overrides = [f"experiment={experiment}"] if experiment else []
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
 
 
 def trained_strategy(cfg) -> SingleDeviceStrategy:
@@ -63,8 +53,11 @@ def main() -> None:
     )
     parser.add_argument("--experiment", default=None, help="e.g. cpu_small (default: none)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, one repeat, no file")
     args = parser.parse_args()
-    cfg = compose(args.experiment)
+    if args.smoke:
+        args.experiment, args.repeats = "smoke", 1
+    cfg = compose_config([f"experiment={args.experiment}"] if args.experiment else [])
     strategy = trained_strategy(cfg)
     scratch = Path(tempfile.mkdtemp(prefix="checkpoint-io-"))
     sync_s, blocking_s, total_s, load_s = [], [], [], []
@@ -97,6 +90,9 @@ def main() -> None:
         "repeats": args.repeats,
         "device": "cpu",
     }
+    if args.smoke:
+        print(json.dumps(report, indent=2))
+        return
     write_result(f"checkpoint_io_{args.experiment or 'default'}_cpu", report)
 
 

@@ -1,11 +1,13 @@
 """Train an experiment end to end and record its test BLEU/chrF and wall-clock time.
 
     python benchmarks/quality.py                       # experiment=cpu_small
-    python benchmarks/quality.py --experiment smoke    # quick check of the script itself
+    python benchmarks/quality.py --smoke               # quick check of the script, no file
     python benchmarks/quality.py -- trainer.max_time=00:10:00   # extra overrides
 
 Writes benchmarks/results/quality_<experiment>.json (committed) with the figures, the
 machine they were measured on and the exact command, so a reader can reproduce them.
+Time to quality: every validation's checkpoint is kept and scored on the test split
+(greedy) afterwards; the first to reach --bleu-target gives the training time it took.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ def machine() -> dict:
     }
 
 
-def beam_test_scores(run_dir: Path, beam: int) -> dict:
-    """Test-split BLEU/chrF of the run's best checkpoint with beam search."""
+def test_scores(checkpoint: Path, beam: int) -> dict:
+    """Test-split BLEU/chrF of `checkpoint` (a run directory means its best) with `beam`."""
     from dist_lstm.data.corpus import read_lines
     from dist_lstm.evaluation import sacrebleu_scores
     from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
 
-    loaded = load_model(run_dir)
+    loaded = load_model(checkpoint)
     trainer = loaded.config["trainer"]
     options = SearchOptions(
         beam=beam, max_len_a=trainer["decode_max_len_a"], max_len_b=trainer["decode_max_len_b"]
@@ -67,6 +69,22 @@ def beam_test_scores(run_dir: Path, beam: int) -> dict:
     }
 
 
+def time_to_bleu(run_dir: Path, validations: list, target: float) -> dict:
+    """The first validation checkpoint whose greedy test BLEU reaches `target`."""
+    from dist_lstm.checkpoint.manager import step_name
+
+    scored = []
+    for record in validations:
+        folder = run_dir / "checkpoints" / step_name(record["step"])
+        if not folder.is_dir():
+            continue
+        bleu = test_scores(folder, beam=1)["bleu"]
+        scored.append({"step": record["step"], "train_seconds": record["elapsed_s"], "bleu": bleu})
+        if bleu >= target:
+            return {"target_bleu": target, "reached": True, **scored[-1], "checked": scored}
+    return {"target_bleu": target, "reached": False, "checked": scored}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,8 +92,20 @@ def main() -> None:
     parser.add_argument("--experiment", default="cpu_small")
     parser.add_argument("--run-dir", help="keep the run here (default: a temporary folder)")
     parser.add_argument("--beam", type=int, default=5, help="beam size of the second test score")
+    parser.add_argument(
+        "--bleu-target", type=float, default=30.0, help="test BLEU of the time-to-quality figure"
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 20 steps, no file")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args()
+    if args.smoke:
+        args.experiment, args.bleu_target = "smoke", 0.0
+        args.overrides = [
+            "trainer.max_steps=20",
+            "trainer.val_every_steps=10",
+            "data.max_train_examples=500",
+            *args.overrides,
+        ]
 
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix=f"quality-{args.experiment}-"))
     command = [
@@ -84,13 +114,14 @@ def main() -> None:
         f"experiment={args.experiment}",
         f"hydra.run.dir={run_dir}",
         "trainer.progress_bar=false",
+        "checkpoint.keep_last=1000",  # every validation's checkpoint, for time to quality
         *args.overrides,
     ]
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.monotonic() - started
 
-    beam = beam_test_scores(run_dir, args.beam)
+    beam = test_scores(run_dir, args.beam)
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     test = next(r for r in reversed(records) if "test_bleu" in r)
     validations = [r for r in records if "val_bleu" in r]
@@ -111,6 +142,7 @@ def main() -> None:
             "bleu": round(best["val_bleu"], 2),
             "loss": round(best["val_loss"], 4),
         },
+        "time_to_bleu": time_to_bleu(run_dir, validations, args.bleu_target),
         "steps": train_logs[-1]["step"],
         "epochs_completed": validations[-1]["epoch"],
         "train_seconds": round(train_logs[-1]["elapsed_s"], 1),
@@ -121,6 +153,9 @@ def main() -> None:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if args.smoke:
+        print(json.dumps(result, indent=2))
+        return
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"quality_{args.experiment}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

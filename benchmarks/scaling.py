@@ -2,6 +2,7 @@
 
     python benchmarks/scaling.py                  # cpu_small model, 40 steps per setting
     python benchmarks/scaling.py --steps 100
+    python benchmarks/scaling.py --smoke          # tiny model, 4 steps each, no file
 
 Runs `train.py experiment=cpu_small` for a fixed number of steps in each setting (single
 process; DDP and DeepSpeed ZeRO-1, 2 and 3 over torchrun) and reads the target tokens/s that
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from bench_config import compose_config
 from results_file import write_result
 
 from dist_lstm.topology import free_local_port
@@ -58,15 +60,19 @@ def torchrun(nproc: int) -> list:
     ]
 
 
-def measure(name: str, launcher: list, threads: int, steps: int, extra: list) -> dict:
+def measure(
+    name: str, launcher: list, threads: int, steps: int, extra: list, experiment: str
+) -> dict:
+    """Median target tokens/s of train.py's logging windows, the first (start-up) left out."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"scaling-{name}-"))
+    log_every = max(1, min(10, steps // 4))
     overrides = [
-        "experiment=cpu_small",
+        f"experiment={experiment}",
         f"trainer.max_steps={steps}",
         "trainer.max_epochs=null",
         "trainer.max_time=null",
         f"trainer.val_every_steps={steps}",
-        "trainer.log_every_steps=10",
+        f"trainer.log_every_steps={log_every}",
         "trainer.progress_bar=false",
         "data.max_valid_examples=50",
         "data.test_src=null",
@@ -83,7 +89,7 @@ def measure(name: str, launcher: list, threads: int, steps: int, extra: list) ->
         stdout=subprocess.DEVNULL,
     )
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    speeds = [r["tokens_per_sec"] for r in records if "loss" in r and r["step"] > 10]
+    speeds = [r["tokens_per_sec"] for r in records if "loss" in r and r["step"] > log_every]
     return {"tokens_per_sec": round(statistics.median(speeds)), "threads_per_process": threads}
 
 
@@ -104,16 +110,11 @@ def allreduce_ms(nproc: int, numel: int) -> float:
     )
 
 
-def cpu_small_parameters() -> int:
-    """Parameter count of the cpu_small model, composed from conf/ like train.py does."""
-    from hydra import compose, initialize_config_dir
-
-    from dist_lstm.config import register_configs
+def parameter_count(experiment: str) -> int:
+    """Parameter count of the experiment's model (the configured vocabulary on both sides)."""
     from dist_lstm.model import build_model
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["experiment=cpu_small"])
+    cfg = compose_config([f"experiment={experiment}"])
     vocab = cfg.data.tokenizer.vocab_size
     return sum(p.numel() for p in build_model(cfg.model, vocab, vocab).parameters())
 
@@ -124,30 +125,42 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--experiment", default="cpu_small")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps, no file")
     args = parser.parse_args()
-    n = args.processes
+    if args.smoke:
+        args.experiment, args.steps = "smoke", 4
+    n, steps, experiment = args.processes, args.steps, args.experiment
     settings = {
-        f"single_1x{n}threads": measure("single", [sys.executable], n, args.steps, []),
-        f"ddp_{n}x1thread": measure("ddp", torchrun(n), 1, args.steps, ["strategy=ddp"]),
+        f"single_1x{n}threads": measure("single", [sys.executable], n, steps, [], experiment),
+        f"ddp_{n}x1thread": measure("ddp", torchrun(n), 1, steps, ["strategy=ddp"], experiment),
     }
     for stage in (1, 2, 3):
         settings[f"zero{stage}_{n}x1thread"] = measure(
             f"zero{stage}",
             torchrun(n),
             1,
-            args.steps,
+            steps,
             ["strategy=deepspeed", f"strategy.zero_stage={stage}"],
+            experiment,
         )
-    numel = cpu_small_parameters()
+    numel = parameter_count(experiment)
+    single = settings[f"single_1x{n}threads"]["tokens_per_sec"]
     report = {
-        "model": "experiment=cpu_small (6k joint vocabulary)",
+        "model": f"experiment={experiment}",
         "parameters": numel,
-        "steps": args.steps,
+        "steps": steps,
         "note": "tokens/s = target tokens per second over all processes",
         "settings": settings,
+        "relative_to_single_process": {
+            name: round(setting["tokens_per_sec"] / single, 3) for name, setting in settings.items()
+        },
         "gradient_allreduce_ms_per_step": round(allreduce_ms(n, numel), 2),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
+    if args.smoke:
+        print(json.dumps(report, indent=2))
+        return
     write_result(f"scaling_{report['device']}", report)
 
 

@@ -31,21 +31,11 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+from bench_config import compose_config
 from results_file import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]
-
-
-def compose_config(overrides: Sequence[str]):
-    """conf/config.yaml with `overrides`, as train.py composes it."""
-    from hydra import compose, initialize_config_dir
-
-    from dist_lstm.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 def gemm_gflops(m: int, k: int, n: int, device: torch.device, seconds: float = 1.0) -> float:

@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --run-dir /tmp/cpu_small       # a trained model first
     python benchmarks/translate_speed.py --checkpoint /tmp/cpu_small
+    python benchmarks/translate_speed.py --checkpoint RUN_DIR --smoke   # 64 sentences, no file
 
 Decodes the 1,000 test sentences with each setting after one warm-up batch, and writes
 benchmarks/results/translate_speed_<device>.json (committed).
@@ -10,10 +11,12 @@ benchmarks/results/translate_speed_<device>.json (committed).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
 from results_file import write_result
+from train_speed import gemm_gflops
 
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
@@ -29,6 +32,7 @@ def measure(translator: Translator, sources: list[list[int]]) -> dict:
         "seconds": round(seconds, 2),
         "sentences_per_sec": round(len(sources) / seconds, 1),
         "target_tokens_per_sec": round(tokens / seconds, 1),
+        "mean_output_tokens": round(tokens / len(sources), 2),
     }
 
 
@@ -40,26 +44,35 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--smoke", action="store_true", help="64 sentences, no file")
     args = parser.parse_args()
 
     loaded = load_model(args.checkpoint, args.device)
     src_path, _ = dataset_split_files(loaded.data_config, "test")
     sources = loaded.tokenizer.encode("src", read_lines(src_path))
+    if args.smoke:
+        sources = sources[:64]
     results = {}
     for beam in args.beams:
         options = SearchOptions(beam=beam, batch_size=args.batch_size)
         results["greedy" if beam == 1 else f"beam{beam}"] = measure(
             Translator(loaded, options), sources
         )
-        print(beam, results)
     report = {
         "checkpoint_model": loaded.config["model"],
         "sentences": len(sources),
         "batch_size": args.batch_size,
         "device": str(args.device),
         "torch_threads": torch.get_num_threads(),
+        # this machine's fp32 matmul rate in the same run: compare machines by ratios
+        "gemm_gflops_2048": round(
+            gemm_gflops(2048, 2048, 2048, torch.device(args.device), 0.2 if args.smoke else 2.0), 1
+        ),
         "results": results,
     }
+    if args.smoke:
+        print(json.dumps(report, indent=2))
+        return
     write_result(f"translate_speed_{torch.device(args.device).type}", report)
 
 

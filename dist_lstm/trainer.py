@@ -76,6 +76,7 @@ class Trainer:
         self.save_every_seconds = 60.0 * minutes if minutes else None
         self.async_save = cfg.checkpoint.async_save
         self._last_save = time.monotonic()
+        self._saved_step: Optional[int] = None  # step of the newest checkpoint
         self.strategy = strategy
         self.scheduler = scheduler
         self.train_loader = train_loader
@@ -115,8 +116,9 @@ class Trainer:
         finally:
             progress.close()
         if self.state.stop_signal is None and self.state.last_validated_step != self.state.step:
-            self.validate()
-        self._save()
+            self.validate()  # saves
+        if self._saved_step != self.state.step:
+            self._save()
         self.checkpoints.wait()  # an asynchronous save is committed before training ends
         best = (
             f"best {self.cfg.monitor} {self.state.best_metric:.3f} at step {self.state.best_step}"
@@ -261,6 +263,7 @@ class Trainer:
             "epoch": self.state.epoch,
             **metrics,
             "val_seconds": time.monotonic() - started,
+            "elapsed_s": self.elapsed,
         }
         self.state.history.append(record)
         if self.strategy.is_main:
@@ -359,6 +362,7 @@ class Trainer:
         if metrics is not None:
             meta["metrics"] = metrics
         self._last_save = time.monotonic()
+        self._saved_step = self.state.step
         folder = self.checkpoints.save(
             self.state.step,
             write_state=lambda target: self.strategy.save_state(target, self.async_save),
@@ -406,6 +410,7 @@ class Trainer:
             rng.reseed(self.seed, self.state.step, rank)
         self.state.stop_reason = None
         self.state.stop_signal = None
+        self._saved_step = self.state.step  # that checkpoint is `folder`
         if self.strategy.is_main:
             log.info(
                 "resumed from %s: step %d, epoch %d", folder, self.state.step, self.state.epoch

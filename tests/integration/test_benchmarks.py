@@ -3,6 +3,7 @@ The figures themselves are measured by running the scripts, never asserted here.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,8 @@ def run_benchmark(script, *args):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout[proc.stdout.index("{") :])
+    report = re.findall(r"^\{$.*?^\}$", proc.stdout, re.MULTILINE | re.DOTALL)[-1]
+    return json.loads(report)  # the last top-level JSON object printed
 
 
 def test_train_speed_smoke_reports_throughput_mfu_and_breakdown():
@@ -28,3 +30,32 @@ def test_train_speed_smoke_reports_throughput_mfu_and_breakdown():
     assert 0 < report["mfu_vs_2048_gemm"] and report["model_gflop_per_target_token"] > 0
     phases = report["breakdown_per_step"]
     assert phases["forward_s"] > 0 and phases["backward_s"] > 0 and phases["optimizer_s"] > 0
+
+
+def test_quality_then_translate_speed_smoke(tmp_path):
+    report = run_benchmark("quality.py", "--smoke", "--run-dir", str(tmp_path))
+    assert {"bleu", "chrf"} <= set(report["test_greedy"]) and report["steps"] == 20
+    reached = report["time_to_bleu"]  # target 0 in smoke mode: the first checkpoint
+    assert reached["reached"] and reached["step"] == 10 and reached["train_seconds"] > 0
+    speed = run_benchmark("translate_speed.py", "--checkpoint", str(tmp_path), "--smoke")
+    assert speed["sentences"] == 64 and speed["gemm_gflops_2048"] > 0
+    for search in ("greedy", "beam5"):
+        assert speed["results"][search]["sentences_per_sec"] > 0
+
+
+def test_checkpoint_io_smoke():
+    report = run_benchmark("checkpoint_io.py", "--smoke")
+    assert report["checkpoint_mb"] > 0 and report["sync_save_s"] > 0 and report["load_s"] > 0
+
+
+def test_scaling_smoke_runs_every_setting():
+    report = run_benchmark("scaling.py", "--smoke")
+    assert set(report["settings"]) == {
+        "single_1x2threads",
+        "ddp_2x1thread",
+        "zero1_2x1thread",
+        "zero2_2x1thread",
+        "zero3_2x1thread",
+    }
+    assert all(s["tokens_per_sec"] > 0 for s in report["settings"].values())
+    assert report["gradient_allreduce_ms_per_step"] > 0

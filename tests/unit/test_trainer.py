@@ -103,6 +103,28 @@ def test_best_checkpoint_is_the_best_validation(tmp_path, corpus):
     assert saved["metrics"]["val_loss"] == pytest.approx(best["val_loss"])
 
 
+def test_each_step_is_saved_once_when_the_last_validation_already_saved_it(
+    tmp_path, corpus, monkeypatch
+):
+    from dist_lstm.checkpoint import CheckpointManager
+
+    save, saved_steps = CheckpointManager.save, []
+
+    def recording_save(self, step, **kwargs):
+        saved_steps.append(step)
+        return save(self, step, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save", recording_save)
+    run(
+        tmp_path,
+        corpus,
+        "trainer.max_steps=4",
+        "trainer.max_epochs=null",
+        "trainer.val_every_steps=2",
+    )
+    assert saved_steps == [2, 4]
+
+
 def test_bf16_training_runs_end_to_end(tmp_path, corpus):
     from tests.unit.test_precision import bf16_supported
 
