@@ -89,8 +89,12 @@ def measure(
         stdout=subprocess.DEVNULL,
     )
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    speeds = [r["tokens_per_sec"] for r in records if "loss" in r and r["step"] > log_every]
-    return {"tokens_per_sec": round(statistics.median(speeds)), "threads_per_process": threads}
+    windows = [r for r in records if "loss" in r and r["step"] > log_every]
+    return {
+        "tokens_per_sec": round(statistics.median(r["tokens_per_sec"] for r in windows)),
+        "step_time_s": round(statistics.median(r["step_time_s"] for r in windows), 3),
+        "threads_per_process": threads,
+    }
 
 
 def allreduce_ms(nproc: int, numel: int) -> float:
@@ -126,16 +130,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--experiment", default="cpu_small")
+    parser.add_argument("--zero-stages", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--smoke", action="store_true", help="tiny model, 4 steps, no file")
     args = parser.parse_args()
-    if args.smoke:
-        args.experiment, args.steps = "smoke", 4
+    if args.smoke:  # one DeepSpeed stage: the others run the same code here
+        args.experiment, args.steps, args.zero_stages = "smoke", 4, [2]
     n, steps, experiment = args.processes, args.steps, args.experiment
     settings = {
         f"single_1x{n}threads": measure("single", [sys.executable], n, steps, [], experiment),
         f"ddp_{n}x1thread": measure("ddp", torchrun(n), 1, steps, ["strategy=ddp"], experiment),
     }
-    for stage in (1, 2, 3):
+    for stage in args.zero_stages:
         settings[f"zero{stage}_{n}x1thread"] = measure(
             f"zero{stage}",
             torchrun(n),
@@ -158,6 +163,10 @@ def main() -> None:
         "gradient_allreduce_ms_per_step": round(allreduce_ms(n, numel), 2),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
+    ddp_step_ms = 1000 * settings[f"ddp_{n}x1thread"]["step_time_s"]
+    report["allreduce_share_of_ddp_step"] = round(
+        report["gradient_allreduce_ms_per_step"] / ddp_step_ms, 4
+    )
     if args.smoke:
         print(json.dumps(report, indent=2))
         return

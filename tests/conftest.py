@@ -33,6 +33,18 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+# What every tiny test run shares: short pairs, the tiny model, no warm-up, no progress
+# bar, no early stopping; TINIER_MODEL shrinks the model further where size is irrelevant.
+TINY_RUN = (
+    "data.max_len=20",
+    "model=tiny",
+    "optim.warmup_steps=0",
+    "trainer.progress_bar=false",
+    "trainer.early_stopping_patience=0",
+)
+TINIER_MODEL = ("model.emb_dim=16", "model.hidden_size=16")
+
+
 def write_lines(path: Path, lines: Sequence[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

@@ -50,12 +50,6 @@ def test_checkpoint_io_smoke():
 
 def test_scaling_smoke_runs_every_setting():
     report = run_benchmark("scaling.py", "--smoke")
-    assert set(report["settings"]) == {
-        "single_1x2threads",
-        "ddp_2x1thread",
-        "zero1_2x1thread",
-        "zero2_2x1thread",
-        "zero3_2x1thread",
-    }
+    assert set(report["settings"]) == {"single_1x2threads", "ddp_2x1thread", "zero2_2x1thread"}
     assert all(s["tokens_per_sec"] > 0 for s in report["settings"].values())
     assert report["gradient_allreduce_ms_per_step"] > 0

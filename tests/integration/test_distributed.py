@@ -12,7 +12,7 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.topology import free_local_port
-from tests.conftest import ROOT, reversal_corpus
+from tests.conftest import ROOT, TINY_RUN, reversal_corpus
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
 
@@ -59,15 +59,11 @@ def corpus(tmp_path_factory):
         *reversal_corpus(root, 2, {"train": 600, "valid": 30}, "abcdefgh", 9),
         "data.tokenizer.vocab_size=16",
         "data.max_tokens=160",
-        "data.max_len=20",
-        "model=tiny",
+        *TINY_RUN,
         "model.dropout=0.0",
-        "optim.warmup_steps=0",
         "optim.schedule=constant",
         "trainer.max_epochs=null",
-        "trainer.progress_bar=false",
         "trainer.log_every_steps=1",
-        "trainer.early_stopping_patience=0",
     ]
 
 

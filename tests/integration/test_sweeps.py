@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dist_lstm.checkpoint import read_meta
-from tests.conftest import ROOT, reversal_corpus
+from tests.conftest import ROOT, TINIER_MODEL, TINY_RUN, reversal_corpus
 from tests.helpers.wandb_records import offline_runs
 
 
@@ -22,12 +22,8 @@ def corpus(tmp_path_factory):
         *reversal_corpus(root, 3, {"train": 300, "valid": 30}, "abcdef", 6),
         "data.tokenizer.vocab_size=12",
         "data.max_tokens=200",
-        "data.max_len=20",
-        "model=tiny",
-        "model.emb_dim=16",
-        "model.hidden_size=16",
-        "optim.warmup_steps=0",
-        "trainer.progress_bar=false",
+        *TINY_RUN,
+        *TINIER_MODEL,
         "trainer.max_epochs=null",
         "trainer.max_steps=6",
         "trainer.val_every_steps=3",

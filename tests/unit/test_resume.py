@@ -10,7 +10,7 @@ from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.manager import CheckpointManager
 from dist_lstm.errors import UserError
 from dist_lstm.run import train
-from tests.conftest import compose_config, reversal_corpus
+from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, reversal_corpus
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +20,12 @@ def corpus(tmp_path_factory):
         *reversal_corpus(root, 5, {"train": 300, "valid": 30}, "abcdef", 6),
         "data.tokenizer.vocab_size=12",
         "data.max_tokens=200",
-        "data.max_len=20",
-        "model=tiny",
-        "model.emb_dim=16",
-        "model.hidden_size=16",
+        *TINY_RUN,
+        *TINIER_MODEL,
         "model.dropout=0.2",  # resume must restore the RNG that dropout draws from
-        "optim.warmup_steps=0",
         "optim.schedule=inverse_sqrt",
         "optim.warmup_steps=3",
-        "trainer.progress_bar=false",
         "trainer.log_every_steps=1",
-        "trainer.early_stopping_patience=0",
         "trainer.max_epochs=null",
         "trainer.val_every_steps=4",
     ]

@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.run import train
-from tests.conftest import compose_config, reversal_corpus
+from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, reversal_corpus
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +24,10 @@ def run(tmp_path, corpus, *overrides):
             *corpus,
             "data.tokenizer.vocab_size=12",
             "data.max_tokens=200",
-            "data.max_len=20",
-            "model=tiny",
-            "model.emb_dim=16",
-            "model.hidden_size=16",
-            "optim.warmup_steps=0",
+            *TINY_RUN,
+            *TINIER_MODEL,
             "optim.schedule=constant",
-            "trainer.progress_bar=false",
             "trainer.log_every_steps=1",
-            "trainer.early_stopping_patience=0",
             *overrides,
         ]
     )
