@@ -47,25 +47,28 @@ def greedy_search(
 ) -> List[List[int]]:
     """src (B, S), src_lengths (B,) -> one list of target ids per sentence, EOS excluded.
 
-    `encoded` reuses an encoder pass the caller already made for this batch.
+    `encoded` reuses an encoder pass the caller already made for this batch. Sentences
+    that finished leave the batch, so later steps compute only the unfinished rows.
     """
-    device = src.device
+    device, batch = src.device, src.size(0)
     limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
     state = model.decoder.init_state(
         encoded if encoded is not None else model.encode(src, src_lengths)
     )
-    tokens = torch.full((src.size(0),), BOS_ID, dtype=torch.long, device=device)
-    finished = torch.zeros(src.size(0), dtype=torch.bool, device=device)
-    steps = []
-    for t in range(int(limits.max())):
-        log_probs, state = model.decoder.step(tokens, state)  # (B, V)
+    outputs = torch.full((batch, int(limits.max())), PAD_ID, dtype=torch.long, device=device)
+    live = torch.arange(batch, device=device)  # (A,) original row of each unfinished sentence
+    tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
+    for t in range(outputs.size(1)):
+        log_probs, state = model.decoder.step(tokens, state)  # (A, V)
         tokens = log_probs.argmax(dim=-1)
-        tokens = tokens.masked_fill(finished, PAD_ID)
-        finished |= (tokens == EOS_ID) | (t + 1 >= limits)
-        steps.append(tokens)
-        if bool(finished.all()):
+        outputs[live, t] = tokens
+        done = (tokens == EOS_ID) | (t + 1 >= limits[live])  # (A,)
+        remaining = (~done).nonzero().squeeze(1)
+        if remaining.numel() == 0:
             break
-    rows = torch.stack(steps, dim=1).tolist()  # (B, T)
+        if remaining.numel() < live.numel():
+            live, tokens, state = live[remaining], tokens[remaining], state.select(remaining)
+    rows = outputs.tolist()
     return [_until_eos(row[: int(limit)]) for row, limit in zip(rows, limits)]
 
 
