@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--label", help="names the result file: translate_speed_LABEL_<device>")
     parser.add_argument("--smoke", action="store_true", help="64 sentences, no file")
     args = parser.parse_args()
 
@@ -73,7 +74,8 @@ def main() -> None:
     if args.smoke:
         print(json.dumps(report, indent=2))
         return
-    write_result(f"translate_speed_{torch.device(args.device).type}", report)
+    label = f"{args.label}_" if args.label else ""
+    write_result(f"translate_speed_{label}{torch.device(args.device).type}", report)
 
 
 if __name__ == "__main__":
