@@ -8,7 +8,8 @@ peak memory and where a step's time goes.
 Three measurements in one run, so their ratios are comparable on any machine:
 1. Throughput: `train.py` itself trains for `--steps` steps; its logged target tokens/s
    over the steady-state windows (after `--warmup` steps) are the figure. Peak resident
-   memory is the training process's maximum RSS (no data-loader workers are started).
+   memory: the training process's maximum RSS, and the peak sum over its whole process
+   tree (W&B's offline service included; no data-loader workers are started).
 2. The machine's fp32 GEMM rate, at 2048^3 and at the model's own GEMM shapes.
 3. A step breakdown from an instrumented loop over the same parts (data, forward + loss,
    backward, optimizer), single process.
@@ -26,10 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+import psutil  # a DeepSpeed dependency
 import torch
 from bench_config import compose_config
 from results_file import write_result
@@ -93,6 +96,30 @@ def flops_per_target_token(model_cfg, vocab: int, src_per_tgt: float, src_len: f
     return 3 * forward
 
 
+class TreeMemory(threading.Thread):
+    """Peak summed RSS of a process and all its descendants (data-loader workers, W&B's
+    service), sampled every 0.2 s: ru_maxrss only knows single processes."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.peak_mb = 0.0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.2):
+            try:
+                tree = [self.root, *self.root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in tree if p.is_running())
+            except psutil.Error:  # a process ended while being read
+                continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
 def trainer_throughput(
     overrides: Sequence[str], steps: int, warmup: int, log_every: int
 ) -> Dict[str, float]:
@@ -107,11 +134,14 @@ def trainer_throughput(
             "trainer.val_every_steps=0",
             f"trainer.log_every_steps={log_every}",
             "trainer.progress_bar=false",
-            "logger.wandb.mode=disabled",
+            "logger.wandb.mode=offline",  # as users run it: W&B's service process included
             f"hydra.run.dir={run_dir}",
         ]
         proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+        tree = TreeMemory(proc.pid)
+        tree.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        tree.stop()
         if status != 0:
             raise SystemExit(f"train.py failed (status {status}): {' '.join(command)}")
         records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").open()]
@@ -122,7 +152,8 @@ def trainer_throughput(
         "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in windows),
         "step_time_s": statistics.median(r["step_time_s"] for r in windows),
         "windows": len(windows),
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # the training process; KiB on Linux
+        "peak_tree_rss_mb": tree.peak_mb,  # with every process it started, sampled
     }
 
 

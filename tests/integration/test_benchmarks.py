@@ -27,6 +27,7 @@ def run_benchmark(script, *args):
 def test_train_speed_smoke_reports_throughput_mfu_and_breakdown():
     report = run_benchmark("train_speed.py", "--smoke")
     assert report["tokens_per_sec"] > 0 and report["peak_rss_mb"] > 0
+    assert report["peak_tree_rss_mb"] > 0
     assert 0 < report["mfu_vs_2048_gemm"] and report["model_gflop_per_target_token"] > 0
     phases = report["breakdown_per_step"]
     assert phases["forward_s"] > 0 and phases["backward_s"] > 0 and phases["optimizer_s"] > 0
