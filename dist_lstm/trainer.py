@@ -102,11 +102,11 @@ class Trainer:
         )
         self._start = time.monotonic()
         self._check_stop(end_of_epoch=True)  # a resumed run may already be done
-        window = self._window = _Window()
+        self._window.reset()  # tokens/s count from here
         try:
             while self.state.stop_reason is None:
                 sampler.set_epoch(self.state.epoch)
-                self._train_epoch(sampler.remaining(), window, progress)
+                self._train_epoch(sampler.remaining(), progress)
                 if self.state.stop_reason:
                     break
                 self.state.epoch += 1
@@ -135,7 +135,7 @@ class Trainer:
         )
         return self.state
 
-    def _train_epoch(self, batches: int, window: "_Window", progress: TrainingProgress) -> None:
+    def _train_epoch(self, batches: int, progress: TrainingProgress) -> None:
         """Run the epoch's remaining `batches`, one optimizer step per accumulation group.
 
         Every rank has the same number of batches, so all ranks agree on which micro-batch
@@ -146,9 +146,9 @@ class Trainer:
             group_start = index - index % accumulate
             group_size = min(accumulate, batches - group_start)
             closes_group = index == group_start + group_size - 1
-            window.add(self._forward_backward(batch, closes_group, 1.0 / group_size))
+            self._window.add(self._forward_backward(batch, closes_group, 1.0 / group_size))
             if closes_group:
-                self._optimizer_step(window, progress)
+                self._optimizer_step(progress)
                 if self.state.stop_reason:
                     return
 
@@ -171,7 +171,8 @@ class Trainer:
             self.strategy.backward(loss_sum / tokens * scale)
         return loss_sum.detach(), tokens
 
-    def _optimizer_step(self, window: "_Window", progress: TrainingProgress) -> None:
+    def _optimizer_step(self, progress: TrainingProgress) -> None:
+        window = self._window
         window.grad_norm = self.strategy.step()
         if not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
@@ -179,7 +180,7 @@ class Trainer:
         window.steps += 1
         step = self.state.step
         if step % self.cfg.log_every_steps == 0 or step == 1:
-            self._log_train(window, progress)
+            self._log_train(progress)
         paused = time.monotonic()
         saved = True
         if self.cfg.val_every_steps and step % self.cfg.val_every_steps == 0:
@@ -193,9 +194,10 @@ class Trainer:
         window.started += time.monotonic() - paused  # keep tokens/s about training
         self._check_stop(end_of_epoch=False)
 
-    def _log_train(self, window: "_Window", progress: TrainingProgress) -> None:
+    def _log_train(self, progress: TrainingProgress) -> None:
         """Read the window's loss from the device (the only wait for it between logs)."""
-        self._raise_if_diverged(window)
+        self._raise_if_diverged()
+        window = self._window
         totals = self.strategy.all_reduce_sum(
             torch.tensor([float(window.loss_sum), window.tokens], dtype=torch.float64)
         )
@@ -219,13 +221,14 @@ class Trainer:
         progress.update(self.state.step, loss, lr, tokens_per_sec)
         window.reset()
 
-    def _raise_if_diverged(self, window: "_Window") -> None:
+    def _raise_if_diverged(self) -> None:
         """Stop on a non-finite loss before it is logged or saved.
 
         Checked at logging steps and before every save rather than after every step, which
         would make a GPU wait each step; a checkpoint therefore never holds the weights of a
         diverged run, and at most log_every_steps steps are computed in vain.
         """
+        window = self._window
         if window.steps and not bool(torch.isfinite(window.loss_sum)):
             first = self.state.step - window.steps + 1
             raise FloatingPointError(
@@ -356,7 +359,7 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def _save(self, metrics: Optional[Dict[str, float]] = None, best: bool = False) -> Path:
         """Checkpoint the whole training state (all ranks take part)."""
-        self._raise_if_diverged(self._window)
+        self._raise_if_diverged()
         meta = {"epoch": self.state.epoch, **self.checkpoint_meta}
         meta["world_size"] = self.strategy.topology.world_size
         if metrics is not None:
