@@ -71,12 +71,13 @@ def test_scores(checkpoint: Path, beam: int) -> dict:
 
 def time_to_bleu(run_dir: Path, validations: list, target: float) -> dict:
     """The first validation checkpoint whose greedy test BLEU reaches `target`."""
-    from dist_lstm.checkpoint.manager import step_name
+    from dist_lstm.checkpoint import CheckpointManager
 
+    checkpoints = CheckpointManager(run_dir, keep_last=len(validations))
     scored = []
     for record in validations:
-        folder = run_dir / "checkpoints" / step_name(record["step"])
-        if not folder.is_dir():
+        folder = checkpoints.at_step(record["step"])
+        if folder is None:
             continue
         bleu = test_scores(folder, beam=1)["bleu"]
         scored.append({"step": record["step"], "train_seconds": record["elapsed_s"], "bleu": bleu})

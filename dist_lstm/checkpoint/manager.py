@@ -85,6 +85,11 @@ class CheckpointManager:
         found = [p for p in self.directory.glob(f"{STEP_PREFIX}*") if p.is_dir()]
         return sorted(p for p in found if is_complete(p))
 
+    def at_step(self, step: int) -> Optional[Path]:
+        """The complete checkpoint of `step`, or None if it was not kept."""
+        folder = self.directory / step_name(step)
+        return folder if is_complete(folder) else None
+
     def latest(self) -> Optional[Path]:
         done = self.completed()
         return done[-1] if done else None

@@ -90,6 +90,7 @@ def test_interrupted_save_is_never_loaded_and_is_cleaned_up(corpus, tmp_path):
     assert not broken.exists() and not (folder / ".incomplete_step_00000010").exists()
     shutil.copytree(folder / "step_00000004", broken)
     (broken / "COMPLETE").unlink()
+    assert manager.at_step(4) == folder / "step_00000004" and manager.at_step(9) is None
     with pytest.raises(UserError, match="no COMPLETE marker"):
         run(tmp_path / "other", corpus, "trainer.max_steps=8", f"resume={broken}")
 
