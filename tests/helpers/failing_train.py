@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 original_step = Trainer._optimizer_step
 
 
-def failing_step(self, window, progress):
-    original_step(self, window, progress)
+def failing_step(self, *args, **kwargs):
+    original_step(self, *args, **kwargs)
     if (
         self.state.step == int(os.environ["FAIL_STEP"])
         and os.environ["RANK"] == os.environ["FAIL_RANK"]
