@@ -24,6 +24,10 @@ from dist_lstm.search import best_hypotheses
 
 log = logging.getLogger(__name__)
 
+# Sentences per greedy search call, in batches: the padded source ids of one call are
+# held at once, while the decoder works on `batch_size` of them at a time.
+GREEDY_BATCHES_PER_CALL = 64
+
 
 @dataclass
 class LoadedModel:
@@ -94,6 +98,11 @@ class SearchOptions:
     min_len: int = 0
     batch_size: int = 64  # sentences per decoder batch
 
+    @property
+    def greedy(self) -> bool:
+        """Whether best_hypotheses decodes greedily (the same output as beam 1)."""
+        return self.beam == 1 and self.min_len == 0
+
     def validate(self) -> None:
         if self.beam < 1:
             raise UserError(f"--beam {self.beam} is invalid: use 1 (greedy) or more.")
@@ -135,10 +144,16 @@ class Translator:
 
     @torch.no_grad()
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> List[List[int]]:
-        """Subword ids in, best hypothesis ids out; length-sorted batches, input order kept."""
+        """Subword ids in, best hypothesis ids out; length-sorted batches, input order kept.
+
+        Greedy search takes many batches per call and keeps `batch_size` sentences in
+        flight, refilling places as sentences finish (see greedy_search).
+        """
         out: List[List[int]] = [[] for _ in sources]
         todo = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
         size = self.options.batch_size
+        if self.options.greedy:
+            size *= GREEDY_BATCHES_PER_CALL
         for start in range(0, len(todo), size):
             rows = todo[start : start + size]
             for row, hyp in zip(rows, self._decode([sources[i] for i in rows])):
@@ -160,4 +175,5 @@ class Translator:
             opts.max_len_b,
             opts.alpha,
             opts.min_len,
+            rows_in_flight=opts.batch_size,
         )

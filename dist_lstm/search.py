@@ -7,12 +7,13 @@ a * source_length + b output tokens (EOS excluded).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from dist_lstm.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from dist_lstm.model import Seq2Seq
+from dist_lstm.model.decoder import DecoderState
 from dist_lstm.model.encoder import EncoderOutput
 
 
@@ -44,32 +45,98 @@ def greedy_search(
     max_len_a: float,
     max_len_b: int,
     encoded: Optional[EncoderOutput] = None,
+    rows_in_flight: Optional[int] = None,
 ) -> List[List[int]]:
-    """src (B, S), src_lengths (B,) -> one list of target ids per sentence, EOS excluded.
+    """src (B, S), src_lengths (B,) on the host -> one list of target ids per sentence,
+    EOS excluded.
 
-    `encoded` reuses an encoder pass the caller already made for this batch. Sentences
-    that finished leave the batch, so later steps compute only the unfinished rows.
+    At most `rows_in_flight` sentences (default: all) are decoded at once, taken in the
+    given order. A sentence that finishes leaves the batch and, once enough places are
+    free, sentences still waiting are encoded and join it: the decoder keeps working on
+    full batches instead of finishing each batch's longest sentences alone, where a
+    step costs nearly as much as a full one. Every sentence's output is its own greedy
+    decoding, whatever it shares the batch with. `encoded` reuses an encoder pass the
+    caller already made over all of src.
     """
     device, batch = src.device, src.size(0)
+    in_flight = batch if rows_in_flight is None else max(1, min(rows_in_flight, batch))
+    refill_at = max(1, in_flight // 8)  # free places worth an encoder call and a state merge
     limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
-    state = model.decoder.init_state(
-        encoded if encoded is not None else model.encode(src, src_lengths)
-    )
     outputs = torch.full((batch, int(limits.max())), PAD_ID, dtype=torch.long, device=device)
-    live = torch.arange(batch, device=device)  # (A,) original row of each unfinished sentence
-    tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
-    for t in range(outputs.size(1)):
+    waiting = _EncodedSentences(model, src, src_lengths, in_flight, encoded)
+
+    live = torch.empty(0, dtype=torch.long, device=device)  # (A,) row in src of each
+    position = torch.empty(0, dtype=torch.long, device=device)  # (A,) tokens it has output
+    tokens = torch.empty(0, dtype=torch.long, device=device)  # (A,) its last token
+    state: Optional[DecoderState] = None
+    while True:
+        free = in_flight - live.numel()
+        if waiting.left and (free >= refill_at or live.numel() == 0):
+            rows, joining = waiting.take(free)
+            state = joining if state is None else DecoderState.cat([state, joining])
+            live = torch.cat([live, rows])
+            position = torch.cat([position, torch.zeros_like(rows)])
+            tokens = torch.cat([tokens, torch.full_like(rows, BOS_ID)])
         log_probs, state = model.decoder.step(tokens, state)  # (A, V)
         tokens = log_probs.argmax(dim=-1)
-        outputs[live, t] = tokens
-        done = (tokens == EOS_ID) | (t + 1 >= limits[live])  # (A,)
+        outputs[live, position] = tokens
+        position = position + 1
+        done = (tokens == EOS_ID) | (position >= limits[live])  # (A,)
         remaining = (~done).nonzero().squeeze(1)
-        if remaining.numel() == 0:
+        if remaining.numel() == 0 and not waiting.left:
             break
         if remaining.numel() < live.numel():
-            live, tokens, state = live[remaining], tokens[remaining], state.select(remaining)
+            live, position, tokens = live[remaining], position[remaining], tokens[remaining]
+            state = state.select(remaining)
     rows = outputs.tolist()
     return [_until_eos(row[: int(limit)]) for row, limit in zip(rows, limits)]
+
+
+class _EncodedSentences:
+    """The sentences of a greedy search not yet decoding, encoded a chunk at a time."""
+
+    def __init__(
+        self,
+        model: Seq2Seq,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        chunk: int,
+        encoded: Optional[EncoderOutput],
+    ):
+        self.model, self.src, self.src_lengths, self.chunk = model, src, src_lengths, chunk
+        self.next_row = 0  # first row of src not yet encoded
+        self.rows = torch.empty(0, dtype=torch.long, device=src.device)  # encoded, waiting
+        self.state: Optional[DecoderState] = None
+        if encoded is not None:  # the caller encoded everything already
+            self.rows = torch.arange(src.size(0), device=src.device)
+            self.state = model.decoder.init_state(encoded)
+            self.next_row = src.size(0)
+
+    @property
+    def left(self) -> int:
+        return self.rows.numel() + self.src.size(0) - self.next_row
+
+    def take(self, count: int) -> Tuple[torch.Tensor, DecoderState]:
+        """Up to `count` waiting sentences: their rows in src and initial decoder state."""
+        if self.rows.numel() < count and self.next_row < self.src.size(0):
+            self._encode_next_chunk()
+        taken = min(count, self.rows.numel())
+        picked = torch.arange(taken, device=self.rows.device)
+        rows, state = self.rows[:taken], self.state.select(picked)
+        rest = torch.arange(taken, self.rows.numel(), device=self.rows.device)
+        self.rows, self.state = self.rows[taken:], self.state.select(rest)
+        return rows, state
+
+    def _encode_next_chunk(self) -> None:
+        start, end = self.next_row, min(self.next_row + self.chunk, self.src.size(0))
+        lengths = self.src_lengths[start:end]
+        src = self.src[start:end, : int(lengths.max())]
+        state = self.model.decoder.init_state(self.model.encode(src, lengths))
+        rows = torch.arange(start, end, device=self.src.device)
+        if self.rows.numel():
+            state = DecoderState.cat([self.state, state])
+            rows = torch.cat([self.rows, rows])
+        self.rows, self.state, self.next_row = rows, state, end
 
 
 def _until_eos(tokens: List[int]) -> List[int]:
@@ -167,11 +234,13 @@ def best_hypotheses(
     alpha: float = 0.0,
     min_len: int = 0,
     encoded: Optional[EncoderOutput] = None,
+    rows_in_flight: Optional[int] = None,
 ) -> List[List[int]]:
     """The best output ids per sentence: greedy when beam=1 and min_len=0 (the same result
-    as beam search of width 1, faster), beam search otherwise."""
+    as beam search of width 1, faster; `rows_in_flight` sentences at a time), beam search
+    otherwise (all of src at once)."""
     if beam == 1 and min_len == 0:
-        return greedy_search(model, src, src_lengths, max_len_a, max_len_b, encoded)
+        return greedy_search(model, src, src_lengths, max_len_a, max_len_b, encoded, rows_in_flight)
     hyps = beam_search(
         model, src, src_lengths, beam, max_len_a, max_len_b, alpha, min_len, encoded=encoded
     )

@@ -8,7 +8,7 @@ greedy search reproduces exactly what training scores.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import nn
 
 from dist_lstm.loss import linear_cross_entropy, real_token_positions
 from dist_lstm.model.attention import Attention
-from dist_lstm.model.encoder import EncoderOutput
+from dist_lstm.model.encoder import EncoderOutput, lstm_cell_from_gates
 
 
 @dataclass
@@ -41,6 +41,28 @@ class DecoderState:
             mask=self.mask.index_select(0, rows),
         )
 
+    @staticmethod
+    def cat(states: Sequence["DecoderState"]) -> "DecoderState":
+        """The rows of several states in one, as search adds sentences to a running batch.
+
+        Their sources may differ in length: memory, keys and mask are padded to the
+        longest, and attention gives padding exactly zero weight.
+        """
+        length = max(state.mask.size(1) for state in states)
+
+        def padded(x: torch.Tensor, value=0.0) -> torch.Tensor:  # (B, S, ...) -> (B, length, ...)
+            pad = [0, 0] * (x.dim() - 2) + [0, length - x.size(1)]
+            return F.pad(x, pad, value=value)
+
+        return DecoderState(
+            h=torch.cat([state.h for state in states], dim=1),
+            c=torch.cat([state.c for state in states], dim=1),
+            feed=torch.cat([state.feed for state in states]),
+            keys=torch.cat([padded(state.keys) for state in states]),
+            memory=torch.cat([padded(state.memory) for state in states]),
+            mask=torch.cat([padded(state.mask, False) for state in states]),
+        )
+
 
 class OutputLayer(nn.Linear):
     """The vocabulary projection (H -> V). Given targets, it returns the fused projection
@@ -59,28 +81,36 @@ class OutputLayer(nn.Linear):
 
 
 class DecoderLSTM(nn.LSTM):
-    """nn.LSTM (same parameters and state-dict keys) whose one-position calls under
-    autograd run as one LSTM cell per layer.
+    """nn.LSTM (same parameters and state-dict keys) whose one-position calls run layer by
+    layer here rather than through nn.LSTM's fused CPU kernel.
 
     The input-feeding decoder calls its LSTM once per target position. On CPU each such
-    nn.LSTM call reorders the weights for oneDNN and keeps that copy for backward: 25 MB
-    per position for bench_lstm512, 560 of the 770 MB a 4k-token batch saved for
-    backward. Cells save only their gates (139 MB for the same calls) and ran the
-    decoder loop's forward + backward ~8% faster. Without gradients (search) the fused
-    nn.LSTM call is faster and is kept. A module call either way, so ZeRO-3 gathers the
+    nn.LSTM call reorders the weights for oneDNN, and under autograd keeps that copy for
+    backward: 25 MB per position for bench_lstm512, 560 of the 770 MB a 4k-token batch
+    saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
+    only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
+    (no gradients) runs two GEMMs into one gates tensor per layer: at 64 rows the reorder
+    cost more than the GEMMs themselves. A module call either way, so ZeRO-3 gathers the
     weights for it.
     """
 
     def forward(self, input, hx=None):
         single_step = input.dim() == 3 and input.size(1) == 1 and self.batch_first
-        if not (single_step and hx is not None and torch.is_grad_enabled()):
+        if not (single_step and hx is not None):
             return super().forward(input, hx)
+        if torch.is_grad_enabled():
+            return self._cells(input, hx, self._train_cell)
+        if input.device.type == "cpu":
+            return self._cells(input, hx, self._search_cell)
+        return super().forward(input, hx)
+
+    def _cells(self, input, hx, cell):
         h0, c0 = hx  # (L, B, H) each
         x = input[:, 0]  # (B, I)
         hs, cs = [], []
         for layer in range(self.num_layers):
             weights = [getattr(self, f"{name}_l{layer}") for name in self._cell_weights]
-            h, c = torch.lstm_cell(x, (h0[layer], c0[layer]), *weights)
+            h, c = cell(x, h0[layer], c0[layer], *weights)
             hs.append(h)
             cs.append(c)
             x = h
@@ -89,6 +119,15 @@ class DecoderLSTM(nn.LSTM):
         return x.unsqueeze(1), (torch.stack(hs), torch.stack(cs))
 
     _cell_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+    @staticmethod
+    def _train_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+
+    @staticmethod
+    def _search_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        gates = torch.addmm(b_ih + b_hh, x, w_ih.t()).addmm_(h, w_hh.t())  # (B, 4H)
+        return lstm_cell_from_gates(gates, c)
 
 
 class Decoder(nn.Module):

@@ -156,6 +156,9 @@ def test_decoder_lstm_cells_match_nn_lstm_in_values_and_gradients():
         results.append([out, h, c, *(p.grad for p in lstm.parameters())])
     for expected, got in zip(*results):
         torch.testing.assert_close(got, expected)
+    with torch.no_grad():  # search's path: no gradients, GEMMs into one gates tensor
+        for expected, got in zip(reference(x, state), cells(x, state)):
+            torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

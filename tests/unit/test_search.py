@@ -130,3 +130,21 @@ def test_reusing_an_encoder_pass_gives_the_same_output():
     for beam in (1, 3):
         fresh = best_hypotheses(model, src, lengths, beam, 1.5, 4)
         assert best_hypotheses(model, src, lengths, beam, 1.5, 4, encoded=encoded) == fresh
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_greedy_refilling_a_running_batch_gives_each_sentence_its_own_decoding(input_feeding):
+    """With fewer rows in flight than sentences, finished sentences are replaced by
+    waiting ones (other source lengths, so attention memory is re-padded); each output
+    must still be what that sentence decodes to alone."""
+    torch.manual_seed(3)
+    model = tiny(input_feeding=input_feeding)
+    with torch.no_grad():  # larger weights: outputs that depend on the source
+        for p in model.parameters():
+            p.mul_(4.0)
+    sources = [torch.randint(4, 30, (n,)).tolist() for n in (6, 1, 4, 8, 2, 5, 3, 7, 2)]
+    src, lengths = padded(sources)
+    alone = [greedy_search(model, *padded([s]), 2.0, 4)[0] for s in sources]
+    assert len({len(out) for out in alone}) > 2, "needs outputs of several lengths"
+    for rows_in_flight in (1, 2, 3, 9):
+        assert greedy_search(model, src, lengths, 2.0, 4, rows_in_flight=rows_in_flight) == alone
