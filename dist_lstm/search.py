@@ -174,7 +174,8 @@ def beam_search(
     state = model.decoder.init_state(
         encoded if encoded is not None else model.encode(src, src_lengths)
     )
-    state = state.select(torch.arange(batch, device=device).repeat_interleave(k))
+    # k rows per sentence, sharing its encoder outputs
+    state = state.select_hypotheses(torch.arange(batch, device=device).repeat_interleave(k))
     sentence = torch.arange(batch, device=device)  # (A,) original index of each live sentence
     scores = torch.full((batch, k), float("-inf"), device=device)  # (A, K) summed log-probs
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
@@ -215,9 +216,10 @@ def beam_search(
         keep = kept[sentence, -1] < reachable  # (A,) a live hypothesis could still rank
         if not bool(keep.any()):
             break
+        dropped = not bool(keep.all())
         rows, next_tokens, scores = rows[keep].view(-1), next_tokens[keep].view(-1), scores[keep]
         sentence = sentence[keep]
-        state = state.select(rows)
+        state = state.select_hypotheses(rows, keep.nonzero().squeeze(1) if dropped else None)
         history = torch.cat([history[rows], next_tokens.unsqueeze(1)], dim=1)
         tokens = next_tokens
 

@@ -21,24 +21,43 @@ from dist_lstm.model.encoder import EncoderOutput, lstm_cell_from_gates
 
 @dataclass
 class DecoderState:
-    """Everything carried between decoder steps. L = layers, B = batch rows, H = hidden."""
+    """Everything carried between decoder steps. L = layers, B = decoder rows, N = source
+    sentences, H = hidden.
+
+    B is a multiple of N: each sentence's B / N rows are consecutive (beam search's
+    hypotheses of one sentence) and share its encoder outputs, stored once.
+    """
 
     h: torch.Tensor  # (L, B, H)
     c: torch.Tensor  # (L, B, H)
     feed: torch.Tensor  # (B, H) previous attentional hidden state (input feeding)
-    keys: torch.Tensor  # (B, S, H) attention keys, projected once
-    memory: torch.Tensor  # (B, S, M) encoder outputs
-    mask: torch.Tensor  # (B, S) True at real source tokens
+    keys: torch.Tensor  # (N, S, H) attention keys, projected once
+    memory: torch.Tensor  # (N, S, M) encoder outputs
+    mask: torch.Tensor  # (N, S) True at real source tokens
 
     def select(self, rows: torch.Tensor) -> "DecoderState":
-        """Keep/reorder/repeat batch rows (beam search expands and prunes hypotheses)."""
+        """Keep/reorder rows of a state with one row per sentence (greedy search)."""
+        return self.select_hypotheses(rows, sources=rows)
+
+    def select_hypotheses(
+        self, rows: torch.Tensor, sources: Optional[torch.Tensor] = None
+    ) -> "DecoderState":
+        """Keep/reorder/repeat decoder rows (beam search expands and prunes hypotheses);
+        `sources` keeps/reorders the sentences (default: all, untouched). The rows must
+        stay grouped by sentence, in the sentences' order."""
+        if sources is None:
+            keys, memory, mask = self.keys, self.memory, self.mask
+        else:
+            keys, memory, mask = (
+                x.index_select(0, sources) for x in (self.keys, self.memory, self.mask)
+            )
         return DecoderState(
             h=self.h.index_select(1, rows),
             c=self.c.index_select(1, rows),
             feed=self.feed.index_select(0, rows),
-            keys=self.keys.index_select(0, rows),
-            memory=self.memory.index_select(0, rows),
-            mask=self.mask.index_select(0, rows),
+            keys=keys,
+            memory=memory,
+            mask=mask,
         )
 
     @staticmethod
@@ -89,8 +108,8 @@ class DecoderLSTM(nn.LSTM):
     backward: 25 MB per position for bench_lstm512, 560 of the 770 MB a 4k-token batch
     saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
     only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
-    (no gradients) runs two GEMMs into one gates tensor per layer: at 64 rows the reorder
-    cost more than the GEMMs themselves. A module call either way, so ZeRO-3 gathers the
+    (no gradients) runs two GEMMs into one gates tensor per layer, up to 256 rows: at 64
+    the reorder cost more than the GEMMs themselves. A module call either way, so ZeRO-3 gathers the
     weights for it.
     """
 
@@ -100,9 +119,13 @@ class DecoderLSTM(nn.LSTM):
             return super().forward(input, hx)
         if torch.is_grad_enabled():
             return self._cells(input, hx, self._train_cell)
-        if input.device.type == "cpu":
+        if input.device.type == "cpu" and input.size(0) <= self.SEARCH_CELL_MAX_ROWS:
             return self._cells(input, hx, self._search_cell)
         return super().forward(input, hx)
+
+    # Above this many rows (beam 5 x 64 sentences = 320) the oneDNN call's weight reorder
+    # is paid back by its faster GEMMs (measured at 1-320 rows on 2 CPU cores).
+    SEARCH_CELL_MAX_ROWS = 256
 
     def _cells(self, input, hx, cell):
         h0, c0 = hx  # (L, B, H) each
@@ -208,7 +231,10 @@ class Decoder(nn.Module):
         if self.input_feeding:
             inputs = torch.cat([embedded, state.feed.unsqueeze(1)], dim=2)  # (B, 1, E+H)
         output, (h, c) = self.lstm(inputs, (state.h, state.c))  # (B, T, H)
-        context, _ = self.attention(output, state.keys, state.memory, state.mask)  # (B,T,M)
+        # A sentence's rows attend to its memory together: (N, B / N * T, H) queries.
+        query = output.reshape(state.keys.size(0), -1, output.size(-1))
+        context, _ = self.attention(query, state.keys, state.memory, state.mask)
+        context = context.reshape(output.size(0), output.size(1), -1)  # (B, T, M)
         hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=2))))
         return hidden, replace(state, h=h, c=c, feed=hidden[:, -1])
 

@@ -85,7 +85,7 @@ class ScriptedState:
     def __init__(self, rows):
         self.rows = rows
 
-    def select(self, rows):
+    def select_hypotheses(self, rows, sources=None):
         return ScriptedState(self.rows[rows])
 
 
@@ -148,3 +148,19 @@ def test_greedy_refilling_a_running_batch_gives_each_sentence_its_own_decoding(i
     assert len({len(out) for out in alone}) > 2, "needs outputs of several lengths"
     for rows_in_flight in (1, 2, 3, 9):
         assert greedy_search(model, src, lengths, 2.0, 4, rows_in_flight=rows_in_flight) == alone
+
+
+def test_beam_search_of_a_batch_equals_each_sentence_alone():
+    """Hypotheses share their sentence's encoder outputs (stored once per sentence) while
+    sentences finish and leave the batch at different steps."""
+    torch.manual_seed(3)
+    model = tiny()
+    with torch.no_grad():  # larger weights: outputs that depend on the source
+        for p in model.parameters():
+            p.mul_(4.0)
+    sources = [torch.randint(4, 30, (n,)).tolist() for n in (6, 1, 4, 8, 2)]
+    batch = beam_search(model, *padded(sources), 3, 2.0, 4, n_best=2)
+    for source, hyps in zip(sources, batch):
+        alone = beam_search(model, *padded([source]), 3, 2.0, 4, n_best=2)[0]
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
