@@ -96,7 +96,7 @@ class SearchOptions:
     max_len_a: float = 1.5
     max_len_b: int = 10
     min_len: int = 0
-    batch_size: int = 64  # sentences per decoder batch
+    batch_size: int = 64  # sentences decoded at once (greedy refills places as they finish)
 
     @property
     def greedy(self) -> bool:
