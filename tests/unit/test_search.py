@@ -150,11 +150,12 @@ def test_greedy_refilling_a_running_batch_gives_each_sentence_its_own_decoding(i
         assert greedy_search(model, src, lengths, 2.0, 4, rows_in_flight=rows_in_flight) == alone
 
 
-def test_beam_search_of_a_batch_equals_each_sentence_alone():
+@pytest.mark.parametrize("attention", ["dot", "general", "bahdanau"])
+def test_beam_search_of_a_batch_equals_each_sentence_alone(attention):
     """Hypotheses share their sentence's encoder outputs (stored once per sentence) while
     sentences finish and leave the batch at different steps."""
     torch.manual_seed(3)
-    model = tiny()
+    model = tiny(attention=attention)
     with torch.no_grad():  # larger weights: outputs that depend on the source
         for p in model.parameters():
             p.mul_(4.0)
