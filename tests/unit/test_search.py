@@ -132,17 +132,24 @@ def test_reusing_an_encoder_pass_gives_the_same_output():
         assert best_hypotheses(model, src, lengths, beam, 1.5, 4, encoded=encoded) == fresh
 
 
+def source_dependent_model(sentences, **overrides):
+    """A tiny model with weights large enough that its outputs depend on the source (at
+    init they barely do), and `sentences` random sources of 1-8 tokens, lengths mixed."""
+    torch.manual_seed(3)
+    model = tiny(**overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    lengths = (6, 1, 4, 8, 2, 5, 3, 7, 2)[:sentences]
+    return model, [torch.randint(4, 30, (n,)).tolist() for n in lengths]
+
+
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_greedy_refilling_a_running_batch_gives_each_sentence_its_own_decoding(input_feeding):
     """With fewer rows in flight than sentences, finished sentences are replaced by
     waiting ones (other source lengths, so attention memory is re-padded); each output
     must still be what that sentence decodes to alone."""
-    torch.manual_seed(3)
-    model = tiny(input_feeding=input_feeding)
-    with torch.no_grad():  # larger weights: outputs that depend on the source
-        for p in model.parameters():
-            p.mul_(4.0)
-    sources = [torch.randint(4, 30, (n,)).tolist() for n in (6, 1, 4, 8, 2, 5, 3, 7, 2)]
+    model, sources = source_dependent_model(9, input_feeding=input_feeding)
     src, lengths = padded(sources)
     alone = [greedy_search(model, *padded([s]), 2.0, 4)[0] for s in sources]
     assert len({len(out) for out in alone}) > 2, "needs outputs of several lengths"
@@ -154,12 +161,7 @@ def test_greedy_refilling_a_running_batch_gives_each_sentence_its_own_decoding(i
 def test_beam_search_of_a_batch_equals_each_sentence_alone(attention):
     """Hypotheses share their sentence's encoder outputs (stored once per sentence) while
     sentences finish and leave the batch at different steps."""
-    torch.manual_seed(3)
-    model = tiny(attention=attention)
-    with torch.no_grad():  # larger weights: outputs that depend on the source
-        for p in model.parameters():
-            p.mul_(4.0)
-    sources = [torch.randint(4, 30, (n,)).tolist() for n in (6, 1, 4, 8, 2)]
+    model, sources = source_dependent_model(5, attention=attention)
     batch = beam_search(model, *padded(sources), 3, 2.0, 4, n_best=2)
     for source, hyps in zip(sources, batch):
         alone = beam_search(model, *padded([source]), 3, 2.0, 4, n_best=2)[0]
