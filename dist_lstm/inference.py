@@ -20,7 +20,7 @@ from dist_lstm.config import register_configs
 from dist_lstm.data.tokenizer import PAD_ID, Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Seq2Seq, build_model
-from dist_lstm.search import best_hypotheses
+from dist_lstm.search import best_hypotheses, decodes_greedily
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ class SearchOptions:
 
     @property
     def greedy(self) -> bool:
-        """Whether best_hypotheses decodes greedily (the same output as beam 1)."""
-        return self.beam == 1 and self.min_len == 0
+        """Whether best_hypotheses decodes these options greedily."""
+        return decodes_greedily(self.beam, self.min_len)
 
     def validate(self) -> None:
         if self.beam < 1:

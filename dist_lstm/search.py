@@ -226,6 +226,11 @@ def beam_search(
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
 
 
+def decodes_greedily(beam: int, min_len: int) -> bool:
+    """Whether best_hypotheses runs greedy search (the same result as beam 1, faster)."""
+    return beam == 1 and min_len == 0
+
+
 def best_hypotheses(
     model: Seq2Seq,
     src: torch.Tensor,
@@ -241,7 +246,7 @@ def best_hypotheses(
     """The best output ids per sentence: greedy when beam=1 and min_len=0 (the same result
     as beam search of width 1, faster; `rows_in_flight` sentences at a time), beam search
     otherwise (all of src at once)."""
-    if beam == 1 and min_len == 0:
+    if decodes_greedily(beam, min_len):
         return greedy_search(model, src, src_lengths, max_len_a, max_len_b, encoded, rows_in_flight)
     hyps = beam_search(
         model, src, src_lengths, beam, max_len_a, max_len_b, alpha, min_len, encoded=encoded

@@ -16,7 +16,8 @@ from torch import nn
 
 from dist_lstm.loss import linear_cross_entropy, real_token_positions
 from dist_lstm.model.attention import Attention
-from dist_lstm.model.encoder import EncoderOutput, lstm_cell_from_gates
+from dist_lstm.model.encoder import EncoderOutput
+from dist_lstm.model.lstm import DecoderLSTM
 
 
 @dataclass
@@ -97,60 +98,6 @@ class OutputLayer(nn.Linear):
         if targets is None:
             return super().forward(hidden)
         return linear_cross_entropy(hidden, self.weight, self.bias, targets, label_smoothing)
-
-
-class DecoderLSTM(nn.LSTM):
-    """nn.LSTM (same parameters and state-dict keys) whose one-position calls run layer by
-    layer here rather than through nn.LSTM's fused CPU kernel.
-
-    The input-feeding decoder calls its LSTM once per target position. On CPU each such
-    nn.LSTM call reorders the weights for oneDNN, and under autograd keeps that copy for
-    backward: 25 MB per position for bench_lstm512, 560 of the 770 MB a 4k-token batch
-    saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
-    only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
-    (no gradients) runs two GEMMs into one gates tensor per layer, up to 256 rows: at 64
-    the reorder cost more than the GEMMs themselves. A module call either way, so ZeRO-3 gathers the
-    weights for it.
-    """
-
-    def forward(self, input, hx=None):
-        single_step = input.dim() == 3 and input.size(1) == 1 and self.batch_first
-        if not (single_step and hx is not None):
-            return super().forward(input, hx)
-        if torch.is_grad_enabled():
-            return self._cells(input, hx, self._train_cell)
-        if input.device.type == "cpu" and input.size(0) <= self.SEARCH_CELL_MAX_ROWS:
-            return self._cells(input, hx, self._search_cell)
-        return super().forward(input, hx)
-
-    # Above this many rows (beam 5 x 64 sentences = 320) the oneDNN call's weight reorder
-    # is paid back by its faster GEMMs (measured at 1-320 rows on 2 CPU cores).
-    SEARCH_CELL_MAX_ROWS = 256
-
-    def _cells(self, input, hx, cell):
-        h0, c0 = hx  # (L, B, H) each
-        x = input[:, 0]  # (B, I)
-        hs, cs = [], []
-        for layer in range(self.num_layers):
-            weights = [getattr(self, f"{name}_l{layer}") for name in self._cell_weights]
-            h, c = cell(x, h0[layer], c0[layer], *weights)
-            hs.append(h)
-            cs.append(c)
-            x = h
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        return x.unsqueeze(1), (torch.stack(hs), torch.stack(cs))
-
-    _cell_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-    @staticmethod
-    def _train_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-        return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
-
-    @staticmethod
-    def _search_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-        gates = torch.addmm(b_ih + b_hh, x, w_ih.t()).addmm_(h, w_hh.t())  # (B, 4H)
-        return lstm_cell_from_gates(gates, c)
 
 
 class Decoder(nn.Module):

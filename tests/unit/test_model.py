@@ -141,7 +141,7 @@ def test_model_code_knows_nothing_of_distribution():
 
 
 def test_decoder_lstm_cells_match_nn_lstm_in_values_and_gradients():
-    from dist_lstm.model.decoder import DecoderLSTM
+    from dist_lstm.model.lstm import DecoderLSTM
 
     torch.manual_seed(0)
     reference = torch.nn.LSTM(6, 8, num_layers=2, batch_first=True).double()
@@ -166,7 +166,7 @@ def test_encoder_lstm_recurrence_matches_nn_lstm_in_values_and_gradients(bidirec
     """The packed recurrence the encoder runs when training on CPU against nn.LSTM's own."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    from dist_lstm.model.encoder import EncoderLSTM
+    from dist_lstm.model.lstm import EncoderLSTM
 
     torch.manual_seed(0)
     kwargs = dict(num_layers=2, batch_first=True, bidirectional=bidirectional)

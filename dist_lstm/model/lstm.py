@@ -1,0 +1,164 @@
+"""LSTM layers with nn.LSTM's parameters and state-dict keys, for the calls where
+nn.LSTM's own CPU kernels do needless work: the encoder's packed sequences under autograd
+and the decoder's one-position steps. Everywhere else (GPU, whole sequences) they defer to
+nn.LSTM, so checkpoints and cuDNN are unaffected.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+
+def lstm_cell_from_gates(gates: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """gates (B, 4H) pre-activations in nn.LSTM's order (input, forget, cell, output),
+    c (B, H) -> the next (h, c)."""
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def run_packed_direction(
+    gates_in: Sequence[torch.Tensor], w_hh: torch.Tensor, reverse: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One direction of one layer over a packed batch.
+
+    gates_in: per time step t, (B_t, 4H) input projections of the B_t sentences still
+    running at t (packed order: sentences sorted longest first, so B_t never grows).
+    Returns the outputs (N, H) in packed order and each sentence's final (h, c), (B, H)
+    each: after its last token going forward, after its first going backward.
+    """
+    hidden = w_hh.size(1)
+    outputs: List[Optional[torch.Tensor]] = [None] * len(gates_in)
+    finished_h: List[torch.Tensor] = []  # rows that ended, shortest sentences first
+    finished_c: List[torch.Tensor] = []
+    steps = range(len(gates_in) - 1, -1, -1) if reverse else range(len(gates_in))
+    h = c = gates_in[0].new_zeros(0, hidden)
+    for t in steps:
+        rows = gates_in[t].size(0)
+        if rows > h.size(0):  # going backward, shorter sentences start with zero state
+            start = h.new_zeros(rows - h.size(0), hidden)
+            h, c = torch.cat([h, start]), torch.cat([c, start])
+        elif rows < h.size(0):  # going forward, the shortest sentences have ended
+            finished_h.append(h[rows:])
+            finished_c.append(c[rows:])
+            h, c = h[:rows], c[:rows]
+        h, c = lstm_cell_from_gates(torch.addmm(gates_in[t], h, w_hh.t()), c)
+        outputs[t] = h
+    finals_h = torch.cat([h, *reversed(finished_h)])
+    finals_c = torch.cat([c, *reversed(finished_c)])
+    return torch.cat(outputs), finals_h, finals_c
+
+
+class EncoderLSTM(nn.LSTM):
+    """nn.LSTM (same parameters and state-dict keys) that runs its own recurrence over a
+    packed sequence when it trains on CPU.
+
+    nn.LSTM on CPU projects a packed layer's inputs for all tokens at once, (N, 4H), then
+    slices that per time step; autograd turns every slice's backward into a zero-filled
+    (N, 4H) gradient added into the total, so backward moves steps x N x 4H floats per
+    layer and direction. Here the projection is split into its steps once (the backward
+    of a split is one concatenation) and each step adds only the recurrent GEMM. On GPU
+    (cuDNN) and without gradients (search) nn.LSTM's own kernels are kept.
+    """
+
+    def forward(self, input, hx=None):
+        if not self._runs_own_recurrence(input, hx):
+            return super().forward(input, hx)
+        return self._packed_forward(input)
+
+    def _runs_own_recurrence(self, input, hx) -> bool:
+        return (
+            isinstance(input, PackedSequence)
+            and hx is None
+            and input.data.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and self.proj_size == 0
+        )
+
+    def _packed_forward(
+        self, packed: PackedSequence
+    ) -> Tuple[PackedSequence, Tuple[torch.Tensor, torch.Tensor]]:
+        sizes = packed.batch_sizes.tolist()  # sentences running at each time step
+        data = packed.data  # (N, I)
+        finals_h, finals_c = [], []
+        directions = ("", "_reverse") if self.bidirectional else ("",)
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout and self.training:
+                data = F.dropout(data, self.dropout, training=True)
+            outputs = []
+            for suffix in directions:
+                name = f"_l{layer}{suffix}"
+                w_ih, w_hh = getattr(self, "weight_ih" + name), getattr(self, "weight_hh" + name)
+                bias = None
+                if self.bias:
+                    bias = getattr(self, "bias_ih" + name) + getattr(self, "bias_hh" + name)
+                gates_in = F.linear(data, w_ih, bias).split(sizes)  # all tokens in one GEMM
+                out, h, c = run_packed_direction(gates_in, w_hh, reverse=bool(suffix))
+                outputs.append(out)
+                finals_h.append(h)
+                finals_c.append(c)
+            data = torch.cat(outputs, dim=1)  # (N, H * directions)
+        h, c = torch.stack(finals_h), torch.stack(finals_c)  # (L * D, B, H), packed order
+        if packed.unsorted_indices is not None:
+            h = h.index_select(1, packed.unsorted_indices)
+            c = c.index_select(1, packed.unsorted_indices)
+        return packed._replace(data=data), (h, c)
+
+
+class DecoderLSTM(nn.LSTM):
+    """nn.LSTM (same parameters and state-dict keys) whose one-position calls run layer by
+    layer here rather than through nn.LSTM's fused CPU kernel.
+
+    The input-feeding decoder calls its LSTM once per target position. On CPU each such
+    nn.LSTM call reorders the weights for oneDNN, and under autograd keeps that copy for
+    backward: 25 MB per position for bench_lstm512, 560 of the 770 MB a 4k-token batch
+    saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
+    only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
+    (no gradients) runs two GEMMs into one gates tensor per layer, up to 256 rows: at 64
+    the reorder cost more than the GEMMs themselves. A module call either way, so ZeRO-3
+    gathers the weights for it.
+    """
+
+    def forward(self, input, hx=None):
+        single_step = input.dim() == 3 and input.size(1) == 1 and self.batch_first
+        if not (single_step and hx is not None):
+            return super().forward(input, hx)
+        if torch.is_grad_enabled():
+            return self._cells(input, hx, self._train_cell)
+        if input.device.type == "cpu" and input.size(0) <= self.SEARCH_CELL_MAX_ROWS:
+            return self._cells(input, hx, self._search_cell)
+        return super().forward(input, hx)
+
+    # Above this many rows (beam 5 x 64 sentences = 320) the oneDNN call's weight reorder
+    # is paid back by its faster GEMMs (measured at 1-320 rows on 2 CPU cores).
+    SEARCH_CELL_MAX_ROWS = 256
+
+    def _cells(self, input, hx, cell):
+        h0, c0 = hx  # (L, B, H) each
+        x = input[:, 0]  # (B, I)
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            weights = [getattr(self, f"{name}_l{layer}") for name in self._cell_weights]
+            h, c = cell(x, h0[layer], c0[layer], *weights)
+            hs.append(h)
+            cs.append(c)
+            x = h
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x.unsqueeze(1), (torch.stack(hs), torch.stack(cs))
+
+    _cell_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+    @staticmethod
+    def _train_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+
+    @staticmethod
+    def _search_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        gates = torch.addmm(b_ih + b_hh, x, w_ih.t()).addmm_(h, w_hh.t())  # (B, 4H)
+        return lstm_cell_from_gates(gates, c)
