@@ -11,6 +11,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from dist_lstm.model.packed import Linear
+
 
 class Attention(nn.Module):
     """Scores a query against memory; returns the context vector and the weights.
@@ -31,11 +33,11 @@ class Attention(nn.Module):
             )
         self.kind = kind
         if kind == "general":
-            self.key_proj = nn.Linear(memory_size, query_size, bias=False)
+            self.key_proj = Linear(memory_size, query_size, bias=False)
         elif kind == "bahdanau":
-            self.key_proj = nn.Linear(memory_size, query_size, bias=True)
-            self.query_proj = nn.Linear(query_size, query_size, bias=False)
-            self.energy = nn.Linear(query_size, 1, bias=False)
+            self.key_proj = Linear(memory_size, query_size, bias=True)
+            self.query_proj = Linear(query_size, query_size, bias=False)
+            self.energy = Linear(query_size, 1, bias=False)
 
     def precompute(self, memory: torch.Tensor) -> torch.Tensor:
         """memory (B, S, M) -> keys (B, S, Q), reused at every decoder step."""

@@ -18,6 +18,7 @@ from dist_lstm.loss import linear_cross_entropy, real_token_positions
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput
 from dist_lstm.model.lstm import DecoderLSTM
+from dist_lstm.model.packed import Linear, PackedWeight, linear
 
 
 @dataclass
@@ -84,7 +85,7 @@ class DecoderState:
         )
 
 
-class OutputLayer(nn.Linear):
+class OutputLayer(Linear):
     """The vocabulary projection (H -> V). Given targets, it returns the fused projection
     + loss instead of logits; being a module call either way lets ZeRO-3 gather its
     weights for it."""
@@ -128,19 +129,20 @@ class Decoder(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.attention = Attention(attention, hidden_size, memory_size)
-        self.combine = nn.Linear(memory_size + hidden_size, hidden_size, bias=False)
+        self.combine = Linear(memory_size + hidden_size, hidden_size, bias=False)
         # Encoder final state (top layer) -> initial state of every decoder layer.
-        self.bridge_h = nn.Linear(memory_size, num_layers * hidden_size)
-        self.bridge_c = nn.Linear(memory_size, num_layers * hidden_size)
+        self.bridge_h = Linear(memory_size, num_layers * hidden_size)
+        self.bridge_c = Linear(memory_size, num_layers * hidden_size)
         self.tie_embeddings = tie_embeddings
         if tie_embeddings:
             # Logits come from the embedding matrix; map H to E first when they differ.
             self.pre_output = (
-                nn.Linear(hidden_size, emb_dim, bias=False)
+                Linear(hidden_size, emb_dim, bias=False)
                 if hidden_size != emb_dim
                 else nn.Identity()
             )
             self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+            self.packed_embedding = PackedWeight()
         else:
             self.output = OutputLayer(hidden_size, vocab_size)
 
@@ -164,7 +166,12 @@ class Decoder(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) attentional hidden states -> (..., V) unnormalized scores."""
         if self.tie_embeddings:
-            return F.linear(self.pre_output(hidden), self.embedding.weight, self.output_bias)
+            return linear(
+                self.pre_output(hidden),
+                self.embedding.weight,
+                self.output_bias,
+                self.packed_embedding,
+            )
         return self.output(hidden)
 
     def _decode(

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from dist_lstm.model.packed import ONEDNN_LINEAR, PackedWeight, linear_of_concatenation
+
 
 def lstm_cell_from_gates(gates: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """gates (B, 4H) pre-activations in nn.LSTM's order (input, forget, cell, output),
@@ -63,7 +65,8 @@ class EncoderLSTM(nn.LSTM):
     (N, 4H) gradient added into the total, so backward moves steps x N x 4H floats per
     layer and direction. Here the projection is split into its steps once (the backward
     of a split is one concatenation) and each step adds only the recurrent GEMM. On GPU
-    (cuDNN) and without gradients (search) nn.LSTM's own kernels are kept.
+    (cuDNN) and without gradients (search) nn.LSTM's own kernels are kept (in search its
+    oneDNN kernels already run at this machine's GEMM rate).
     """
 
     def forward(self, input, hx=None):
@@ -119,10 +122,15 @@ class DecoderLSTM(nn.LSTM):
     backward: 25 MB per position for bench_lstm512, 560 of the 770 MB a 4k-token batch
     saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
     only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
-    (no gradients) runs two GEMMs into one gates tensor per layer, up to 256 rows: at 64
-    the reorder cost more than the GEMMs themselves. A module call either way, so ZeRO-3
-    gathers the weights for it.
+    (no gradients) runs one product per layer of [input | hidden] against a copy of
+    [W_ih | W_hh] reordered once for oneDNN (model/packed.py); without oneDNN, two GEMMs
+    into one gates tensor up to 256 rows (at 64 the per-call reorder cost more than the
+    GEMMs themselves). A module call either way, so ZeRO-3 gathers the weights for it.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.packed = [PackedWeight() for _ in range(self.num_layers)]
 
     def forward(self, input, hx=None):
         single_step = input.dim() == 3 and input.size(1) == 1 and self.batch_first
@@ -130,12 +138,15 @@ class DecoderLSTM(nn.LSTM):
             return super().forward(input, hx)
         if torch.is_grad_enabled():
             return self._cells(input, hx, self._train_cell)
-        if input.device.type == "cpu" and input.size(0) <= self.SEARCH_CELL_MAX_ROWS:
+        if input.device.type == "cpu" and (
+            ONEDNN_LINEAR or input.size(0) <= self.SEARCH_CELL_MAX_ROWS
+        ):
             return self._cells(input, hx, self._search_cell)
         return super().forward(input, hx)
 
-    # Above this many rows (beam 5 x 64 sentences = 320) the oneDNN call's weight reorder
-    # is paid back by its faster GEMMs (measured at 1-320 rows on 2 CPU cores).
+    # Without packed weights, above this many rows (beam 5 x 64 sentences = 320) the
+    # oneDNN call's weight reorder is paid back by its faster GEMMs (measured at 1-320 rows
+    # on 2 CPU cores).
     SEARCH_CELL_MAX_ROWS = 256
 
     def _cells(self, input, hx, cell):
@@ -144,7 +155,7 @@ class DecoderLSTM(nn.LSTM):
         hs, cs = [], []
         for layer in range(self.num_layers):
             weights = [getattr(self, f"{name}_l{layer}") for name in self._cell_weights]
-            h, c = cell(x, h0[layer], c0[layer], *weights)
+            h, c = cell(x, h0[layer], c0[layer], *weights, packed=self.packed[layer])
             hs.append(h)
             cs.append(c)
             x = h
@@ -155,10 +166,10 @@ class DecoderLSTM(nn.LSTM):
     _cell_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
     @staticmethod
-    def _train_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    def _train_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, packed):
         return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
 
     @staticmethod
-    def _search_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-        gates = torch.addmm(b_ih + b_hh, x, w_ih.t()).addmm_(h, w_hh.t())  # (B, 4H)
+    def _search_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, packed):
+        gates = linear_of_concatenation((x, h), (w_ih, w_hh), (b_ih, b_hh), packed)  # (B, 4H)
         return lstm_cell_from_gates(gates, c)

@@ -102,15 +102,17 @@ def test_dot_attention_rejects_mismatched_sizes():
 
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_step_by_step_decoding_matches_teacher_forcing(input_feeding):
-    """Search uses `step`; training uses `forward`: they must score identically."""
+    """Search uses `step` without gradients (on CPU: packed oneDNN products); training
+    uses `forward`: they must score identically."""
     model = tiny(input_feeding=input_feeding, attention="bahdanau")
     src, lengths = padded(SRC)
     tgt, _ = padded(TGT)
     forward_logp = torch.log_softmax(model(src, lengths, tgt), dim=-1)
-    state = model.decoder.init_state(model.encode(src, lengths))
-    for t in range(tgt.size(1)):
-        logp, state = model.decoder.step(tgt[:, t], state)
-        torch.testing.assert_close(logp, forward_logp[:, t], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        state = model.decoder.init_state(model.encode(src, lengths))
+        for t in range(tgt.size(1)):
+            logp, state = model.decoder.step(tgt[:, t], state)
+            torch.testing.assert_close(logp, forward_logp[:, t], rtol=1e-5, atol=1e-5)
 
 
 def test_state_select_reorders_rows():

@@ -1,0 +1,138 @@
+"""Search's matrix products on CPU through oneDNN, each weight reordered once.
+
+Why: torch sends fp32 matmuls on CPU to MKL. On the benchmarks' machine (AMD EPYC with
+AVX-512) MKL ran the decoder's 56-64-row search products at 110-150 GFLOP/s, while
+oneDNN, given a copy of the weight already reordered into its blocked layout, ran the
+same products at about 200 (and 2048^3 at 215-225 against MKL's 170-190). Search
+multiplies the same weights hundreds of times per batch, so one reorder per weight, kept
+until the weight changes, pays for itself within a step. Training keeps F.linear: its
+weights change every step and autograd needs their gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _onednn_linear_available() -> bool:
+    """oneDNN and its (inductor-facing) packed linear ops are in this torch build."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight
+        torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def packing_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `x @ weight.T` runs on a packed weight: fp32 on CPU without autograd."""
+    return (
+        ONEDNN_LINEAR
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+    )
+
+
+class PackedWeight:
+    """A oneDNN-reordered copy of one weight (O, I), or of several concatenated along
+    their inputs (O, I1 + I2 + ...), with their summed biases; rebuilt when any source
+    changes (an optimizer step, a loaded checkpoint).
+
+    Weights whose storage moves from call to call (ZeRO-3 gathers them for each call)
+    would be reordered every time, which costs more than it saves: after a few moves the
+    copy is given up and callers fall back to plain F.linear.
+    """
+
+    GIVE_UP_AFTER_MOVES = 3
+
+    def __init__(self) -> None:
+        self._sources: Optional[Tuple[Tuple[int, int], ...]] = None
+        self._weight: Optional[torch.Tensor] = None
+        self._bias: Optional[torch.Tensor] = None
+        self._moves = 0
+
+    def get(
+        self, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()
+    ) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """(packed weight, summed bias), or None when packing was given up."""
+        if self._moves >= self.GIVE_UP_AFTER_MOVES:
+            return None
+        present = [b for b in biases if b is not None]
+        sources = tuple((t.data_ptr(), t._version) for t in (*weights, *present))
+        if sources != self._sources:
+            if self._sources is not None and [s[0] for s in sources] != [
+                s[0] for s in self._sources
+            ]:
+                self._moves += 1
+            weight = weights[0] if len(weights) == 1 else torch.cat(list(weights), dim=1)
+            self._weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            self._bias = sum(b.detach() for b in present) if present else None
+            self._sources = sources
+        return self._weight, self._bias
+
+    def __deepcopy__(self, memo) -> "PackedWeight":
+        return PackedWeight()  # a copied module packs its own weights when it needs them
+
+    def __getstate__(self):
+        return {}  # the reordered copy is rebuilt on demand, never saved
+
+    def __setstate__(self, state) -> None:
+        self.__init__()
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    packed: PackedWeight,
+) -> torch.Tensor:
+    """F.linear(x, weight, bias), through `packed` in CPU search."""
+    if packing_applies(x, weight):
+        found = packed.get([weight], [bias])
+        if found is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, found[0], found[1], "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def linear_of_concatenation(
+    inputs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[Optional[torch.Tensor]],
+    packed: PackedWeight,
+) -> torch.Tensor:
+    """sum_i inputs[i] @ weights[i].T + sum(biases): one product over the concatenated
+    inputs in CPU search (an LSTM layer's input and hidden state against W_ih | W_hh),
+    one addmm per input otherwise. inputs (B, I_i), weights (O, I_i) -> (B, O)."""
+    if packing_applies(inputs[0], weights[0]):
+        found = packed.get(weights, biases)
+        if found is not None:
+            x = torch.cat(list(inputs), dim=1)
+            return torch.ops.mkldnn._linear_pointwise(x, found[0], found[1], "none", [], "")
+    present = [b for b in biases if b is not None]
+    out = F.linear(inputs[0], weights[0], sum(present) if present else None)
+    for x, w in zip(inputs[1:], weights[1:]):
+        out = out.addmm_(x, w.t())
+    return out
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) that multiplies through a packed
+    weight in CPU search."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.packed = PackedWeight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.packed)
