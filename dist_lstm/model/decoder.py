@@ -18,7 +18,7 @@ from dist_lstm.loss import linear_cross_entropy, real_token_positions
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput
 from dist_lstm.model.lstm import DecoderLSTM
-from dist_lstm.model.packed import Linear, PackedWeight, linear
+from dist_lstm.packed import Linear, PackedWeight, linear
 
 
 @dataclass
@@ -98,7 +98,9 @@ class OutputLayer(Linear):
     ) -> torch.Tensor:
         if targets is None:
             return super().forward(hidden)
-        return linear_cross_entropy(hidden, self.weight, self.bias, targets, label_smoothing)
+        return linear_cross_entropy(
+            hidden, self.weight, self.bias, targets, label_smoothing, self.packed
+        )
 
 
 class Decoder(nn.Module):
@@ -234,6 +236,7 @@ class Decoder(nn.Module):
                 self.output_bias,
                 targets,
                 label_smoothing,
+                self.packed_embedding,
             )
         else:
             loss = self.output(hidden, targets, label_smoothing)

@@ -9,6 +9,7 @@ from torch import nn
 
 from dist_lstm.model.decoder import Decoder
 from dist_lstm.model.encoder import Encoder, EncoderOutput
+from dist_lstm.packed import weights_changed
 
 
 class Seq2Seq(nn.Module):
@@ -33,6 +34,8 @@ class Seq2Seq(nn.Module):
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, int]]:
         """src (B, S), src_lengths (B,), tgt_in (B, T) -> logits (B, T, V); with tgt_out
         (B, T): (summed loss, real target tokens), as training needs (Decoder.forward)."""
+        if torch.is_grad_enabled():  # training: the weights may have moved since last time
+            weights_changed()
         encoded = self.encode(src, src_lengths)
         return self.decoder(tgt_in, encoded, tgt_out, label_smoothing, tgt_positions)
 
