@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from dist_lstm.data.tokenizer import PAD_ID
-from dist_lstm.packed import PackedWeight, linear, times_weight
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in fp32)
 
@@ -55,19 +54,16 @@ def linear_cross_entropy(
     bias: Optional[torch.Tensor],
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
-    packed: Optional[PackedWeight] = None,
 ) -> torch.Tensor:
     """Summed label-smoothed cross-entropy of `hidden @ weight.T + bias` against `targets`.
 
     hidden (N, H) states of real target tokens only, weight (V, H), bias (V,) or None,
     targets (N,). Equal to F.cross_entropy(..., reduction="sum", label_smoothing=...).
-    `packed` holds the weight's reordered copies for CPU products (dist_lstm/packed.py).
     """
-    packed = PackedWeight() if packed is None else packed
     needs_grad = hidden.requires_grad or weight.requires_grad
     if not (torch.is_grad_enabled() and needs_grad):  # evaluation: no gradients to fuse
-        return _loss_only(hidden, weight, bias, targets, label_smoothing, packed)
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, label_smoothing, packed)
+        return _loss_only(hidden, weight, bias, targets, label_smoothing)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, label_smoothing)
 
 
 def _chunks(rows: int, vocab: int):
@@ -80,8 +76,8 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _chunk_log_probs(h, weight, bias, packed) -> torch.Tensor:
-    logits = linear(h, weight, bias, packed)
+def _chunk_log_probs(h, weight, bias) -> torch.Tensor:
+    logits = F.linear(h, weight, bias)
     return torch.log_softmax(logits.to(_wide(logits.dtype)), dim=-1)  # (rows, V)
 
 
@@ -93,10 +89,10 @@ def _chunk_loss(log_probs: torch.Tensor, targets: torch.Tensor, smoothing: float
     return (1.0 - smoothing) * nll + smoothing * uniform
 
 
-def _loss_only(hidden, weight, bias, targets, smoothing, packed) -> torch.Tensor:
+def _loss_only(hidden, weight, bias, targets, smoothing) -> torch.Tensor:
     total = hidden.new_zeros((), dtype=_wide(hidden.dtype))
     for start, end in _chunks(hidden.size(0), weight.size(0)):
-        log_probs = _chunk_log_probs(hidden[start:end], weight, bias, packed)
+        log_probs = _chunk_log_probs(hidden[start:end], weight, bias)
         total += _chunk_loss(log_probs, targets[start:end], smoothing)
     return total
 
@@ -106,7 +102,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     bias (d loss / d logits = softmax - smoothed one-hot); backward only scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, smoothing, packed):
+    def forward(ctx, hidden, weight, bias, targets, smoothing):
         vocab, wide = weight.size(0), _wide(weight.dtype)
         total = hidden.new_zeros((), dtype=_wide(hidden.dtype))
         grad_hidden = torch.empty_like(hidden)
@@ -114,14 +110,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_bias = None if bias is None else torch.zeros_like(bias, dtype=wide)
         for start, end in _chunks(hidden.size(0), vocab):
             h, t = hidden[start:end], targets[start:end]
-            log_probs = _chunk_log_probs(h, weight, bias, packed)
+            log_probs = _chunk_log_probs(h, weight, bias)
             total += _chunk_loss(log_probs, t, smoothing)
             grad = log_probs.exp_()  # softmax, in place: (rows, V)
             if smoothing:
                 grad.sub_(smoothing / vocab)
             grad.scatter_add_(1, t.unsqueeze(1), grad.new_full((t.size(0), 1), -(1.0 - smoothing)))
             grad = grad.to(h.dtype)
-            grad_hidden[start:end] = times_weight(grad, weight.to(h.dtype), packed)
+            grad_hidden[start:end] = grad @ weight.to(h.dtype)
             grad_weight.addmm_(grad.t().to(wide), h.to(wide))
             if grad_bias is not None:
                 grad_bias += grad.to(wide).sum(0)
@@ -138,7 +134,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden * scale.to(grad_hidden.dtype),
             (grad_weight * scale).to(weight_dtype),
             None if grad_bias is None else (grad_bias * scale).to(bias_dtype),
-            None,
             None,
             None,
         )

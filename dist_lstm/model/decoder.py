@@ -98,9 +98,7 @@ class OutputLayer(Linear):
     ) -> torch.Tensor:
         if targets is None:
             return super().forward(hidden)
-        return linear_cross_entropy(
-            hidden, self.weight, self.bias, targets, label_smoothing, self.packed
-        )
+        return linear_cross_entropy(hidden, self.weight, self.bias, targets, label_smoothing)
 
 
 class Decoder(nn.Module):
@@ -236,7 +234,6 @@ class Decoder(nn.Module):
                 self.output_bias,
                 targets,
                 label_smoothing,
-                self.packed_embedding,
             )
         else:
             loss = self.output(hidden, targets, label_smoothing)

@@ -13,13 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from dist_lstm.packed import (
-    ONEDNN_LINEAR,
-    PackedWeight,
-    linear_add,
-    linear_of_concatenation,
-    packing_applies,
-)
+from dist_lstm.packed import ONEDNN_LINEAR, PackedWeight, linear_of_concatenation
 
 
 def lstm_cell_from_gates(gates: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -31,10 +25,9 @@ def lstm_cell_from_gates(gates: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Te
 
 
 def run_packed_direction(
-    gates_in: Sequence[torch.Tensor], w_hh: torch.Tensor, reverse: bool, packed: PackedWeight
+    gates_in: Sequence[torch.Tensor], w_hh: torch.Tensor, reverse: bool
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One direction of one layer over a packed batch; `packed` holds w_hh's reordered
-    copies (dist_lstm/packed.py).
+    """One direction of one layer over a packed batch.
 
     gates_in: per time step t, (B_t, 4H) input projections of the B_t sentences still
     running at t (packed order: sentences sorted longest first, so B_t never grows).
@@ -56,7 +49,7 @@ def run_packed_direction(
             finished_h.append(h[rows:])
             finished_c.append(c[rows:])
             h, c = h[:rows], c[:rows]
-        h, c = lstm_cell_from_gates(linear_add(h, w_hh, gates_in[t], packed), c)
+        h, c = lstm_cell_from_gates(torch.addmm(gates_in[t], h, w_hh.t()), c)
         outputs[t] = h
     finals_h = torch.cat([h, *reversed(finished_h)])
     finals_c = torch.cat([c, *reversed(finished_c)])
@@ -71,20 +64,10 @@ class EncoderLSTM(nn.LSTM):
     slices that per time step; autograd turns every slice's backward into a zero-filled
     (N, 4H) gradient added into the total, so backward moves steps x N x 4H floats per
     layer and direction. Here the projection is split into its steps once (the backward
-    of a split is one concatenation) and each step adds only the recurrent GEMM. Both
-    products run on weights reordered for oneDNN once per step (dist_lstm/packed.py). On
-    GPU (cuDNN) and without gradients (search) nn.LSTM's own kernels are kept (in search
-    its oneDNN kernels already run at this machine's GEMM rate).
+    of a split is one concatenation) and each step adds only the recurrent GEMM. On GPU
+    (cuDNN) and without gradients (search) nn.LSTM's own kernels are kept (in search its
+    oneDNN kernels already run at this machine's GEMM rate).
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        directions = ("", "_reverse") if self.bidirectional else ("",)
-        self.packed = {  # (input projection, recurrent) copies per layer and direction
-            f"_l{layer}{suffix}": (PackedWeight(), PackedWeight())
-            for layer in range(self.num_layers)
-            for suffix in directions
-        }
 
     def forward(self, input, hx=None):
         if not self._runs_own_recurrence(input, hx):
@@ -114,15 +97,11 @@ class EncoderLSTM(nn.LSTM):
             for suffix in directions:
                 name = f"_l{layer}{suffix}"
                 w_ih, w_hh = getattr(self, "weight_ih" + name), getattr(self, "weight_hh" + name)
-                biases = ()
+                bias = None
                 if self.bias:
-                    biases = (getattr(self, "bias_ih" + name), getattr(self, "bias_hh" + name))
-                packed_ih, packed_hh = self.packed[name]
-                # all tokens in one GEMM
-                gates_in = linear_of_concatenation((data,), (w_ih,), biases, packed_ih)
-                out, h, c = run_packed_direction(
-                    gates_in.split(sizes), w_hh, reverse=bool(suffix), packed=packed_hh
-                )
+                    bias = getattr(self, "bias_ih" + name) + getattr(self, "bias_hh" + name)
+                gates_in = F.linear(data, w_ih, bias).split(sizes)  # all tokens in one GEMM
+                out, h, c = run_packed_direction(gates_in, w_hh, reverse=bool(suffix))
                 outputs.append(out)
                 finals_h.append(h)
                 finals_c.append(c)
@@ -141,13 +120,12 @@ class DecoderLSTM(nn.LSTM):
     The input-feeding decoder calls its LSTM once per target position. On CPU each such
     nn.LSTM call reorders the weights for oneDNN, and under autograd keeps that copy for
     backward: 25 MB per position for bench_lstm512, 560 of the 770 MB a 4k-token batch
-    saved for backward. Here each layer is one product of [input | hidden] against a copy
-    of [W_ih | W_hh] reordered for oneDNN once per weight change (dist_lstm/packed.py),
-    then the cell's element-wise part. Where packed products do not apply, training runs
-    `torch.lstm_cell` (fused on GPU; on CPU it too saves only its gates), and search on
-    CPU two GEMMs into one gates tensor up to 256 rows (at 64 rows nn.LSTM's per-call
-    reorder cost more than the GEMMs themselves). A module call either way, so ZeRO-3
-    gathers the weights for it.
+    saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
+    only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
+    (no gradients) runs one product per layer of [input | hidden] against a copy of
+    [W_ih | W_hh] reordered once for oneDNN (dist_lstm/packed.py); without oneDNN, two GEMMs
+    into one gates tensor up to 256 rows (at 64 the per-call reorder cost more than the
+    GEMMs themselves). A module call either way, so ZeRO-3 gathers the weights for it.
     """
 
     def __init__(self, *args, **kwargs):
@@ -159,11 +137,11 @@ class DecoderLSTM(nn.LSTM):
         if not (single_step and hx is not None):
             return super().forward(input, hx)
         if torch.is_grad_enabled():
-            return self._cells(input, hx)
+            return self._cells(input, hx, self._train_cell)
         if input.device.type == "cpu" and (
             ONEDNN_LINEAR or input.size(0) <= self.SEARCH_CELL_MAX_ROWS
         ):
-            return self._cells(input, hx)
+            return self._cells(input, hx, self._search_cell)
         return super().forward(input, hx)
 
     # Without packed weights, above this many rows (beam 5 x 64 sentences = 320) the
@@ -171,13 +149,13 @@ class DecoderLSTM(nn.LSTM):
     # on 2 CPU cores).
     SEARCH_CELL_MAX_ROWS = 256
 
-    def _cells(self, input, hx):
+    def _cells(self, input, hx, cell):
         h0, c0 = hx  # (L, B, H) each
         x = input[:, 0]  # (B, I)
         hs, cs = [], []
         for layer in range(self.num_layers):
             weights = [getattr(self, f"{name}_l{layer}") for name in self._cell_weights]
-            h, c = self._cell(x, h0[layer], c0[layer], *weights, packed=self.packed[layer])
+            h, c = cell(x, h0[layer], c0[layer], *weights, packed=self.packed[layer])
             hs.append(h)
             cs.append(c)
             x = h
@@ -188,8 +166,10 @@ class DecoderLSTM(nn.LSTM):
     _cell_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
     @staticmethod
-    def _cell(x, h, c, w_ih, w_hh, b_ih, b_hh, packed):
-        if torch.is_grad_enabled() and not packing_applies(x, w_ih):
-            return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)  # fused on GPU
+    def _train_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, packed):
+        return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+
+    @staticmethod
+    def _search_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, packed):
         gates = linear_of_concatenation((x, h), (w_ih, w_hh), (b_ih, b_hh), packed)  # (B, 4H)
         return lstm_cell_from_gates(gates, c)
