@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import psutil  # a DeepSpeed dependency
 import torch
@@ -41,19 +41,37 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]
 
 
-def gemm_gflops(m: int, k: int, n: int, device: torch.device, seconds: float = 1.0) -> float:
-    """Sustained fp32 (m x k) @ (k x n) rate."""
-    a = torch.randn(m, k, device=device)
-    b = torch.randn(k, n, device=device)
+def _sustained_gflops(product, flops: int, device: torch.device, seconds: float) -> float:
     for _ in range(3):
-        a @ b
+        product()
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ b
+        product()
         runs += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 2 * m * k * n * runs / (time.perf_counter() - start) / 1e9
+    return flops * runs / (time.perf_counter() - start) / 1e9
+
+
+def gemm_gflops(m: int, k: int, n: int, device: torch.device, seconds: float = 1.0) -> float:
+    """Sustained fp32 (m x k) @ (k x n) rate of torch.mm (MKL on CPU): the rate the
+    reference toolkit's figures were normalised by."""
+    a = torch.randn(m, k, device=device)
+    b = torch.randn(k, n, device=device)
+    return _sustained_gflops(lambda: a @ b, 2 * m * k * n, device, seconds)
+
+
+def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional[float]:
+    """Sustained fp32 rate of oneDNN on a weight reordered once, as search's CPU products
+    run (dist_lstm/packed.py); None where this torch has no oneDNN."""
+    from dist_lstm.packed import ONEDNN_LINEAR
+
+    if not ONEDNN_LINEAR:
+        return None
+    x = torch.randn(m, k)
+    weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k))
+    product = lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")  # noqa: E731
+    return _sustained_gflops(product, 2 * m * k * n, torch.device("cpu"), seconds)
 
 
 def model_gemm_shapes(model_cfg, vocab: int, batch: int, tgt_tokens: int) -> Dict[str, Tuple]:
@@ -244,9 +262,12 @@ def main() -> None:
         model_cfg, vocab, round(breakdown["mean_sentences"]), round(breakdown["mean_tgt_tokens"])
     )
     gemm = {"2048^3": gemm_gflops(2048, 2048, 2048, device, seconds)}
+    onednn = {"2048^3": onednn_gemm_gflops(2048, 2048, 2048, seconds)}
     for name, (m, k, n) in shapes.items():
         gemm[f"{name} ({m}x{k})x({k}x{n})"] = gemm_gflops(m, k, n, device, seconds)
+        onednn[f"{name} ({m}x{k})x({k}x{n})"] = onednn_gemm_gflops(m, k, n, seconds)
     shape_rate = statistics.mean(list(gemm.values())[1:])
+    uses_onednn = device.type == "cpu" and onednn["2048^3"] is not None
 
     log_every = 2 if args.smoke else 10
     throughput = trainer_throughput(overrides, args.steps, args.warmup, log_every)
@@ -264,6 +285,10 @@ def main() -> None:
         "gemm_gflops": gemm,
         "mfu_vs_2048_gemm": achieved / gemm["2048^3"],
         "mfu_vs_model_shape_gemm": achieved / shape_rate,
+        # oneDNN (which search uses, dist_lstm/packed.py) may multiply faster than
+        # torch.mm on this machine: MFU against the faster library's rate too
+        "onednn_gemm_gflops": onednn if uses_onednn else None,
+        "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if uses_onednn else None,
         "breakdown_per_step": breakdown,
     }
     if args.smoke:
