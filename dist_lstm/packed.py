@@ -46,13 +46,15 @@ def weights_changed() -> None:
 
 
 def packing_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `x @ weight.T` runs on a packed weight: fp32 on CPU without autograd."""
+    """Whether `x @ weight.T` runs on a packed weight: fp32 on CPU without autograd, and
+    outside autocast (whose casts apply to F.linear, not to oneDNN's op)."""
     return (
         ONEDNN_LINEAR
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
     )
 
 

@@ -55,6 +55,14 @@ def test_packed_copy_follows_optimizer_steps_and_loaded_weights():
         torch.testing.assert_close(layer(x), other(x))
 
 
+def test_autocast_keeps_its_casts():
+    torch.manual_seed(0)
+    layer = Linear(16, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(3, 16)).dtype == torch.bfloat16
+    assert layer.packed._weight is None
+
+
 def test_copies_are_rebuilt_after_a_fused_optimizer_step():
     """Fused AdamW updates weights without bumping their version counters: the
     strategy's step calls weights_changed(), without which search would use the old
