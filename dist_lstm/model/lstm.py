@@ -136,12 +136,11 @@ class DecoderLSTM(nn.LSTM):
         single_step = input.dim() == 3 and input.size(1) == 1 and self.batch_first
         if not (single_step and hx is not None):
             return super().forward(input, hx)
-        if torch.is_grad_enabled():
-            return self._cells(input, hx, self._train_cell)
-        if input.device.type == "cpu" and (
-            ONEDNN_LINEAR or input.size(0) <= self.SEARCH_CELL_MAX_ROWS
+        if torch.is_grad_enabled() or (
+            input.device.type == "cpu"
+            and (ONEDNN_LINEAR or input.size(0) <= self.SEARCH_CELL_MAX_ROWS)
         ):
-            return self._cells(input, hx, self._search_cell)
+            return self._cells(input, hx)
         return super().forward(input, hx)
 
     # Without packed weights, above this many rows (beam 5 x 64 sentences = 320) the
@@ -149,13 +148,12 @@ class DecoderLSTM(nn.LSTM):
     # on 2 CPU cores).
     SEARCH_CELL_MAX_ROWS = 256
 
-    def _cells(self, input, hx, cell):
+    def _cells(self, input, hx):
         h0, c0 = hx  # (L, B, H) each
         x = input[:, 0]  # (B, I)
         hs, cs = [], []
         for layer in range(self.num_layers):
-            weights = [getattr(self, f"{name}_l{layer}") for name in self._cell_weights]
-            h, c = cell(x, h0[layer], c0[layer], *weights, packed=self.packed[layer])
+            h, c = self._cell(layer, x, h0[layer], c0[layer])
             hs.append(h)
             cs.append(c)
             x = h
@@ -163,13 +161,12 @@ class DecoderLSTM(nn.LSTM):
                 x = F.dropout(x, self.dropout, training=True)
         return x.unsqueeze(1), (torch.stack(hs), torch.stack(cs))
 
-    _cell_weights = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-    @staticmethod
-    def _train_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, packed):
-        return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
-
-    @staticmethod
-    def _search_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, packed):
+    def _cell(self, layer: int, x, h, c):
+        """One layer, one position: x (B, I), h and c (B, H) -> the next (h, c)."""
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        w_ih, w_hh, b_ih, b_hh = (getattr(self, f"{name}_l{layer}") for name in names)
+        if torch.is_grad_enabled():
+            return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+        packed = self.packed[layer]
         gates = linear_of_concatenation((x, h), (w_ih, w_hh), (b_ih, b_hh), packed)  # (B, 4H)
         return lstm_cell_from_gates(gates, c)
