@@ -63,8 +63,8 @@ def gemm_gflops(m: int, k: int, n: int, device: torch.device, seconds: float = 1
 
 def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional[float]:
     """Sustained fp32 rate of oneDNN on a weight reordered once, as search's CPU products
-    run (dist_lstm/packed.py); None where this torch has no oneDNN."""
-    from dist_lstm.packed import ONEDNN_LINEAR
+    run (dist_lstm/model/packed.py); None where this torch has no oneDNN."""
+    from dist_lstm.model.packed import ONEDNN_LINEAR
 
     if not ONEDNN_LINEAR:
         return None
@@ -285,7 +285,7 @@ def main() -> None:
         "gemm_gflops": gemm,
         "mfu_vs_2048_gemm": achieved / gemm["2048^3"],
         "mfu_vs_model_shape_gemm": achieved / shape_rate,
-        # oneDNN (which search uses, dist_lstm/packed.py) may multiply faster than
+        # oneDNN (which search uses, dist_lstm/model/packed.py) may multiply faster than
         # torch.mm on this machine: MFU against the faster library's rate too
         "onednn_gemm_gflops": onednn if uses_onednn else None,
         "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if uses_onednn else None,

@@ -78,7 +78,7 @@ def main() -> None:
         "gemm_gflops_2048": round(
             gemm_gflops(2048, 2048, 2048, torch.device(args.device), 0.2 if args.smoke else 2.0), 1
         ),
-        # the model's CPU products run through oneDNN (dist_lstm/packed.py)
+        # the model's CPU products run through oneDNN (dist_lstm/model/packed.py)
         "onednn_gemm_gflops_2048": None,
         "results": results,
     }

@@ -18,7 +18,7 @@ from dist_lstm.loss import linear_cross_entropy, real_token_positions
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput
 from dist_lstm.model.lstm import DecoderLSTM
-from dist_lstm.packed import Linear, PackedWeight, linear
+from dist_lstm.model.packed import Linear, PackedWeight, linear
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from dist_lstm.packed import ONEDNN_LINEAR, PackedWeight, linear_of_concatenation
+from dist_lstm.model.packed import ONEDNN_LINEAR, PackedWeight, linear_of_concatenation
 
 
 def lstm_cell_from_gates(gates: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +123,7 @@ class DecoderLSTM(nn.LSTM):
     saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
     only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
     (no gradients) runs one product per layer of [input | hidden] against a copy of
-    [W_ih | W_hh] reordered once for oneDNN (dist_lstm/packed.py); without oneDNN, two GEMMs
+    [W_ih | W_hh] reordered once for oneDNN (dist_lstm/model/packed.py); without oneDNN, two GEMMs
     into one gates tensor up to 256 rows (at 64 the per-call reorder cost more than the
     GEMMs themselves). A module call either way, so ZeRO-3 gathers the weights for it.
     """

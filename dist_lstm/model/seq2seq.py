@@ -9,7 +9,7 @@ from torch import nn
 
 from dist_lstm.model.decoder import Decoder
 from dist_lstm.model.encoder import Encoder, EncoderOutput
-from dist_lstm.packed import weights_changed
+from dist_lstm.model.packed import weights_changed
 
 
 class Seq2Seq(nn.Module):

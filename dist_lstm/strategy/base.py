@@ -16,7 +16,7 @@ import torch
 
 import dist_lstm.checkpoint.consolidate  # noqa: F401  (DCP's single-process warning filter)
 from dist_lstm.data.dataset import Batch
-from dist_lstm.packed import weights_changed
+from dist_lstm.model.packed import weights_changed
 from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.topology import Topology
 

@@ -42,7 +42,7 @@ import torch
 from dist_lstm.checkpoint.consolidate import DEEPSPEED_TAG
 from dist_lstm.data.dataset import Batch
 from dist_lstm.errors import UserError
-from dist_lstm.packed import weights_changed
+from dist_lstm.model.packed import weights_changed
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
 from dist_lstm.topology import Topology

@@ -1,4 +1,4 @@
-"""Search's packed oneDNN products (dist_lstm/packed.py): the same numbers as F.linear, and a
+"""Search's packed oneDNN products (dist_lstm/model/packed.py): the same numbers as F.linear, and a
 packed copy that never outlives a change of its weight."""
 
 import copy
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_lstm.model.lstm import DecoderLSTM
-from dist_lstm.packed import ONEDNN_LINEAR, Linear, PackedWeight, weights_changed
+from dist_lstm.model.packed import ONEDNN_LINEAR, Linear, PackedWeight, weights_changed
 
 pytestmark = pytest.mark.skipif(not ONEDNN_LINEAR, reason="this torch build has no oneDNN")
 
