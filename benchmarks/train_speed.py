@@ -4,6 +4,7 @@ peak memory and where a step's time goes.
     python benchmarks/train_speed.py              # about 8 minutes on 2 CPU cores
     python benchmarks/train_speed.py --steps 300 --warmup 100
     python benchmarks/train_speed.py --smoke      # seconds: checks the script still works
+    python benchmarks/train_speed.py --precision bf16   # bf16 autocast (avx512_bf16 CPUs)
 
 Three measurements in one run, so their ratios are comparable on any machine:
 1. Throughput: `train.py` itself trains for `--steps` steps; its logged target tokens/s
@@ -15,7 +16,8 @@ Three measurements in one run, so their ratios are comparable on any machine:
    backward, optimizer), single process.
 The model's FLOPs per target token are counted analytically from the config and the
 batches' measured source/target lengths; MFU = tokens/s x FLOPs/token / GEMM rate.
-Writes benchmarks/results/train_speed_<device>.json (committed); --smoke writes nothing.
+Writes benchmarks/results/train_speed_<device>[_bf16].json (committed); --smoke writes
+nothing.
 """
 
 from __future__ import annotations
@@ -53,11 +55,18 @@ def _sustained_gflops(product, flops: int, device: torch.device, seconds: float)
     return flops * runs / (time.perf_counter() - start) / 1e9
 
 
-def gemm_gflops(m: int, k: int, n: int, device: torch.device, seconds: float = 1.0) -> float:
-    """Sustained fp32 (m x k) @ (k x n) rate of torch.mm (MKL on CPU): the rate the
-    reference toolkit's figures were normalised by."""
-    a = torch.randn(m, k, device=device)
-    b = torch.randn(k, n, device=device)
+def gemm_gflops(
+    m: int,
+    k: int,
+    n: int,
+    device: torch.device,
+    seconds: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Sustained (m x k) @ (k x n) rate of torch.mm (MKL on CPU for fp32): in fp32 the
+    rate the reference toolkit's figures were normalised by."""
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     return _sustained_gflops(lambda: a @ b, 2 * m * k * n, device, seconds)
 
 
@@ -244,12 +253,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="train.py steps")
     parser.add_argument("--warmup", type=int, default=30, help="steps left out of tokens/s")
     parser.add_argument("--breakdown-steps", type=int, default=20)
+    parser.add_argument(
+        "--precision",
+        default="32",
+        help="trainer.precision: 32 (the reference's), or bf16 on CPUs with avx512_bf16",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, few steps, no file")
     args = parser.parse_args()
     overrides = ["experiment=bench_lstm512"]
     if args.smoke:
         overrides = SMOKE
         args.steps, args.warmup, args.breakdown_steps = 12, 4, 3
+    overrides = [*overrides, f"trainer.precision={args.precision}"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     breakdown = step_breakdown(overrides, args.breakdown_steps)
@@ -291,10 +306,21 @@ def main() -> None:
         "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if uses_onednn else None,
         "breakdown_per_step": breakdown,
     }
+    if args.precision != "32":  # MFU against the 16-bit rate the products ran at, too
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+        low = {"2048^3": gemm_gflops(2048, 2048, 2048, device, seconds, dtype)}
+        for name, (m, k, n) in shapes.items():
+            low[f"{name} ({m}x{k})x({k}x{n})"] = gemm_gflops(m, k, n, device, seconds, dtype)
+        report[f"gemm_gflops_{args.precision}"] = low
+        report[f"mfu_vs_2048_gemm_{args.precision}"] = achieved / low["2048^3"]
+        report[f"mfu_vs_model_shape_gemm_{args.precision}"] = achieved / statistics.mean(
+            list(low.values())[1:]
+        )
     if args.smoke:
         print(json.dumps(report, indent=2))
         return
-    write_result(f"train_speed_{device.type}", report)
+    suffix = "" if args.precision == "32" else f"_{args.precision}"
+    write_result(f"train_speed_{device.type}{suffix}", report)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/quality.py --run-dir /tmp/cpu_small       # a trained model first
     python benchmarks/translate_speed.py --checkpoint /tmp/cpu_small
     python benchmarks/translate_speed.py --checkpoint RUN_DIR --smoke   # 64 sentences, no file
+    python benchmarks/translate_speed.py --checkpoint RUN_DIR --precision bf16  # bf16 autocast
 
 Decodes the 1,000 test sentences with each setting after one warm-up batch, three times
 (the median pass is the figure), and writes
@@ -53,6 +54,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--repeats", type=int, default=3, help="passes; the median is kept")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        help="32, or bf16/fp16 autocast (as `dist-lstm translate --precision`)",
+    )
     parser.add_argument("--label", help="names the result file: translate_speed_LABEL_<device>")
     parser.add_argument("--smoke", action="store_true", help="64 sentences, no file")
     args = parser.parse_args()
@@ -64,7 +70,7 @@ def main() -> None:
         sources, args.repeats = sources[:64], 1
     results = {}
     for beam in args.beams:
-        options = SearchOptions(beam=beam, batch_size=args.batch_size)
+        options = SearchOptions(beam=beam, batch_size=args.batch_size, precision=args.precision)
         results["greedy" if beam == 1 else f"beam{beam}"] = measure(
             Translator(loaded, options), sources, args.repeats
         )
@@ -72,6 +78,7 @@ def main() -> None:
         "checkpoint_model": loaded.config["model"],
         "sentences": len(sources),
         "batch_size": args.batch_size,
+        "precision": args.precision,
         "device": str(args.device),
         "torch_threads": torch.get_num_threads(),
         # this machine's fp32 matmul rate in the same run: compare machines by ratios
@@ -89,6 +96,7 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     label = f"{args.label}_" if args.label else ""
+    label += "" if args.precision == "32" else f"{args.precision}_"
     write_result(f"translate_speed_{label}{torch.device(args.device).type}", report)
 
 

@@ -20,6 +20,7 @@ from dist_lstm.config import register_configs
 from dist_lstm.data.tokenizer import PAD_ID, Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Seq2Seq, build_model
+from dist_lstm.precision import PRECISIONS, autocast, check_precision
 from dist_lstm.search import best_hypotheses, decodes_greedily
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class SearchOptions:
     max_len_b: int = 10
     min_len: int = 0
     batch_size: int = 64  # sentences decoded at once (greedy refills places as they finish)
+    # 32, or bf16/fp16 autocast: products in 16 bits, scores and softmax in fp32
+    precision: str = "32"
 
     @property
     def greedy(self) -> bool:
@@ -110,6 +113,10 @@ class SearchOptions:
             raise UserError(f"--batch-size {self.batch_size} is invalid: use 1 or more.")
         if self.alpha < 0:
             raise UserError(f"--alpha {self.alpha} is invalid: use 0 (off) or more.")
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"--precision {self.precision} is invalid: use one of {', '.join(PRECISIONS)}."
+            )
 
 
 class Translator:
@@ -123,6 +130,7 @@ class Translator:
         self.options = options
         self.max_source_len = max_source_len or loaded.config["data"]["max_len"]
         self.device = next(loaded.model.parameters()).device
+        check_precision(options.precision, self.device, option="--precision")
 
     def translate(self, sentences: Sequence[str], first_line: int = 1) -> List[str]:
         """One output per input; an empty (or blank) line gives an empty line.
@@ -154,10 +162,11 @@ class Translator:
         size = self.options.batch_size
         if self.options.greedy:
             size *= GREEDY_BATCHES_PER_CALL
-        for start in range(0, len(todo), size):
-            rows = todo[start : start + size]
-            for row, hyp in zip(rows, self._decode([sources[i] for i in rows])):
-                out[row] = hyp
+        with autocast(self.options.precision, self.device):
+            for start in range(0, len(todo), size):
+                rows = todo[start : start + size]
+                for row, hyp in zip(rows, self._decode([sources[i] for i in rows])):
+                    out[row] = hyp
         return out
 
     def _decode(self, batch: Sequence[Sequence[int]]) -> List[List[int]]:

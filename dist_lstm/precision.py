@@ -16,6 +16,7 @@ import torch
 
 from dist_lstm.errors import ConfigError
 
+PRECISIONS = ("32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -39,24 +40,33 @@ def _probe_lstm(precision: str, device: torch.device) -> None:
     out.float().sum().backward()
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """Raise ConfigError naming trainer.precision if this device cannot train at it."""
+def _setting(option: str, value: str) -> str:
+    """How the user writes `option` set to `value`: a Hydra key or a command-line flag."""
+    return f"{option} {value}" if option.startswith("--") else f"{option}={value}"
+
+
+def check_precision(
+    precision: str, device: torch.device, option: str = "trainer.precision"
+) -> None:
+    """Raise ConfigError naming `option` (trainer.precision, or the CLI's --precision)
+    if this device cannot run LSTMs at `precision`."""
     if precision == "32":
         return
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError(
-            "trainer.precision='fp16' is invalid on a CPU: float16 training needs a GPU; "
-            "use trainer.precision=bf16 (on CPUs with bf16 support) or 32."
+            f"{_setting(option, 'fp16')} is invalid on a CPU: float16 needs a GPU; "
+            f"use {_setting(option, 'bf16')} (on CPUs with bf16 support) or "
+            f"{_setting(option, '32')}."
         )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(
-            "trainer.precision='bf16' is invalid on this GPU (no bfloat16 support); "
-            "use trainer.precision=fp16 or 32."
+            f"{_setting(option, 'bf16')} is invalid on this GPU (no bfloat16 support); "
+            f"use {_setting(option, 'fp16')} or {_setting(option, '32')}."
         )
     try:
         _probe_lstm(precision, device)
     except RuntimeError as exc:
         raise ConfigError(
-            f"trainer.precision={precision!r} is not supported for LSTMs on this {device.type} "
-            f"({str(exc).splitlines()[0][:120]}); use trainer.precision=32."
+            f"{_setting(option, precision)} is not supported for LSTMs on this {device.type} "
+            f"({str(exc).splitlines()[0][:120]}); use {_setting(option, '32')}."
         ) from None

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Optional
 from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
+from dist_lstm.precision import PRECISIONS
 
 SCHEDULES = ("constant", "inverse_sqrt", "cosine", "plateau")
 OPTIMIZERS = ("adamw", "sgd")
@@ -21,7 +22,6 @@ MONITOR_METRICS = ("val_bleu", "val_chrf", "val_loss", "val_ppl")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "single", "ddp", "deepspeed")
 BACKENDS = ("auto", "nccl", "gloo")
-PRECISIONS = ("32", "bf16", "fp16")
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:

@@ -7,6 +7,10 @@ same products at about 200 (and 2048^3 at 215-225 against MKL's 170-190). Search
 multiplies the same weights hundreds of times per batch, so one reorder per weight, kept
 until the weight changes, pays for itself within a step. Training keeps F.linear: its
 weights change every step and autograd needs their gradients.
+
+Search under CPU autocast to bfloat16 (`dist-lstm translate --precision bf16`) packs
+bf16 copies, as autocast would have cast the weights for F.linear: on CPUs with
+avx512_bf16 oneDNN multiplies them at about twice the fp32 rate.
 """
 
 from __future__ import annotations
@@ -45,17 +49,22 @@ def weights_changed() -> None:
     _generation += 1
 
 
-def packing_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `x @ weight.T` runs on a packed weight: fp32 on CPU without autograd, and
-    outside autocast (whose casts apply to F.linear, not to oneDNN's op)."""
-    return (
+def packed_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype `x @ weight.T` runs in on a packed weight, or None where it must run
+    through F.linear: packing needs a CPU, no autograd and an fp32 weight; the product
+    is fp32, or bf16 inside CPU autocast to bf16 (other autocast dtypes keep F.linear,
+    whose casts autocast owns)."""
+    if not (
         ONEDNN_LINEAR
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    )
+    ):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        return dtype if dtype == torch.bfloat16 else None
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
 class PackedWeight:
@@ -71,27 +80,31 @@ class PackedWeight:
     GIVE_UP_AFTER_MOVES = 3
 
     def __init__(self) -> None:
-        self._sources: Optional[Tuple[int, ...]] = None
+        self._key: Optional[tuple] = None  # what the copy was made from
         self._weight: Optional[torch.Tensor] = None
         self._bias: Optional[torch.Tensor] = None
         self._moves = 0
 
     def get(
-        self, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]] = ()
+        self,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[Optional[torch.Tensor]] = (),
+        dtype: torch.dtype = torch.float32,
     ) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-        """(packed weight, summed bias), or None when packing was given up."""
+        """(packed weight, summed bias) in `dtype`, or None when packing was given up."""
         if self._moves >= self.GIVE_UP_AFTER_MOVES:
             return None
         present = [b for b in biases if b is not None]
         tensors = (*weights, *present)
-        sources = (_generation, *(x for t in tensors for x in (t.data_ptr(), t._version)))
-        if sources != self._sources:
-            if self._sources is not None and sources[1::2] != self._sources[1::2]:
+        pointers = tuple(t.data_ptr() for t in tensors)
+        key = (_generation, dtype, pointers, tuple(t._version for t in tensors))
+        if key != self._key:
+            if self._key is not None and pointers != self._key[2]:
                 self._moves += 1
             weight = weights[0] if len(weights) == 1 else torch.cat(list(weights), dim=1)
-            self._weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
-            self._bias = sum(b.detach() for b in present) if present else None
-            self._sources = sources
+            self._weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype))
+            self._bias = sum(b.detach() for b in present).to(dtype) if present else None
+            self._key = key
         return self._weight, self._bias
 
     def __deepcopy__(self, memo) -> "PackedWeight":
@@ -111,10 +124,11 @@ def linear(
     packed: PackedWeight,
 ) -> torch.Tensor:
     """F.linear(x, weight, bias), through `packed` in CPU search."""
-    if packing_applies(x, weight):
-        found = packed.get([weight], [bias])
+    dtype = packed_dtype(x, weight)
+    if dtype is not None:
+        found = packed.get([weight], [bias], dtype)
         if found is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, found[0], found[1], "none", [], "")
+            return _packed_product(x.to(dtype), *found)
     return F.linear(x, weight, bias)
 
 
@@ -126,17 +140,24 @@ def linear_of_concatenation(
 ) -> torch.Tensor:
     """sum_i inputs[i] @ weights[i].T + sum(biases): one product over the concatenated
     inputs in CPU search (an LSTM layer's input and hidden state against W_ih | W_hh),
-    one addmm per input otherwise. inputs (B, I_i), weights (O, I_i) -> (B, O)."""
-    if packing_applies(inputs[0], weights[0]):
-        found = packed.get(weights, biases)
+    one product per input otherwise. inputs (B, I_i), weights (O, I_i) -> (B, O)."""
+    dtype = packed_dtype(inputs[0], weights[0])
+    if dtype is not None:
+        found = packed.get(weights, biases, dtype)
         if found is not None:
-            x = torch.cat(list(inputs), dim=1)
-            return torch.ops.mkldnn._linear_pointwise(x, found[0], found[1], "none", [], "")
+            return _packed_product(torch.cat([x.to(dtype) for x in inputs], dim=1), *found)
     present = [b for b in biases if b is not None]
     out = F.linear(inputs[0], weights[0], sum(present) if present else None)
     for x, w in zip(inputs[1:], weights[1:]):
-        out = out.addmm_(x, w.t())
+        out = torch.addmm(out, x, w.t())  # not addmm_: autocast casts only out-of-place ops
     return out
+
+
+def _packed_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """x (..., I) @ reordered weight + bias -> (..., O), all in the copy's dtype."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class Linear(nn.Linear):

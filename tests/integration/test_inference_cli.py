@@ -14,7 +14,10 @@ import torch
 from dist_lstm import cli
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.data.tokenizer import PAD_ID
+from dist_lstm.errors import ConfigError
 from dist_lstm.inference import SearchOptions, Translator, load_model
+from dist_lstm.model.packed import ONEDNN_LINEAR
+from dist_lstm.precision import check_precision
 from dist_lstm.run import train
 from tests.conftest import ROOT, compose_config, write_lines
 
@@ -226,6 +229,26 @@ def test_beam_below_one_is_rejected(run_dir, capsys):
     assert "--beam: 0 is invalid" in capsys.readouterr().err
     with pytest.raises(Exception, match="--beam 0 is invalid"):
         Translator(load_model(run_dir), SearchOptions(beam=0))
+
+
+def test_precision_bf16_translates_with_bf16_products_and_fp16_on_cpu_is_refused(run_dir, capsys):
+    with pytest.raises(Exception, match="--precision fp16 is invalid on a CPU.*--precision bf16"):
+        Translator(load_model(run_dir, "cpu"), SearchOptions(precision="fp16"))
+    try:
+        check_precision("bf16", torch.device("cpu"))
+    except ConfigError:
+        pytest.skip("this CPU has no bf16 support")
+    translator = Translator(load_model(run_dir, "cpu"), SearchOptions(beam=2, precision="bf16"))
+    outputs = translator.translate(SENTENCES)
+    assert len(outputs) == len(SENTENCES) and outputs[1] == ""
+    if ONEDNN_LINEAR:  # search's products ran on bf16 copies of the weights
+        assert translator.loaded.model.decoder.combine.packed._weight.dtype == torch.bfloat16
+    code, out, err = call(
+        ["evaluate", "--checkpoint", run_dir, "--split", "test", "--precision", "bf16", "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["precision"] == "bf16"
 
 
 def test_padding_id_is_zero():

@@ -8,8 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dist_lstm.errors import ConfigError
+from dist_lstm.model import packed
 from dist_lstm.model.lstm import DecoderLSTM
 from dist_lstm.model.packed import ONEDNN_LINEAR, Linear, PackedWeight, weights_changed
+from dist_lstm.precision import check_precision
 
 pytestmark = pytest.mark.skipif(not ONEDNN_LINEAR, reason="this torch build has no oneDNN")
 
@@ -55,12 +58,59 @@ def test_packed_copy_follows_optimizer_steps_and_loaded_weights():
         torch.testing.assert_close(layer(x), other(x))
 
 
-def test_autocast_keeps_its_casts():
+def bf16_supported() -> bool:
+    try:
+        check_precision("bf16", torch.device("cpu"))
+        return True
+    except ConfigError:
+        return False
+
+
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 support")
+
+
+@needs_bf16
+def test_search_under_bf16_autocast_packs_a_bf16_copy_and_matches_autocast_f_linear():
+    torch.manual_seed(0)
+    layer = Linear(64, 48)
+    x = torch.randn(5, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+        expected = F.linear(x, layer.weight, layer.bias)  # autocast casts this one
+    assert got.dtype == expected.dtype == torch.bfloat16
+    assert layer.packed._weight.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+    with torch.no_grad():  # leaving autocast: an fp32 copy, not the bf16 one
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert layer.packed._weight.dtype == torch.float32
+
+
+def test_other_autocast_dtypes_keep_f_linear_and_its_casts():
     torch.manual_seed(0)
     layer = Linear(16, 32)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer(torch.randn(3, 16)).dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert layer(torch.randn(3, 16)).dtype == torch.float16
     assert layer.packed._weight is None
+
+
+@needs_bf16
+@pytest.mark.parametrize("onednn", [True, False])
+def test_decoder_lstm_search_step_under_bf16_autocast_stays_near_fp32(onednn, monkeypatch):
+    """Packed bf16 products, or (without oneDNN) out-of-place products autocast can cast."""
+    monkeypatch.setattr(packed, "ONEDNN_LINEAR", onednn)
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(24, 32, num_layers=2, batch_first=True)
+    cells = DecoderLSTM(24, 32, num_layers=2, batch_first=True)
+    cells.load_state_dict(reference.state_dict())
+    x = torch.randn(64, 1, 24)
+    state = (torch.randn(2, 64, 32), torch.randn(2, 64, 32))
+    with torch.no_grad():
+        expected = reference(x, state)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = cells(x, state)
+    assert all((p._weight is not None) == onednn for p in cells.packed)
+    for e, g in zip(expected[0:1] + expected[1], got[0:1] + got[1]):
+        torch.testing.assert_close(g.float(), e, rtol=0.05, atol=0.05)
 
 
 def test_copies_are_rebuilt_after_a_fused_optimizer_step():
