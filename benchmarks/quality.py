@@ -3,8 +3,9 @@
     python benchmarks/quality.py                       # experiment=cpu_small
     python benchmarks/quality.py --smoke               # quick check of the script, no file
     python benchmarks/quality.py -- trainer.max_time=00:10:00   # extra overrides
+    python benchmarks/quality.py --label bf16 -- trainer.precision=bf16   # quality_cpu_small_bf16
 
-Writes benchmarks/results/quality_<experiment>.json (committed) with the figures, the
+Writes benchmarks/results/quality_<experiment>[_<label>].json (committed) with the figures, the
 machine they were measured on and the exact command, so a reader can reproduce them.
 Time to quality: every validation's checkpoint is kept and scored on the test split
 (greedy) afterwards; the first to reach --bleu-target gives the training time it took.
@@ -97,6 +98,9 @@ def main() -> None:
         "--bleu-target", type=float, default=30.0, help="test BLEU of the time-to-quality figure"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny model, 20 steps, no file")
+    parser.add_argument(
+        "--label", help="names the result file: quality_<experiment>_LABEL.json (with overrides)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args()
     if args.smoke:
@@ -158,7 +162,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"quality_{args.experiment}.json"
+    label = f"_{args.label}" if args.label else ""
+    out = RESULTS / f"quality_{args.experiment}{label}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written to {out}")

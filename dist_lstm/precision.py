@@ -9,6 +9,7 @@ the first training step.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import ContextManager, Optional
 
@@ -25,6 +26,22 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     if precision == "32":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+# oneDNN keeps up to 1,024 compiled primitives, one per product shape, for the life of the
+# process. 16-bit training on CPU multiplies through oneDNN (fp32 products go to MKL), and
+# its row counts change with every batch and decoder position: on bench_lstm512 in bf16 the
+# cache grew the trainer from 1.54 to 2.51 GB at the same speed. 16 keeps both the memory
+# and the speed (0 was about 5% slower). Measured in benchmarks/RESULTS.md.
+ONEDNN_TRAINING_CACHE_CAPACITY = "16"
+
+
+def limit_onednn_primitive_cache(precision: str, device: torch.device) -> None:
+    """Cap oneDNN's primitive cache for 16-bit training on CPU unless the user set
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY. oneDNN reads it once, at its first primitive, so
+    this runs before any (the precision probe is one)."""
+    if device.type == "cpu" and precision != "32":
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_TRAINING_CACHE_CAPACITY)
 
 
 def grad_scaler(precision: str, device: torch.device) -> Optional[torch.amp.GradScaler]:

@@ -1,5 +1,7 @@
 """trainer.precision: autocast inside micro-batches, loss scaling for fp16, start-up checks."""
 
+import os
+
 import pytest
 import torch
 
@@ -55,3 +57,16 @@ def test_full_precision_has_no_autocast_or_scaler():
     assert strategy.scaler is None
     with strategy.micro_batch(sync_gradients=True):
         assert torch.nn.Linear(2, 2)(torch.randn(1, 2)).dtype == torch.float32
+
+
+def test_16_bit_cpu_training_caps_onednn_primitive_cache_unless_the_user_set_it(monkeypatch):
+    """oneDNN's per-shape primitive cache grew a bf16 trainer by about 1 GB (RESULTS.md)."""
+    variable = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    monkeypatch.delenv(variable, raising=False)
+    prec.limit_onednn_primitive_cache("32", CPU)
+    assert variable not in os.environ  # fp32 products go to MKL: nothing to cap
+    prec.limit_onednn_primitive_cache("bf16", CPU)
+    assert os.environ[variable] == prec.ONEDNN_TRAINING_CACHE_CAPACITY
+    monkeypatch.setenv(variable, "256")
+    prec.limit_onednn_primitive_cache("bf16", CPU)
+    assert os.environ[variable] == "256"
