@@ -50,11 +50,13 @@ def grad_scaler(precision: str, device: torch.device) -> Optional[torch.amp.Grad
 
 
 def _probe_lstm(precision: str, device: torch.device) -> None:
-    """One tiny LSTM forward and backward under autocast: raises where unsupported."""
+    """One tiny LSTM forward and backward under autocast: raises where unsupported.
+    Gradients on even when called under no_grad (e.g. a Translator built there)."""
     lstm = torch.nn.LSTM(8, 8, batch_first=True).to(device)
-    with autocast(precision, device):
-        out, _ = lstm(torch.randn(2, 3, 8, device=device))
-    out.float().sum().backward()
+    with torch.enable_grad():
+        with autocast(precision, device):
+            out, _ = lstm(torch.randn(2, 3, 8, device=device))
+        out.float().sum().backward()
 
 
 def _setting(option: str, value: str) -> str:

@@ -70,3 +70,10 @@ def test_16_bit_cpu_training_caps_onednn_primitive_cache_unless_the_user_set_it(
     monkeypatch.setenv(variable, "256")
     prec.limit_onednn_primitive_cache("bf16", CPU)
     assert os.environ[variable] == "256"
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 support")
+def test_the_probe_also_works_where_gradients_are_off():
+    """A Translator may be built under no_grad; its --precision bf16 check must not fail."""
+    with torch.no_grad():
+        prec.check_precision("bf16", CPU)
