@@ -28,20 +28,26 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
-# oneDNN keeps up to 1,024 compiled primitives, one per product shape, for the life of the
-# process. 16-bit training on CPU multiplies through oneDNN (fp32 products go to MKL), and
-# its row counts change with every batch and decoder position: on bench_lstm512 in bf16 the
-# cache grew the trainer from 1.54 to 2.51 GB at the same speed. 16 keeps both the memory
-# and the speed (0 was about 5% slower). Measured in benchmarks/RESULTS.md.
-ONEDNN_TRAINING_CACHE_CAPACITY = "16"
+# 16-bit products on CPU run through oneDNN (fp32 ones go to MKL), and two caches beside it
+# keep a compiled primitive per product shape, up to 1,024 each, for the life of the
+# process: oneDNN's own (ONEDNN_PRIMITIVE_CACHE_CAPACITY) and ideep's, torch's wrapper
+# around it (LRU_CACHE_CAPACITY). Training's row counts change with every batch and
+# decoder position, so both keep filling: bench_lstm512 in bf16 grew to 2.5 GB. With both
+# at 16 it peaked at 1.09 GB (fp32: 1.35) at the same tokens/s. Measured in
+# benchmarks/RESULTS.md.
+ONEDNN_TRAINING_CACHE_CAPACITIES = {
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
+    "LRU_CACHE_CAPACITY": "16",
+}
 
 
-def limit_onednn_primitive_cache(precision: str, device: torch.device) -> None:
-    """Cap oneDNN's primitive cache for 16-bit training on CPU unless the user set
-    ONEDNN_PRIMITIVE_CACHE_CAPACITY. oneDNN reads it once, at its first primitive, so
-    this runs before any (the precision probe is one)."""
+def limit_onednn_caches(precision: str, device: torch.device) -> None:
+    """Cap oneDNN's and ideep's primitive caches for 16-bit training on CPU, each unless
+    the user set it. Both are read once, at the first primitive, so this runs before any
+    (the precision probe is one)."""
     if device.type == "cpu" and precision != "32":
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_TRAINING_CACHE_CAPACITY)
+        for variable, capacity in ONEDNN_TRAINING_CACHE_CAPACITIES.items():
+            os.environ.setdefault(variable, capacity)
 
 
 def grad_scaler(precision: str, device: torch.device) -> Optional[torch.amp.GradScaler]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
-from dist_lstm.precision import check_precision, limit_onednn_primitive_cache
+from dist_lstm.precision import check_precision, limit_onednn_caches
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import DDPStrategy
 from dist_lstm.strategy.single import SingleDeviceStrategy
@@ -21,7 +21,7 @@ def build_strategy(
     precision: str = "32",
 ) -> Strategy:
     """The strategy `strategy.name` asks for, set up for this process's topology."""
-    limit_onednn_primitive_cache(precision, topology.device)
+    limit_onednn_caches(precision, topology.device)
     check_precision(precision, topology.device)
     name = strategy.name
     if name == "auto":
