@@ -32,12 +32,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import psutil  # a DeepSpeed dependency
 import torch
 from bench_config import compose_config
 from results_file import write_result
+
+from dist_lstm.precision import DTYPES, PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]
@@ -81,6 +83,21 @@ def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional
     weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k))
     product = lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")  # noqa: E731
     return _sustained_gflops(product, 2 * m * k * n, torch.device("cpu"), seconds)
+
+
+def rates_at_shapes(
+    measure: Callable[[int, int, int], Optional[float]], shapes: Dict[str, Tuple]
+) -> Dict[str, Optional[float]]:
+    """`measure(m, k, n)` at 2048^3 (the key "2048^3") and at each named model shape."""
+    rates = {"2048^3": measure(2048, 2048, 2048)}
+    for name, (m, k, n) in shapes.items():
+        rates[f"{name} ({m}x{k})x({k}x{n})"] = measure(m, k, n)
+    return rates
+
+
+def mean_shape_rate(rates: Dict[str, float]) -> float:
+    """The mean rate over the model's shapes (every entry after 2048^3)."""
+    return statistics.mean(list(rates.values())[1:])
 
 
 def model_gemm_shapes(model_cfg, vocab: int, batch: int, tgt_tokens: int) -> Dict[str, Tuple]:
@@ -255,6 +272,7 @@ def main() -> None:
     parser.add_argument("--breakdown-steps", type=int, default=20)
     parser.add_argument(
         "--precision",
+        choices=PRECISIONS,
         default="32",
         help="trainer.precision: 32 (the reference's), or bf16 on CPUs with avx512_bf16",
     )
@@ -276,12 +294,8 @@ def main() -> None:
     shapes = model_gemm_shapes(
         model_cfg, vocab, round(breakdown["mean_sentences"]), round(breakdown["mean_tgt_tokens"])
     )
-    gemm = {"2048^3": gemm_gflops(2048, 2048, 2048, device, seconds)}
-    onednn = {"2048^3": onednn_gemm_gflops(2048, 2048, 2048, seconds)}
-    for name, (m, k, n) in shapes.items():
-        gemm[f"{name} ({m}x{k})x({k}x{n})"] = gemm_gflops(m, k, n, device, seconds)
-        onednn[f"{name} ({m}x{k})x({k}x{n})"] = onednn_gemm_gflops(m, k, n, seconds)
-    shape_rate = statistics.mean(list(gemm.values())[1:])
+    gemm = rates_at_shapes(lambda m, k, n: gemm_gflops(m, k, n, device, seconds), shapes)
+    onednn = rates_at_shapes(lambda m, k, n: onednn_gemm_gflops(m, k, n, seconds), shapes)
     uses_onednn = device.type == "cpu" and onednn["2048^3"] is not None
 
     log_every = 2 if args.smoke else 10
@@ -299,7 +313,7 @@ def main() -> None:
         "achieved_gflops": achieved,
         "gemm_gflops": gemm,
         "mfu_vs_2048_gemm": achieved / gemm["2048^3"],
-        "mfu_vs_model_shape_gemm": achieved / shape_rate,
+        "mfu_vs_model_shape_gemm": achieved / mean_shape_rate(gemm),
         # oneDNN (which search uses, dist_lstm/model/packed.py) may multiply faster than
         # torch.mm on this machine: MFU against the faster library's rate too
         "onednn_gemm_gflops": onednn if uses_onednn else None,
@@ -307,15 +321,11 @@ def main() -> None:
         "breakdown_per_step": breakdown,
     }
     if args.precision != "32":  # MFU against the 16-bit rate the products ran at, too
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-        low = {"2048^3": gemm_gflops(2048, 2048, 2048, device, seconds, dtype)}
-        for name, (m, k, n) in shapes.items():
-            low[f"{name} ({m}x{k})x({k}x{n})"] = gemm_gflops(m, k, n, device, seconds, dtype)
+        dtype = DTYPES[args.precision]
+        low = rates_at_shapes(lambda m, k, n: gemm_gflops(m, k, n, device, seconds, dtype), shapes)
         report[f"gemm_gflops_{args.precision}"] = low
         report[f"mfu_vs_2048_gemm_{args.precision}"] = achieved / low["2048^3"]
-        report[f"mfu_vs_model_shape_gemm_{args.precision}"] = achieved / statistics.mean(
-            list(low.values())[1:]
-        )
+        report[f"mfu_vs_model_shape_gemm_{args.precision}"] = achieved / mean_shape_rate(low)
     if args.smoke:
         print(json.dumps(report, indent=2))
         return

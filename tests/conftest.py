@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dist_lstm.config import register_configs
+from dist_lstm.errors import ConfigError
+from dist_lstm.precision import check_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -67,3 +70,15 @@ def reversal_corpus(
             f"data.{split}_tgt={write_lines(root / f'{split}.tgt', [s[::-1] for s in src])}"
         )
     return overrides
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs LSTMs under bf16 autocast (the start-up check's answer)."""
+    try:
+        check_precision("bf16", torch.device("cpu"))
+        return True
+    except ConfigError:
+        return False
+
+
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 support")

@@ -17,9 +17,8 @@ from dist_lstm.data.tokenizer import PAD_ID
 from dist_lstm.errors import ConfigError
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.model.packed import ONEDNN_LINEAR
-from dist_lstm.precision import check_precision
 from dist_lstm.run import train
-from tests.conftest import ROOT, compose_config, write_lines
+from tests.conftest import ROOT, compose_config, needs_bf16, write_lines
 
 SENTENCES = [
     "Ein Mann fährt Fahrrad.",
@@ -231,13 +230,17 @@ def test_beam_below_one_is_rejected(run_dir, capsys):
         Translator(load_model(run_dir), SearchOptions(beam=0))
 
 
-def test_precision_bf16_translates_with_bf16_products_and_fp16_on_cpu_is_refused(run_dir, capsys):
-    with pytest.raises(Exception, match="--precision fp16 is invalid on a CPU.*--precision bf16"):
+def test_precision_fp16_on_cpu_is_refused_with_the_fix(run_dir, capsys):
+    with pytest.raises(ConfigError, match="--precision fp16 is invalid on a CPU.*--precision bf16"):
         Translator(load_model(run_dir, "cpu"), SearchOptions(precision="fp16"))
-    try:
-        check_precision("bf16", torch.device("cpu"))
-    except ConfigError:
-        pytest.skip("this CPU has no bf16 support")
+    code, _, err = call(
+        ["translate", "--checkpoint", run_dir, "--device", "cpu", "--precision", "fp16"], capsys
+    )
+    assert code == 2 and "--precision fp16 is invalid on a CPU" in err
+
+
+@needs_bf16
+def test_precision_bf16_translates_with_bf16_products(run_dir, capsys):
     translator = Translator(load_model(run_dir, "cpu"), SearchOptions(beam=2, precision="bf16"))
     outputs = translator.translate(SENTENCES)
     assert len(outputs) == len(SENTENCES) and outputs[1] == ""

@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dist_lstm.errors import ConfigError
 from dist_lstm.model import packed
 from dist_lstm.model.lstm import DecoderLSTM
 from dist_lstm.model.packed import ONEDNN_LINEAR, Linear, PackedWeight, weights_changed
-from dist_lstm.precision import check_precision
+from tests.conftest import needs_bf16
 
 pytestmark = pytest.mark.skipif(not ONEDNN_LINEAR, reason="this torch build has no oneDNN")
 
@@ -56,17 +55,6 @@ def test_packed_copy_follows_optimizer_steps_and_loaded_weights():
     layer.load_state_dict(other.state_dict())  # copies in place
     with torch.no_grad():
         torch.testing.assert_close(layer(x), other(x))
-
-
-def bf16_supported() -> bool:
-    try:
-        check_precision("bf16", torch.device("cpu"))
-        return True
-    except ConfigError:
-        return False
-
-
-needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 support")
 
 
 @needs_bf16

@@ -9,16 +9,9 @@ from dist_lstm import precision as prec
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
+from tests.conftest import needs_bf16
 
 CPU = torch.device("cpu")
-
-
-def bf16_supported() -> bool:
-    try:
-        prec.check_precision("bf16", CPU)
-        return True
-    except ConfigError:
-        return False
 
 
 def test_fp16_on_cpu_is_refused_with_the_fix():
@@ -37,7 +30,7 @@ def test_unsupported_bf16_is_detected_at_start_up(monkeypatch):
         prec.check_precision("bf16", CPU)
 
 
-@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 support")
+@needs_bf16
 def test_bf16_micro_batch_autocasts_and_trains():
     strategy = SingleDeviceStrategy(from_environment("cpu", env={}), 1.0, precision="bf16")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
@@ -74,7 +67,7 @@ def test_16_bit_cpu_training_caps_onednn_caches_unless_the_user_set_them(monkeyp
     assert os.environ["LRU_CACHE_CAPACITY"] == "256"
 
 
-@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no bf16 support")
+@needs_bf16
 def test_the_probe_also_works_where_gradients_are_off():
     """A Translator may be built under no_grad; its --precision bf16 check must not fail."""
     with torch.no_grad():
