@@ -12,7 +12,7 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.topology import free_local_port
-from tests.conftest import ROOT, TINY_RUN, reversal_corpus
+from tests.conftest import ROOT, TINY_RUN, needs_bf16, reversal_corpus
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
 
@@ -328,11 +328,8 @@ def test_sbatch_template_checkpoints_and_requeues_on_usr1(corpus, tmp_path):
         ["strategy=deepspeed", "strategy.zero_stage=2", "trainer.accumulate_grad_batches=2"],
     ],
 )
+@needs_bf16
 def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
-    from tests.unit.test_precision import bf16_supported
-
-    if not bf16_supported():
-        pytest.skip("this CPU has no bf16 support")
     run_dir = tmp_path / "bf16"
     run(
         torchrun(

@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.run import train
-from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, reversal_corpus
+from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, needs_bf16, reversal_corpus
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +120,8 @@ def test_each_step_is_saved_once_when_the_last_validation_already_saved_it(
     assert saved_steps == [2, 4]
 
 
+@needs_bf16
 def test_bf16_training_runs_end_to_end(tmp_path, corpus):
-    from tests.unit.test_precision import bf16_supported
-
-    if not bf16_supported():
-        pytest.skip("this CPU has no bf16 support")
     result, records = run(
         tmp_path,
         corpus,
