@@ -203,8 +203,8 @@ def trainer_throughput(
 
 def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
     """Seconds per step in each phase of an instrumented loop, and the batch shape."""
+    from dist_lstm.batch import PAD_ID
     from dist_lstm.data.build import build_data, make_train_loader
-    from dist_lstm.data.tokenizer import PAD_ID
     from dist_lstm.model import build_model
     from dist_lstm.optim import build_optimizer
     from dist_lstm.strategy import build_strategy

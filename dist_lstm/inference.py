@@ -15,9 +15,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
+from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import is_checkpoint_folder, load_checkpoint, load_model_weights
 from dist_lstm.config import register_configs
-from dist_lstm.data.tokenizer import PAD_ID, Tokenizer
+from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Seq2Seq, build_model
 from dist_lstm.precision import PRECISIONS, autocast, check_precision

@@ -24,9 +24,9 @@ from omegaconf import DictConfig, open_dict
 
 from dist_lstm.config import validate_config
 from dist_lstm.errors import ConfigError, UserError
+from dist_lstm.evaluation import monitor_mode
 from dist_lstm.run import train, user_errors
 from dist_lstm.topology import launcher_rank, launcher_world_size
-from dist_lstm.trainer import monitor_mode
 
 log = logging.getLogger(__name__)
 

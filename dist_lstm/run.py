@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import CheckpointManager
 from dist_lstm.checkpoint.manager import STATE
 from dist_lstm.checkpoint.resume import check_resumable, resume_folder
 from dist_lstm.config import validate_config
 from dist_lstm.data.build import build_data, make_eval_loader, make_train_loader
 from dist_lstm.data.corpus import ParallelText
-from dist_lstm.data.tokenizer import PAD_ID
 from dist_lstm.errors import UserError
-from dist_lstm.evaluation import sacrebleu_scores
+from dist_lstm.evaluation import monitor_mode, sacrebleu_scores
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.logging.metrics import MetricsWriter, plot_losses
 from dist_lstm.logging.run_dir import adopt_main_run_dir
@@ -36,7 +36,7 @@ from dist_lstm.optim import build_optimizer, build_scheduler
 from dist_lstm.signals import exit_status
 from dist_lstm.strategy import Strategy, build_strategy
 from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
-from dist_lstm.trainer import Trainer, monitor_mode
+from dist_lstm.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

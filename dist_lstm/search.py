@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from dist_lstm.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID
 from dist_lstm.model import Seq2Seq
 from dist_lstm.model.decoder import DecoderState
 from dist_lstm.model.encoder import EncoderOutput

@@ -25,20 +25,13 @@ from dist_lstm.checkpoint.manager import STATE, TRAINER, rng_file
 from dist_lstm.config.validate import parse_duration
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
-from dist_lstm.evaluation import loss_and_translations, summarize
+from dist_lstm.evaluation import loss_and_translations, monitor_mode, summarize
 from dist_lstm.logging.console import TrainingProgress
 from dist_lstm.logging.metrics import MetricsWriter, peak_memory_mb
 from dist_lstm.signals import StopRequest
 from dist_lstm.strategy import Strategy
 
 log = logging.getLogger(__name__)
-
-LOWER_IS_BETTER = {"val_loss", "val_ppl"}
-
-
-def monitor_mode(metric: str) -> str:
-    return "min" if metric in LOWER_IS_BETTER else "max"
-
 
 @dataclass
 class TrainState:

@@ -7,7 +7,6 @@ how many ranks wrote the checkpoint or with which strategy.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, Dict
 
@@ -15,14 +14,7 @@ import torch
 
 from dist_lstm.checkpoint.manager import STATE, read_meta
 from dist_lstm.errors import UserError
-
-MODEL_KEY = "model"
-DEEPSPEED_TAG = "zero"  # DeepSpeed's own sub-folder of state/
-
-
-# DCP warns on every call without a process group (also from the thread of an
-# asynchronous save); a single process is intended wherever that happens here.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+from dist_lstm.strategy.formats import DCP_METADATA, DEEPSPEED_TAG, MODEL_KEY
 
 
 def is_checkpoint_folder(path: Path) -> bool:
@@ -32,7 +24,7 @@ def is_checkpoint_folder(path: Path) -> bool:
 def model_weights(folder: Path) -> Dict[str, torch.Tensor]:
     """Full fp32 model weights of a checkpoint folder, on CPU, in canonical keys."""
     state = folder / STATE
-    if (state / ".metadata").is_file():
+    if (state / DCP_METADATA).is_file():
         return _dcp_model_weights(state)
     if (state / DEEPSPEED_TAG).is_dir():
         return _deepspeed_model_weights(state)

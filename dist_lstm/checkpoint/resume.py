@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from dist_lstm.checkpoint.consolidate import DEEPSPEED_TAG, is_checkpoint_folder
+from dist_lstm.checkpoint.consolidate import is_checkpoint_folder
 from dist_lstm.checkpoint.manager import STATE, CheckpointManager, is_complete, read_meta
 from dist_lstm.errors import UserError
+from dist_lstm.strategy.formats import DEEPSPEED_TAG
 
 
 def resume_folder(resume: Optional[str], manager: CheckpointManager) -> Optional[Path]:

@@ -9,15 +9,12 @@ ranges (lr > 0, ...) are checked afterwards by `validate.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from dist_lstm.logging.run_dir import rank_log_name, rank_scoped_dir, rank_zero_only
-
-EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
+from dist_lstm.config.resolvers import RESOLVERS
 
 
 @dataclass
@@ -205,20 +202,9 @@ class Config:
     resume: Optional[str] = None
 
 
-def _embedded_data_path(name: str) -> str:
-    """Resolver `${embedded_data:multi30k}`: the dataset folder shipped in the package."""
-    return str(EMBEDDED_DATA_DIR / name)
-
-
 def register_configs() -> None:
     """Register the schema and resolvers (idempotent) before Hydra composes conf/."""
-    resolvers = {
-        "embedded_data": _embedded_data_path,
-        "rank_scoped_dir": rank_scoped_dir,
-        "rank_zero_only": rank_zero_only,
-        "rank_log_name": rank_log_name,
-    }
-    for name, function in resolvers.items():
+    for name, function in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
     ConfigStore.instance().store(name="base_config", node=Config)

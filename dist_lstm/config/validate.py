@@ -12,13 +12,13 @@ from typing import Any, Iterable, Optional
 from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
+from dist_lstm.evaluation import MONITOR_MODES
 from dist_lstm.precision import PRECISIONS
 
 SCHEDULES = ("constant", "inverse_sqrt", "cosine", "plateau")
 OPTIMIZERS = ("adamw", "sgd")
 ATTENTIONS = ("dot", "general", "bahdanau")
 TOKENIZER_TYPES = ("bpe", "unigram")
-MONITOR_METRICS = ("val_bleu", "val_chrf", "val_loss", "val_ppl")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "single", "ddp", "deepspeed")
 BACKENDS = ("auto", "nccl", "gloo")
@@ -187,7 +187,7 @@ def validate_trainer(trainer: DictConfig) -> None:
         "use >= 0 (0 validates at the end of every epoch).",
     )
     _positive("trainer.log_every_steps", trainer.log_every_steps)
-    _choice("trainer.monitor", trainer.monitor, MONITOR_METRICS)
+    _choice("trainer.monitor", trainer.monitor, MONITOR_MODES)
     _require(
         trainer.early_stopping_patience >= 0,
         "trainer.early_stopping_patience",

@@ -26,12 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import sentencepiece as spm
 
+from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from dist_lstm.data.corpus import ParallelText, sha256_of
 from dist_lstm.errors import DataError
 
 log = logging.getLogger(__name__)
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ROLES = ("src", "tgt")
 TARGET_VOCAB_MULTIPLE = 64  # see Tokenizer.with_target_vocab
 META_FILE = "tokenizer.json"

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_lstm.loss import linear_cross_entropy, real_token_positions
+from dist_lstm.batch import real_token_positions
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput
+from dist_lstm.model.loss import linear_cross_entropy
 from dist_lstm.model.lstm import DecoderLSTM
 from dist_lstm.model.packed import Linear, PackedWeight, linear
 

@@ -14,10 +14,10 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 
-import dist_lstm.checkpoint.consolidate  # noqa: F401  (DCP's single-process warning filter)
-from dist_lstm.data.dataset import Batch
+from dist_lstm.batch import Batch
 from dist_lstm.model.packed import weights_changed
 from dist_lstm.precision import autocast, grad_scaler
+from dist_lstm.strategy.formats import MODEL_KEY, OPTIM_KEY, SCALER_KEY
 from dist_lstm.topology import Topology
 
 
@@ -158,11 +158,11 @@ class Strategy(ABC):
         set_state_dict(
             self.unwrapped_model,
             self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
+            model_state_dict=state[MODEL_KEY],
+            optim_state_dict=state[OPTIM_KEY],
         )
         if self.scaler:
-            self.scaler.load_state_dict(state["scaler"])
+            self.scaler.load_state_dict(state[SCALER_KEY])
         weights_changed()
 
     def _dcp_state(self) -> Dict[str, Any]:
@@ -171,9 +171,9 @@ class Strategy(ABC):
         # Canonical keys (no DDP "module." prefix); the optimizer's state is created
         # first if no step has run, so a load has every slot to fill.
         model_state, optim_state = get_state_dict(self.unwrapped_model, self.optimizer)
-        state: Dict[str, Any] = {"model": model_state, "optim": optim_state}
+        state: Dict[str, Any] = {MODEL_KEY: model_state, OPTIM_KEY: optim_state}
         if self.scaler:
-            state["scaler"] = self.scaler.state_dict()
+            state[SCALER_KEY] = self.scaler.state_dict()
         return state
 
     def teardown(self) -> None:

@@ -39,12 +39,12 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from dist_lstm.checkpoint.consolidate import DEEPSPEED_TAG
-from dist_lstm.data.dataset import Batch
+from dist_lstm.batch import Batch
 from dist_lstm.errors import UserError
 from dist_lstm.model.packed import weights_changed
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
+from dist_lstm.strategy.formats import DEEPSPEED_TAG, UNIVERSAL
 from dist_lstm.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,6 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
             )
         weights_changed()
 
-
-UNIVERSAL = "universal"
 
 
 def convert_to_universal(state: Path) -> Path:

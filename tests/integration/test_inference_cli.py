@@ -12,8 +12,8 @@ import sacrebleu
 import torch
 
 from dist_lstm import cli
+from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import load_checkpoint
-from dist_lstm.data.tokenizer import PAD_ID
 from dist_lstm.errors import ConfigError
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.model.packed import ONEDNN_LINEAR

@@ -50,7 +50,7 @@ def test_checksum_mismatch_names_file_and_fix(tmp_path):
 
 
 def test_embedded_multi30k_checksums_verify():
-    from dist_lstm.config.schema import EMBEDDED_DATA_DIR
+    from dist_lstm.config.resolvers import EMBEDDED_DATA_DIR
 
     root = EMBEDDED_DATA_DIR / "multi30k"
     sums = read_checksums(root / "SHA256SUMS")

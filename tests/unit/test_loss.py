@@ -1,9 +1,9 @@
+import dist_lstm.model.loss as loss_module
 import pytest
 import torch
 
-import dist_lstm.loss as loss_module
-from dist_lstm.data.tokenizer import PAD_ID
-from dist_lstm.loss import linear_cross_entropy, sequence_loss
+from dist_lstm.batch import PAD_ID
+from dist_lstm.model.loss import linear_cross_entropy, sequence_loss
 from tests.unit.test_model import tiny
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dist_lstm.data.tokenizer import PAD_ID
+from dist_lstm.batch import PAD_ID
 from dist_lstm.model import build_model
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import Encoder

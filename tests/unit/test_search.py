@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dist_lstm.data.tokenizer import EOS_ID
+from dist_lstm.batch import EOS_ID
 from dist_lstm.search import beam_search, greedy_search, length_penalty
 from tests.unit.test_model import SRC, padded, tiny
 

@@ -71,8 +71,8 @@ def test_zero_stage_outside_0_to_3_is_refused():
 def test_padding_targets_for_zero3_leaves_the_loss_and_gradients_unchanged():
     """ZeRO-3 runs every rank's decoder for the same number of steps by PAD-extending
     targets; the loss must not see the padding."""
-    from dist_lstm.data.dataset import Batch
-    from dist_lstm.loss import sequence_loss
+    from dist_lstm.batch import Batch
+    from dist_lstm.model.loss import sequence_loss
     from dist_lstm.model.seq2seq import build_model
 
     cfg = compose_config(["model=tiny", "model.dropout=0.0"])

@@ -2,6 +2,7 @@ import logging
 
 import pytest
 
+from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from dist_lstm.data import tokenizer as tok
 from dist_lstm.data.corpus import load_parallel
 from dist_lstm.data.dataset import build_dataset, collate
@@ -44,8 +45,8 @@ def test_round_trip_and_specials(corpus, tmp_path, joint, kind):
     t = tok.train_or_load(corpus, options(joint=joint, type=kind), tmp_path / "c")
     assert t.joint == joint
     ids = t.encode("tgt", TGT[:3])
-    assert all(i > tok.EOS_ID for seq in ids for i in seq)
-    assert t.decode("tgt", [[tok.BOS_ID, *s, tok.EOS_ID, tok.PAD_ID] for s in ids]) == TGT[:3]
+    assert all(i > EOS_ID for seq in ids for i in seq)
+    assert t.decode("tgt", [[BOS_ID, *s, EOS_ID, PAD_ID] for s in ids]) == TGT[:3]
     saved = tok.Tokenizer.load(t.save(tmp_path / "run" / "tokenizer"))
     assert saved.encode("src", SRC[:3]) == t.encode("src", SRC[:3])
 
@@ -60,8 +61,8 @@ def test_filtering_counts_empty_and_long_pairs(tmp_path, caplog):
     assert len(data) == len(SRC)
     assert "2 empty and 1 longer than data.max_len=20 dropped" in caplog.text
     batch = collate([data[0], data[1]])
-    assert batch.tgt_in[:, 0].tolist() == [tok.BOS_ID, tok.BOS_ID]
-    assert (batch.tgt_out == tok.EOS_ID).sum() == 2
+    assert batch.tgt_in[:, 0].tolist() == [BOS_ID, BOS_ID]
+    assert (batch.tgt_out == EOS_ID).sum() == 2
 
 
 def test_all_pairs_filtered_is_an_error(tmp_path):
@@ -91,6 +92,6 @@ def test_target_vocab_keeps_only_target_pieces_and_round_trips(tmp_path, monkeyp
     assert pruned.decode("tgt", ids) == ["the small dog"]
     assert pruned.encode("src", ["das haus"]) == joint.encode("src", ["das haus"])
     # a piece only the source side uses is unknown on the target side
-    assert tok.UNK_ID in pruned.encode("tgt", ["bellt"])[0]
+    assert UNK_ID in pruned.encode("tgt", ["bellt"])[0]
     again = tok.Tokenizer.load(pruned.save(tmp_path / "saved"))
     assert again.payload == pruned.payload == tok.Tokenizer(pruned.payload).payload

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from dist_lstm.data.tokenizer import PAD_ID
+from dist_lstm.batch import PAD_ID
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in fp32)
 
@@ -37,15 +37,6 @@ def sequence_loss(
         reduction="sum",
     )
     return loss, int((targets != PAD_ID).sum())
-
-
-def real_token_positions(targets: torch.Tensor, padding_idx: int = PAD_ID) -> torch.Tensor:
-    """targets (B, T) -> (N,) flat positions of its non-padding tokens, ascending.
-
-    On a GPU tensor this waits for the device (the output size depends on the values);
-    `Batch.to` calls it while the targets are still on the host.
-    """
-    return (targets.reshape(-1) != padding_idx).nonzero().squeeze(1)
 
 
 def linear_cross_entropy(
