@@ -12,7 +12,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -20,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import CheckpointManager
-from dist_lstm.checkpoint.manager import STATE
-from dist_lstm.checkpoint.resume import check_resumable, resume_folder
+from dist_lstm.checkpoint.metadata import library_versions, run_metadata
+from dist_lstm.checkpoint.policy import SavePolicy
+from dist_lstm.checkpoint.resume import find_resume
+from dist_lstm.checkpoint.rng import RNGState
 from dist_lstm.config import validate_config
 from dist_lstm.data.build import build_data, make_eval_loader, make_train_loader
 from dist_lstm.data.corpus import ParallelText
@@ -32,7 +34,7 @@ from dist_lstm.logging.metrics import MetricsWriter, plot_losses
 from dist_lstm.logging.run_dir import adopt_main_run_dir
 from dist_lstm.logging.wandb import WandbLogger
 from dist_lstm.model import build_model
-from dist_lstm.optim import build_optimizer, build_scheduler
+from dist_lstm.optim import build_optimizer, build_schedule
 from dist_lstm.signals import exit_status
 from dist_lstm.strategy import Strategy, build_strategy
 from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
@@ -108,7 +110,15 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         topology.world_size,
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    checkpoints, resume_from, resume_meta = find_resume(cfg, resolved, run_dir, strategy)
+    checkpoints = CheckpointManager(
+        run_dir,
+        cfg.checkpoint.keep_last,
+        strategy.is_main,
+        strategy.barrier,
+        rank=topology.rank,
+        asynchronous=cfg.checkpoint.async_save,
+    )
+    resume_from, resume_meta = find_resume(cfg.resume, checkpoints, resolved, strategy)
     data = build_data(cfg.data, strategy.is_main, strategy.broadcast_object)
     if strategy.is_main:
         data.tokenizer.save(run_dir / "tokenizer")
@@ -117,7 +127,7 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
     )
     log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     strategy.wrap(model, lambda m: build_optimizer(m, cfg.optim))
-    scheduler = build_scheduler(
+    schedule = build_schedule(
         strategy.optimizer, cfg.optim, cfg.trainer.max_steps, monitor_mode(cfg.trainer.monitor)
     )
     max_tokens = cfg.data.max_tokens
@@ -135,29 +145,44 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         )
     metrics = MetricsWriter(run_dir / "metrics.jsonl", wandb_logger)
     trainer = Trainer(
-        cfg,
+        cfg.trainer,
         strategy,
-        scheduler,
+        schedule,
         train_loader,
         valid_loader,
         data.valid.references,
         data.tokenizer,
         checkpoints,
+        SavePolicy(cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes),
         metrics,
-        checkpoint_meta={
-            "config": resolved,
-            # Unresolved, so `evaluate --split` finds the shipped data on another machine.
-            "data_config": OmegaConf.to_container(cfg.data, resolve=False),
-            "tokenizer": data.tokenizer.payload,
-            "versions": library_versions(),
-            "wandb_run_id": wandb_logger.run_id if wandb_logger else None,
-        },
     )
+    checkpoints.run_metadata = run_metadata(
+        resolved,
+        OmegaConf.to_container(cfg.data, resolve=False),
+        data.tokenizer.payload,
+        wandb_logger.run_id if wandb_logger else None,
+    )
+    register_training_state(checkpoints, trainer, strategy, cfg.seed)
     try:
         return fit_and_report(cfg, trainer, resume_from, data.test, run_dir)
     finally:
         if wandb_logger is not None:
             wandb_logger.finish()
+
+
+def register_training_state(
+    checkpoints: CheckpointManager, trainer: Trainer, strategy: Strategy, seed: int
+) -> None:
+    """Every part a checkpoint holds, by name; new state is one more line here."""
+    checkpoints.register_model_state(strategy)  # model and optimizer, in its format
+    checkpoints.register("trainer", trainer.state)
+    checkpoints.register("sampler", trainer.train_loader.batch_sampler)
+    checkpoints.register("schedule", trainer.schedule)
+    checkpoints.register("best", trainer.best)
+    if strategy.scaler is not None:
+        checkpoints.register("grad_scaler", strategy.scaler)
+    checkpoints.register_per_rank("rng", RNGState(seed, strategy.topology.rank))
+    checkpoints.register_per_rank("loss_window", trainer.window)
 
 
 def fit_and_report(
@@ -170,7 +195,7 @@ def fit_and_report(
     """Resume if asked, train, then test the best checkpoint and draw the loss plot."""
     strategy = trainer.strategy
     if resume_from is not None:
-        trainer.resume(resume_from)
+        trainer.resumed_at(trainer.checkpoints.load(resume_from))
         if strategy.is_main:
             trainer.metrics.drop_after(trainer.state.step)  # the steps being redone
     elif cfg.resume == "auto" and strategy.is_main:
@@ -185,7 +210,7 @@ def fit_and_report(
     result: Dict[str, Any] = {
         "step": state.step,
         "best_val_bleu": max(bleus) if bleus else None,
-        "best_" + cfg.trainer.monitor: state.best_metric,
+        "best_" + cfg.trainer.monitor: trainer.best.best,
     }
     if state.history:
         result.update(state.history[-1])
@@ -207,27 +232,6 @@ def fit_and_report(
     return result
 
 
-def find_resume(
-    cfg: DictConfig, resolved: Dict[str, Any], run_dir: Path, strategy: Strategy
-) -> Tuple[CheckpointManager, Optional[Path], Dict[str, Any]]:
-    """The run's checkpoint manager, the checkpoint to continue from (None: fresh) and
-    its meta, checked before any data or model is built so a bad request fails at once."""
-    checkpoints = CheckpointManager(
-        run_dir, cfg.checkpoint.keep_last, strategy.is_main, strategy.barrier
-    )
-    resume_from = resume_folder(cfg.resume, checkpoints)
-    if resume_from is None and checkpoints.latest() is not None:
-        raise UserError(
-            f"{run_dir} already holds checkpoints of another run ({checkpoints.latest().name}). "
-            "Continue it with resume=auto, or start in a new directory (hydra.run.dir=...)."
-        )
-    meta: Dict[str, Any] = {}
-    if resume_from is not None:
-        meta = check_resumable(resume_from, resolved, cfg.strategy.name)
-        strategy.prepare_resume(resume_from / STATE, meta["world_size"])
-    return checkpoints, resume_from, meta
-
-
 def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:
     """The checkpoint is written: skip the final test and exit with 128 + signum."""
     if strategy.is_main:
@@ -240,19 +244,6 @@ def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:
         )
     strategy.barrier()
     sys.exit(exit_status(signum))
-
-
-def library_versions() -> Dict[str, str]:
-    """Recorded in every checkpoint, to explain a checkpoint that no longer loads."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("dist-lstm", "torch", "deepspeed", "sentencepiece", "hydra-core"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
 
 
 def test_best_model(

@@ -1,12 +1,15 @@
-"""The checkpoint folder of a run: layout, atomic commit, latest/best, retention.
+"""The checkpoint folder of a run: layout, atomic commit, latest/best, retention, and
+both directions: `save` writes and `load` restores every registered part of the state.
 
     <run_dir>/checkpoints/
         step_00000500/            one checkpoint per save
             state/                model + optimizer, written by the strategy (sharded:
                                   DCP files or DeepSpeed's ZeRO partitions)
-            trainer.pt            step, epoch, sampler position, LR schedule, best metric
-            rng/rank_00000.pt     every rank's RNG states, one file per rank
-            meta.pt               resolved config, tokenizer, metrics, world size, versions
+            trainer.pt            the shared parts, by name: trainer counters, sampler
+                                  position, LR schedule, best metric, loss scaler
+            rank/rank_00000.pt    each rank's own parts, by name: RNG states, loss window
+            meta.pt               run metadata: resolved config, tokenizer, W&B run id,
+                                  metrics, world size, versions (what inference reads)
             COMPLETE              written last: only marked folders are ever loaded
         best -> step_00000500     symlinks, replaced atomically
         last -> step_00000750
@@ -15,6 +18,8 @@ Why: a job killed mid-save (preemption, a crash, a full disk) must never leave s
 that looks like a checkpoint. Every rank writes into a scratch folder, rank 0 renames it
 into place and only then writes the marker; unmarked folders are removed at start-up.
 All ranks are assumed to see the same filesystem (as torchrun and SLURM jobs usually do).
+
+New state is one `register(name, part)`: anything with state_dict/load_state_dict.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import os
 import shutil
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
@@ -32,14 +37,38 @@ from dist_lstm.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STEP_PREFIX = "step_"
 SCRATCH_PREFIX = ".incomplete_"
 COMPLETE = "COMPLETE"
 META = "meta.pt"
-TRAINER = "trainer.pt"
+SHARED = "trainer.pt"
 STATE = "state"
-RNG = "rng"
+RANK_DIR = "rank"
+
+
+class Stateful(Protocol):
+    """A part of the training state (trainer counters, sampler, schedule, ...)."""
+
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+class RankStateful(Stateful, Protocol):
+    """A part each rank holds on its own (RNG, loss window). A checkpoint written by fewer
+    ranks has nothing for the others: they `start_fresh` at the checkpoint's step."""
+
+    def start_fresh(self, step: int) -> None: ...
+
+
+class ModelState(Protocol):
+    """Who writes the model and optimizer tensors, and how: the strategy (DCP or
+    DeepSpeed). Collective: every rank calls both."""
+
+    def save_state(self, folder: Path, asynchronous: bool = False) -> Optional[Future]: ...
+
+    def load_state(self, folder: Path) -> None: ...
 
 
 def step_name(step: int) -> str:
@@ -50,15 +79,15 @@ def is_complete(folder: Path) -> bool:
     return (folder / COMPLETE).is_file()
 
 
-def rng_file(folder: Path, rank: int) -> Path:
-    return folder / RNG / f"rank_{rank:05d}.pt"
+def rank_file(folder: Path, rank: int) -> Path:
+    return folder / RANK_DIR / f"rank_{rank:05d}.pt"
 
 
 class CheckpointManager:
-    """Saves and finds the checkpoints of one run; every rank holds one.
+    """Saves, finds and loads the checkpoints of one run; every rank holds one.
 
-    `save` is collective: every rank calls it with the same step, writes its part through
-    `write_state`, and rank 0 commits. `barrier` and `is_main` come from the strategy.
+    `save` and `load` are collective: every rank calls them with the same step or folder;
+    rank 0 commits. `barrier`, `is_main` and `rank` come from the strategy's topology.
     """
 
     def __init__(
@@ -67,15 +96,41 @@ class CheckpointManager:
         keep_last: int,
         is_main: bool = True,
         barrier: Callable[[], None] = lambda: None,
+        rank: int = 0,
+        asynchronous: bool = False,
     ):
         self.directory = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.is_main = is_main
         self.barrier = barrier
+        self.rank = rank
+        self.asynchronous = asynchronous
+        self.run_metadata: Dict[str, Any] = {}  # config, tokenizer, W&B id: see metadata.py
+        self._model_state: Optional[ModelState] = None
+        self._shared: Dict[str, Stateful] = {}
+        self._per_rank: Dict[str, RankStateful] = {}
         self._in_flight: Optional[Tuple[Future, Path, Path, int, bool]] = None
         if is_main:
             self.remove_incomplete()
         barrier()
+
+    # ------------------------------------------------------------ registration
+    def register(self, name: str, part: Stateful) -> None:
+        """A part identical on every rank, written once by rank 0."""
+        self._check_new(name)
+        self._shared[name] = part
+
+    def register_per_rank(self, name: str, part: RankStateful) -> None:
+        """A part each rank holds on its own, written by every rank."""
+        self._check_new(name)
+        self._per_rank[name] = part
+
+    def register_model_state(self, owner: ModelState) -> None:
+        self._model_state = owner
+
+    def _check_new(self, name: str) -> None:
+        if name in self._shared or name in self._per_rank:
+            raise ValueError(f"checkpoint part {name!r} is registered twice")
 
     # ------------------------------------------------------------------ finding
     def completed(self) -> List[Path]:
@@ -114,21 +169,15 @@ class CheckpointManager:
     def save(
         self,
         step: int,
-        write_state: Callable[[Path], Optional[Future]],
-        rank_state: Dict[str, Any],
-        rank: int,
-        shared_state: Dict[str, Any],
-        meta: Dict[str, Any],
+        metrics: Optional[Dict[str, float]] = None,
         best: bool = False,
+        world_size: int = 1,
     ) -> Path:
         """Write checkpoint `step` on all ranks and commit it; returns its folder.
 
-        write_state(folder): the strategy writes model and optimizer under folder
-        (collective). If it returns a Future (an asynchronous save: the state is already
-        copied, the files are still being written), the commit waits for it and happens
-        at the next `save` or `wait`; at most one save is in flight. rank_state: this
-        rank's own state (RNG). shared_state and meta: the same on every rank, written
-        once by rank 0.
+        With `asynchronous` saves the strategy returns a Future (the state is already
+        copied, the files are still being written): the commit waits for it and happens
+        at the next `save` or `wait`; at most one save is in flight.
         """
         self.wait()
         final = self.directory / step_name(step)
@@ -142,17 +191,25 @@ class CheckpointManager:
         scratch = self.directory / f"{SCRATCH_PREFIX}{step_name(step)}"
         if self.is_main:
             shutil.rmtree(scratch, ignore_errors=True)
-            (scratch / RNG).mkdir(parents=True)
+            (scratch / RANK_DIR).mkdir(parents=True)
         self.barrier()
-        in_flight = write_state(scratch / STATE)
-        _save_synced(rank_state, rng_file(scratch, rank))
+        in_flight = self._model_state.save_state(scratch / STATE, self.asynchronous)
+        own = {name: part.state_dict() for name, part in self._per_rank.items()}
+        _save_synced(own, rank_file(scratch, self.rank))
         if self.is_main:
-            _save_synced(shared_state, scratch / TRAINER)
-            _save_synced({"format_version": FORMAT_VERSION, "step": step, **meta}, scratch / META)
+            shared = {name: part.state_dict() for name, part in self._shared.items()}
+            _save_synced(shared, scratch / SHARED)
+            meta = {"format_version": FORMAT_VERSION, "step": step, "world_size": world_size}
+            meta.update(self.run_metadata)
+            if metrics is not None:
+                meta["metrics"] = metrics
+            _save_synced(meta, scratch / META)
         if in_flight is None:
             self._commit(scratch, final, step, best)
         else:
             self._in_flight = (in_flight, scratch, final, step, best)
+        if self.is_main:
+            log.info("checkpoint: %s", final)
         return final
 
     def wait(self) -> None:
@@ -195,6 +252,47 @@ class CheckpointManager:
         for folder in done:
             if folder.resolve() not in protected and folder not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ loading
+    def load(self, folder: Path) -> int:
+        """Restore every registered part from `folder` (collective); returns its step.
+
+        This rank's own parts come from its file; a rank the checkpoint has no file for
+        (it was written by fewer ranks) starts them fresh at the checkpoint's step.
+        """
+        meta = read_meta(folder)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"resume: {folder} is in checkpoint format {meta.get('format_version')}, this "
+                f"dist-lstm reads format {FORMAT_VERSION}. Continue that run with the version "
+                "that wrote it; `dist-lstm export` still reads its weights."
+            )
+        step = int(meta["step"])
+        from torch.distributed.checkpoint.api import CheckpointException  # slow import
+
+        try:
+            self._model_state.load_state(folder / STATE)
+            shared = torch.load(folder / SHARED, weights_only=True)
+            for name, part in self._shared.items():
+                part.load_state_dict(shared[name])
+            own = rank_file(folder, self.rank)
+            mine = torch.load(own, weights_only=True) if own.is_file() else {}
+        except UserError:
+            raise
+        except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
+            raise UserError(
+                f"resume: {folder} could not be loaded ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Its files were changed or "
+                "damaged after the save; resume from an earlier checkpoint with resume=PATH."
+            ) from exc
+        for name, part in self._per_rank.items():
+            if name in mine:
+                part.load_state_dict(mine[name])
+            else:
+                part.start_fresh(step)
+        if self.is_main:
+            log.info("resumed from %s: step %d", folder, step)
+        return step
 
 
 def _save_synced(obj: Any, path: Path) -> None:

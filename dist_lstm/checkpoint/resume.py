@@ -7,12 +7,43 @@ difference, not with a shape error from deep inside DCP or DeepSpeed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Protocol, Tuple
 
 from dist_lstm.checkpoint.consolidate import is_checkpoint_folder
 from dist_lstm.checkpoint.manager import STATE, CheckpointManager, is_complete, read_meta
 from dist_lstm.errors import UserError
 from dist_lstm.strategy.formats import DEEPSPEED_TAG
+
+
+class ResumableStrategy(Protocol):
+    """What resuming asks of the strategy (dist_lstm/strategy/base.py)."""
+
+    state_format: str  # "dcp" or "deepspeed": what its save_state writes
+
+    def prepare_resume(self, folder: Path, saved_world_size: int) -> None: ...
+
+
+def find_resume(
+    resume: Optional[str],
+    checkpoints: CheckpointManager,
+    config: Dict[str, Any],
+    strategy: ResumableStrategy,
+) -> Tuple[Optional[Path], Dict[str, Any]]:
+    """The checkpoint to continue from (None: fresh) and its meta, checked before any data
+    or model is built so a bad request fails at once."""
+    folder = resume_folder(resume, checkpoints)
+    if folder is None:
+        latest = checkpoints.latest()
+        if latest is not None:
+            raise UserError(
+                f"{checkpoints.directory.parent} already holds checkpoints of another run "
+                f"({latest.name}). Continue it with resume=auto, or start in a new directory "
+                "(hydra.run.dir=...)."
+            )
+        return None, {}
+    meta = check_resumable(folder, config, strategy.state_format)
+    strategy.prepare_resume(folder / STATE, meta["world_size"])
+    return folder, meta
 
 
 def resume_folder(resume: Optional[str], manager: CheckpointManager) -> Optional[Path]:
@@ -42,7 +73,7 @@ def resume_folder(resume: Optional[str], manager: CheckpointManager) -> Optional
     )
 
 
-def check_resumable(folder: Path, config: Dict[str, Any], strategy_name: str) -> Dict[str, Any]:
+def check_resumable(folder: Path, config: Dict[str, Any], state_format: str) -> Dict[str, Any]:
     """The checkpoint's meta, after checking that this run's model and strategy fit it."""
     meta = read_meta(folder)
     saved = meta.get("config", {})
@@ -70,7 +101,7 @@ def check_resumable(folder: Path, config: Dict[str, Any], strategy_name: str) ->
             f"seed={config['seed']}. Use the same seed, or the data order would change."
         )
     deepspeed_state = (folder / STATE / DEEPSPEED_TAG).is_dir()
-    if deepspeed_state != (strategy_name == "deepspeed"):
+    if deepspeed_state != (state_format == "deepspeed"):
         written = "strategy=deepspeed" if deepspeed_state else "strategy=single/ddp"
         raise UserError(
             f"resume: {folder} was written with {written}; resume with the same kind of "

@@ -58,3 +58,21 @@ def reseed(seed: int, step: int, rank: int) -> None:
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
+
+
+class RNGState:
+    """This process's generators as a per-rank checkpoint part (see CheckpointManager)."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed = seed
+        self.rank = rank
+
+    def state_dict(self) -> Dict[str, Any]:
+        return capture()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        restore(state)
+
+    def start_fresh(self, step: int) -> None:
+        """A fresh but reproducible stream for a rank the checkpoint did not have."""
+        reseed(self.seed, step, self.rank)

@@ -17,11 +17,13 @@ import torch
 from dist_lstm.batch import Batch
 from dist_lstm.model.packed import weights_changed
 from dist_lstm.precision import autocast, grad_scaler
-from dist_lstm.strategy.formats import MODEL_KEY, OPTIM_KEY, SCALER_KEY
+from dist_lstm.strategy.formats import MODEL_KEY, OPTIM_KEY
 from dist_lstm.topology import Topology
 
 
 class Strategy(ABC):
+    state_format = "dcp"  # what save_state writes (checkpoint/resume.py checks it)
+
     def __init__(self, topology: Topology, clip_grad_norm: float = 0.0, precision: str = "32"):
         self.topology = topology
         self.clip_grad_norm = clip_grad_norm
@@ -122,7 +124,7 @@ class Strategy(ABC):
         DCP reshards by itself on load, so nothing is needed here."""
 
     def save_state(self, folder: Path, asynchronous: bool = False) -> Optional[Future]:
-        """Write model, optimizer (and loss scaler) under `folder`; collective.
+        """Write model and optimizer under `folder`; collective.
 
         torch.distributed.checkpoint: each rank writes its own file, replicated tensors
         once, and the result loads at any world size (DCP reshards on load). With
@@ -161,8 +163,6 @@ class Strategy(ABC):
             model_state_dict=state[MODEL_KEY],
             optim_state_dict=state[OPTIM_KEY],
         )
-        if self.scaler:
-            self.scaler.load_state_dict(state[SCALER_KEY])
         weights_changed()
 
     def _dcp_state(self) -> Dict[str, Any]:
@@ -171,10 +171,7 @@ class Strategy(ABC):
         # Canonical keys (no DDP "module." prefix); the optimizer's state is created
         # first if no step has run, so a load has every slot to fill.
         model_state, optim_state = get_state_dict(self.unwrapped_model, self.optimizer)
-        state: Dict[str, Any] = {MODEL_KEY: model_state, OPTIM_KEY: optim_state}
-        if self.scaler:
-            state[SCALER_KEY] = self.scaler.state_dict()
-        return state
+        return {MODEL_KEY: model_state, OPTIM_KEY: optim_state}
 
     def teardown(self) -> None:
         """Release process groups or engines; nothing to do for one process."""

@@ -72,6 +72,8 @@ def deepspeed_config(zero_stage: int, clip_grad_norm: float, precision: str) -> 
 
 
 class DeepSpeedStrategy(CollectivesMixin, Strategy):
+    state_format = "deepspeed"
+
     def __init__(
         self,
         topology: Topology,

@@ -2,7 +2,7 @@
 (dist_lstm/strategy/) and for the reader of full weights (dist_lstm/checkpoint/consolidate.py).
 
 - single/DDP: torch.distributed.checkpoint files (`.metadata`, `__<rank>_0.distcp`) holding
-  MODEL_KEY and OPTIM_KEY (and SCALER_KEY under fp16) in canonical, unwrapped keys;
+  MODEL_KEY and OPTIM_KEY in canonical, unwrapped keys;
 - DeepSpeed: its own ZeRO files under DEEPSPEED_TAG, and once converted for another world
   size, DeepSpeed's universal format under UNIVERSAL/DEEPSPEED_TAG.
 """
@@ -13,7 +13,6 @@ import warnings
 
 MODEL_KEY = "model"
 OPTIM_KEY = "optim"
-SCALER_KEY = "scaler"
 DCP_METADATA = ".metadata"
 DEEPSPEED_TAG = "zero"
 UNIVERSAL = "universal"

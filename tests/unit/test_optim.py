@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dist_lstm.optim import build_optimizer, build_scheduler, lr_factor
+from dist_lstm.optim import build_optimizer, build_schedule, lr_factor
 
 
 def test_warmup_then_inverse_sqrt():
@@ -44,7 +44,25 @@ def test_plateau_halves_rate_when_metric_stalls():
     cfg = optim_cfg(name="sgd", schedule="plateau")
     opt = build_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.SGD)
-    sched = build_scheduler(opt, cfg, None, "max")
-    sched.step(10.0)
-    sched.step(9.0)
+    schedule = build_schedule(opt, cfg, None, "max")
+    opt.step()
+    schedule.after_step()  # plateau ignores optimizer steps
+    schedule.after_validation(10.0)
+    schedule.after_validation(9.0)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_warmup_schedules_move_per_step_and_ignore_validations():
+    model = torch.nn.Linear(2, 2)
+    cfg = optim_cfg(name="sgd", schedule="constant", warmup_steps=4, lr=1.0)
+    opt = build_optimizer(model, cfg)
+    schedule = build_schedule(opt, cfg, None, "max")
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)
+    schedule.after_validation(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)
+    opt.step()
+    schedule.after_step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    restored = build_schedule(build_optimizer(model, cfg), cfg, None, "max")
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.state_dict()["last_epoch"] == 1

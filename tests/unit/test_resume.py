@@ -66,6 +66,24 @@ def test_resumed_run_matches_an_uninterrupted_one_exactly(
         assert torch.equal(mine[name], theirs[name]), name
 
 
+TIMINGS = {"tokens_per_sec", "step_time_s", "elapsed_s", "memory_mb", "val_seconds"}
+
+
+def test_metrics_after_a_resume_equal_the_uninterrupted_run_line_for_line(corpus, tmp_path):
+    """The loss window is checkpointed: logging every 4 steps and continued from step 6,
+    the line of step 8 averages steps 5-8 as in the run that never stopped (not 7-8)."""
+    common = ["trainer.log_every_steps=4", "checkpoint.every_steps=3", "checkpoint.keep_last=9"]
+    reference = run(tmp_path / "reference", corpus, "trainer.max_steps=10", *common)
+    step_6 = tmp_path / "reference" / "checkpoints" / "step_00000006"
+    resumed = run(tmp_path / "resumed", corpus, "trainer.max_steps=10", f"resume={step_6}", *common)
+
+    def after_step_6(records):
+        return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records if r["step"] > 6]
+
+    assert [r["step"] for r in resumed if "loss" in r] == [8]
+    assert after_step_6(resumed) == after_step_6(reference)
+
+
 def test_retention_keeps_newest_and_best(uninterrupted):
     run_dir, records = uninterrupted
     folder = run_dir / "checkpoints"

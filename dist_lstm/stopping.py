@@ -1,0 +1,84 @@
+"""Decisions about ending training that the loop delegates: the best validation value
+and early stopping (`BestTracker`), and the vote all ranks take each step so they stop,
+or save on rank 0's clock, at the same step (`StepVote`)."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from dist_lstm.evaluation import monitor_mode
+
+
+class BestTracker:
+    """The best value of the monitored metric so far, and the validations since it
+    improved; `patience` > 0 ends training after that many without improvement."""
+
+    def __init__(self, monitor: str, patience: int = 0):
+        self.monitor = monitor
+        self.mode = monitor_mode(monitor)
+        self.patience = patience
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+        self.stale = 0  # validations without improvement
+
+    def update(self, value: float, step: int) -> bool:
+        """Record a validation's value; True if it is the best so far."""
+        better = self.best is None or (
+            value < self.best if self.mode == "min" else value > self.best
+        )
+        if better:
+            self.best, self.best_step, self.stale = value, step, 0
+        else:
+            self.stale += 1
+        return better
+
+    def stop_reason(self) -> Optional[str]:
+        if self.patience and self.stale >= self.patience:
+            return (
+                f"early stopping: {self.monitor} did not improve for {self.patience} validations"
+            )
+        return None
+
+    def describe(self) -> str:
+        if self.best is None:
+            return "not validated yet"
+        return f"best {self.monitor} {self.best:.3f} at step {self.best_step}"
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "stale": self.stale}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best, self.best_step, self.stale = state["best"], state["best_step"], state["stale"]
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    stop_signal: Optional[int]  # a stop signal some rank received, else None
+    save_due: bool  # rank 0's clock says a timed checkpoint is due
+
+    @property
+    def stop_reason(self) -> Optional[str]:
+        if self.stop_signal is None:
+            return None
+        return f"stopped by {signal.Signals(self.stop_signal).name}"
+
+
+class StepVote:
+    """One host-side sum over ranks per optimizer step. Ranks may receive a signal at
+    slightly different times, but all must leave the loop at the same step; only rank 0's
+    clock counts for timed saves. `host_sum` never waits for the accelerator."""
+
+    def __init__(self, host_sum: Callable[[List[float]], List[float]], is_main: bool):
+        self.host_sum = host_sum
+        self.is_main = is_main
+
+    def poll(self, local_signal: Optional[int], save_due_here: bool) -> VoteResult:
+        local = local_signal or 0
+        due = self.is_main and save_due_here
+        stopped, signums, saves = self.host_sum([float(local > 0), float(local), float(due)])
+        signum = None
+        if stopped > 0:
+            signum = local or int(signums / stopped)
+        return VoteResult(stop_signal=signum, save_due=saves > 0)
