@@ -1,7 +1,7 @@
-import dist_lstm.model.loss as loss_module
 import pytest
 import torch
 
+import dist_lstm.model.loss as loss_module
 from dist_lstm.batch import PAD_ID
 from dist_lstm.model.loss import linear_cross_entropy, sequence_loss
 from tests.unit.test_model import tiny
