@@ -3,7 +3,7 @@
     python benchmarks/quality.py                       # experiment=cpu_small
     python benchmarks/quality.py --smoke               # quick check of the script, no file
     python benchmarks/quality.py -- trainer.max_time=00:10:00   # extra overrides
-    python benchmarks/quality.py --label bf16 -- trainer.precision=bf16   # quality_cpu_small_bf16
+    python benchmarks/quality.py --label bf16 -- strategy.precision=bf16   # quality_cpu_small_bf16
 
 Writes benchmarks/results/quality_<experiment>[_<label>].json (committed) with the figures, the
 machine they were measured on and the exact command, so a reader can reproduce them.

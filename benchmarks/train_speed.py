@@ -214,9 +214,7 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.data, True, lambda value: value)
     topology = from_environment(cfg.trainer.device, env={})
-    strategy = build_strategy(
-        cfg.strategy, topology, cfg.optim.clip_grad_norm, cfg.trainer.precision
-    )
+    strategy = build_strategy(cfg.strategy, topology)
     model = build_model(
         cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
     )
@@ -274,7 +272,7 @@ def main() -> None:
         "--precision",
         choices=PRECISIONS,
         default="32",
-        help="trainer.precision: 32 (the reference's), or bf16 on CPUs with avx512_bf16",
+        help="strategy.precision: 32 (the reference's), or bf16 on CPUs with avx512_bf16",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny model, few steps, no file")
     args = parser.parse_args()
@@ -282,7 +280,7 @@ def main() -> None:
     if args.smoke:
         overrides = SMOKE
         args.steps, args.warmup, args.breakdown_steps = 12, 4, 3
-    overrides = [*overrides, f"trainer.precision={args.precision}"]
+    overrides = [*overrides, f"strategy.precision={args.precision}"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     breakdown = step_breakdown(overrides, args.breakdown_steps)

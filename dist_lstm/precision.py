@@ -1,6 +1,6 @@
 """Mixed precision: which autocast to use, and whether this device can run it at all.
 
-`trainer.precision` is 32 (full precision), bf16 (autocast to bfloat16; no loss scaling
+`strategy.precision` is 32 (full precision), bf16 (autocast to bfloat16; no loss scaling
 needed) or fp16 (autocast to float16 with a GradScaler; GPUs only). Support is probed
 at start-up rather than assumed: on CPUs without bf16 instructions autocast around
 nn.LSTM fails deep inside oneDNN, which would otherwise surface as a cryptic error at
@@ -71,9 +71,9 @@ def _setting(option: str, value: str) -> str:
 
 
 def check_precision(
-    precision: str, device: torch.device, option: str = "trainer.precision"
+    precision: str, device: torch.device, option: str = "strategy.precision"
 ) -> None:
-    """Raise ConfigError naming `option` (trainer.precision, or the CLI's --precision)
+    """Raise ConfigError naming `option` (strategy.precision, or the CLI's --precision)
     if this device cannot run LSTMs at `precision`."""
     if precision == "32":
         return

@@ -86,9 +86,7 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
     """
     validate_config(cfg)
     topology = from_environment(cfg.trainer.device)
-    strategy = build_strategy(
-        cfg.strategy, topology, cfg.optim.clip_grad_norm, cfg.trainer.precision
-    )
+    strategy = build_strategy(cfg.strategy, topology)
     try:
         return _train(cfg, strategy, run_dir)
     finally:

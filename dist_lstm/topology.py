@@ -111,6 +111,9 @@ def drop_local_rank_argument(argv: List[str]) -> List[str]:
     return out
 
 
+DEVICES = ("auto", "cpu", "cuda")  # trainer.device
+
+
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """`auto` picks this process's GPU (cuda:LOCAL_RANK) when CUDA is present, else the CPU."""
     if preference == "cuda" and not torch.cuda.is_available():

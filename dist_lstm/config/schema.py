@@ -21,7 +21,7 @@ from dist_lstm.config.resolvers import RESOLVERS
 class TokenizerConfig:
     """SentencePiece options; they are part of the tokenizer cache key."""
 
-    type: str = "bpe"  # bpe | unigram
+    type: str = "bpe"  # data/tokenizer.py TOKENIZER_TYPES
     joint: bool = True  # one vocabulary for source and target, or one per language
     vocab_size: int = 8000
     character_coverage: float = 1.0
@@ -37,8 +37,8 @@ class DataConfig:
     """Where the parallel text lives and how it is cut into batches."""
 
     name: str = MISSING
-    src_lang: str = "de"
-    tgt_lang: str = "en"
+    src_lang: str = MISSING  # set by each data option (multi30k: de)
+    tgt_lang: str = MISSING
     # Languages the files exist for; empty means any (users' own corpora).
     languages: List[str] = field(default_factory=list)
     train_src: str = MISSING
@@ -71,7 +71,7 @@ class ModelConfig:
     encoder_layers: int = 2
     decoder_layers: int = 2
     bidirectional: bool = True
-    attention: str = "general"  # dot | general | bahdanau
+    attention: str = "general"  # model/attention.py ATTENTIONS
     input_feeding: bool = True
     dropout: float = 0.3
     # Share the target embedding matrix with the output projection.
@@ -82,17 +82,17 @@ class ModelConfig:
 class OptimConfig:
     """Optimizer and learning-rate schedule."""
 
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
+    name: str = "adamw"  # optim.py OPTIMIZERS
+    lr: float = 0.002
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     momentum: float = 0.0  # sgd only
-    schedule: str = "inverse_sqrt"  # constant | inverse_sqrt | cosine | plateau
-    warmup_steps: int = 1000
+    schedule: str = "inverse_sqrt"  # optim.py SCHEDULES
+    warmup_steps: int = 500
     min_lr: float = 0.0  # cosine: the rate reached at trainer.max_steps
     plateau_factor: float = 0.5  # plateau: multiply the rate by this ...
     plateau_patience: int = 1  # ... after this many validations without improvement
-    clip_grad_norm: float = 1.0  # 0 disables clipping
+    clip_grad_norm: Optional[float] = None  # moved to strategy.clip_grad_norm (named if set)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class TrainerConfig:
     """The training loop: when to stop, validate and log."""
 
     max_steps: Optional[int] = None
-    max_epochs: Optional[int] = 20
+    max_epochs: Optional[int] = 25
     # Wall-clock budget: seconds ("1800") or [[DD:]HH:]MM:SS ("00:30:00").
     max_time: Optional[str] = None
     accumulate_grad_batches: int = 1
@@ -109,31 +109,69 @@ class TrainerConfig:
     val_every_steps: int = 0
     log_every_steps: int = 50
     # Metric that picks the best checkpoint and drives early stopping / plateau.
-    monitor: str = "val_bleu"  # val_bleu | val_chrf | val_loss | val_ppl
+    monitor: str = "val_bleu"  # evaluation.py MONITOR_MODES
     # Stop after this many validations without improvement of `monitor`; 0 disables.
-    early_stopping_patience: int = 0
+    early_stopping_patience: int = 5
     # Decoding during validation: beam size (1 = greedy) and the output length limit
     # a * source_length + b tokens (also the default of `dist-lstm translate`).
     val_beam: int = 1
     decode_max_len_a: float = 1.5
     decode_max_len_b: int = 10
-    device: str = "auto"  # auto | cpu | cuda
-    # Numeric precision of training: 32, bf16 (autocast) or fp16 (autocast + loss scaling).
-    precision: str = "32"
+    device: str = "auto"  # topology.py DEVICES
     progress_bar: bool = True
+    precision: Optional[str] = None  # moved to strategy.precision (named if set)
 
 
 @dataclass
 class StrategyConfig:
-    """How training is spread over processes; see dist_lstm/strategy/."""
+    """How training is spread over processes (dist_lstm/strategy/); keys every strategy
+    has. Each option of the group has its own schema below, so a DDP run carries no ZeRO
+    stage and `strategy.zero_stage` under strategy=ddp fails naming the key."""
 
-    # auto: single process when the launcher's WORLD_SIZE is unset or 1, DDP otherwise.
-    name: str = "auto"  # auto | single | ddp | deepspeed
-    backend: str = "auto"  # auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
+    name: str = MISSING  # strategy/__init__.py STRATEGIES, or auto
+    # Numeric precision of training: 32, bf16 (autocast) or fp16 (autocast + loss
+    # scaling; GPUs only). precision.py PRECISIONS.
+    precision: str = "32"
+    clip_grad_norm: float = 1.0  # gradient norm clipping; 0 disables it
+
+
+@dataclass
+class SingleStrategyConfig(StrategyConfig):
+    name: str = "single"
+
+
+@dataclass
+class DistributedStrategyConfig(StrategyConfig):
+    backend: str = "auto"  # strategy/ddp.py BACKENDS: auto is nccl on GPUs, gloo on CPUs
     # A collective that waits longer than this fails the job instead of hanging it.
     timeout_s: int = 600
-    find_unused_parameters: bool = False  # ddp: only for models with unused branches
-    zero_stage: int = 1  # deepspeed: ZeRO stage 0-3 (see conf/strategy/deepspeed.yaml)
+
+
+@dataclass
+class DDPStrategyConfig(DistributedStrategyConfig):
+    name: str = "ddp"
+    find_unused_parameters: bool = False  # only for models with unused branches
+
+
+@dataclass
+class AutoStrategyConfig(DDPStrategyConfig):
+    """Single process when the launcher's WORLD_SIZE is unset or 1, DDP otherwise."""
+
+    name: str = "auto"
+
+
+@dataclass
+class DeepSpeedStrategyConfig(DistributedStrategyConfig):
+    name: str = "deepspeed"
+    zero_stage: int = 1  # ZeRO stage 0-3 (see conf/strategy/deepspeed.yaml)
+
+
+STRATEGY_SCHEMAS = {
+    "auto": AutoStrategyConfig,
+    "single": SingleStrategyConfig,
+    "ddp": DDPStrategyConfig,
+    "deepspeed": DeepSpeedStrategyConfig,
+}
 
 
 @dataclass
@@ -159,7 +197,7 @@ class WandbConfig:
     # auto: online when W&B credentials are present (WANDB_API_KEY or `wandb login`),
     # otherwise offline (upload later with `wandb sync RUN_DIR/wandb/offline-run-*`).
     # A WANDB_MODE environment variable wins over this key.
-    mode: str = "auto"  # auto | online | offline | disabled
+    mode: str = "auto"  # logging/wandb.py WANDB_MODES
     project: str = "dist-lstm"
     entity: Optional[str] = None
     group: Optional[str] = None
@@ -207,4 +245,7 @@ def register_configs() -> None:
     for name, function in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for name, schema in STRATEGY_SCHEMAS.items():  # conf/strategy/NAME.yaml starts from it
+        store.store(group="strategy", name=f"{name}_schema", node=schema)

@@ -9,20 +9,25 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from dist_lstm.data.tokenizer import TOKENIZER_TYPES
 from dist_lstm.errors import ConfigError
 from dist_lstm.evaluation import MONITOR_MODES
+from dist_lstm.logging.wandb import WANDB_MODES
+from dist_lstm.model.attention import ATTENTIONS
+from dist_lstm.optim import OPTIMIZERS, SCHEDULES
 from dist_lstm.precision import PRECISIONS
+from dist_lstm.strategy import STRATEGIES
+from dist_lstm.strategy.ddp import BACKENDS
+from dist_lstm.topology import DEVICES
 
-SCHEDULES = ("constant", "inverse_sqrt", "cosine", "plateau")
-OPTIMIZERS = ("adamw", "sgd")
-ATTENTIONS = ("dot", "general", "bahdanau")
-TOKENIZER_TYPES = ("bpe", "unigram")
-DEVICES = ("auto", "cpu", "cuda")
-STRATEGIES = ("auto", "single", "ddp", "deepspeed")
-BACKENDS = ("auto", "nccl", "gloo")
-
+# Keys that moved to the group that uses them: a config still setting one stops with the
+# new key's name. Their schema fields default to null and exist only for this message.
+MOVED_KEYS = {
+    "trainer.precision": "strategy.precision",
+    "optim.clip_grad_norm": "strategy.clip_grad_norm",
+}
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
     if not ok:
@@ -125,12 +130,6 @@ def validate_optim(optim: DictConfig, trainer: DictConfig) -> None:
     _require(0.0 <= optim.momentum < 1.0, "optim.momentum", optim.momentum, "use [0, 1).")
     _choice("optim.schedule", optim.schedule, SCHEDULES)
     _require(optim.warmup_steps >= 0, "optim.warmup_steps", optim.warmup_steps, "use >= 0.")
-    _require(
-        optim.clip_grad_norm >= 0,
-        "optim.clip_grad_norm",
-        optim.clip_grad_norm,
-        "use >= 0 (0 disables clipping).",
-    )
     if optim.schedule == "cosine":
         _require(
             trainer.max_steps is not None,
@@ -202,19 +201,37 @@ def validate_trainer(trainer: DictConfig) -> None:
     )
     _positive("trainer.val_beam", trainer.val_beam)
     _choice("trainer.device", trainer.device, DEVICES)
-    _choice("trainer.precision", trainer.precision, PRECISIONS)
 
 
 def validate_strategy(strategy: DictConfig) -> None:
-    _choice("strategy.name", strategy.name, STRATEGIES)
-    _choice("strategy.backend", strategy.backend, BACKENDS)
-    _positive("strategy.timeout_s", strategy.timeout_s)
+    _choice("strategy.name", strategy.name, ("auto", *STRATEGIES))
+    _choice("strategy.precision", strategy.precision, PRECISIONS)
     _require(
-        strategy.zero_stage in (0, 1, 2, 3),
-        "strategy.zero_stage",
-        strategy.zero_stage,
-        "DeepSpeed ZeRO stages are 0, 1, 2 and 3.",
+        strategy.clip_grad_norm >= 0,
+        "strategy.clip_grad_norm",
+        strategy.clip_grad_norm,
+        "use >= 0 (0 disables clipping).",
     )
+    if "backend" in strategy:
+        _choice("strategy.backend", strategy.backend, BACKENDS)
+        _positive("strategy.timeout_s", strategy.timeout_s)
+    if "zero_stage" in strategy:
+        _require(
+            strategy.zero_stage in (0, 1, 2, 3),
+            "strategy.zero_stage",
+            strategy.zero_stage,
+            "DeepSpeed ZeRO stages are 0, 1, 2 and 3.",
+        )
+
+
+def refuse_moved_keys(cfg: DictConfig) -> None:
+    for old, new in MOVED_KEYS.items():
+        value = OmegaConf.select(cfg, old)
+        if value is not None:
+            raise ConfigError(
+                f"{old} has moved to {new} (the group that uses it): set {new}={value} "
+                f"instead of {old}={value}."
+            )
 
 
 def validate_checkpoint(checkpoint: DictConfig, strategy: DictConfig) -> None:
@@ -250,11 +267,9 @@ def validate_launcher(launcher: DictConfig, strategy: DictConfig) -> None:
     )
 
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-
-
 def validate_config(cfg: DictConfig) -> None:
     """Check every value range; raise ConfigError naming the first bad key."""
+    refuse_moved_keys(cfg)
     _require(cfg.seed >= 0, "seed", cfg.seed, "use a non-negative integer.")
     validate_data(cfg.data)
     validate_model(cfg.model)

@@ -13,6 +13,8 @@ from torch import nn
 
 from dist_lstm.model.packed import Linear
 
+ATTENTIONS = ("dot", "general", "bahdanau")  # model.attention: the scores below
+
 
 class Attention(nn.Module):
     """Scores a query against memory; returns the context vector and the weights.
@@ -24,8 +26,8 @@ class Attention(nn.Module):
 
     def __init__(self, kind: str, query_size: int, memory_size: int):
         super().__init__()
-        if kind not in ("dot", "general", "bahdanau"):
-            raise ValueError(f"unknown attention {kind!r}: use dot, general or bahdanau")
+        if kind not in ATTENTIONS:
+            raise ValueError(f"unknown attention {kind!r}: use one of {', '.join(ATTENTIONS)}")
         if kind == "dot" and query_size != memory_size:
             raise ValueError(
                 f"dot attention needs equal query and memory sizes, got {query_size} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Dict
+
 from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
@@ -11,46 +13,57 @@ from dist_lstm.strategy.ddp import DDPStrategy
 from dist_lstm.strategy.single import SingleDeviceStrategy
 from dist_lstm.topology import Topology
 
-__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "build_strategy"]
+__all__ = ["STRATEGIES", "Strategy", "SingleDeviceStrategy", "DDPStrategy", "build_strategy"]
 
 
-def build_strategy(
-    strategy: DictConfig,
-    topology: Topology,
-    clip_grad_norm: float,
-    precision: str = "32",
-) -> Strategy:
-    """The strategy `strategy.name` asks for, set up for this process's topology."""
-    limit_onednn_caches(precision, topology.device)
-    check_precision(precision, topology.device)
-    name = strategy.name
+def _single(cfg: DictConfig, topology: Topology) -> Strategy:
+    if topology.distributed:
+        raise ConfigError(
+            f"strategy.name='single' is invalid under a launcher with WORLD_SIZE="
+            f"{topology.world_size}: use strategy=ddp (or auto), or start one process."
+        )
+    return SingleDeviceStrategy(topology, cfg.clip_grad_norm, cfg.precision)
+
+
+def _ddp(cfg: DictConfig, topology: Topology) -> Strategy:
+    return DDPStrategy(
+        topology,
+        cfg.clip_grad_norm,
+        cfg.precision,
+        backend=cfg.backend,
+        timeout_s=cfg.timeout_s,
+        find_unused_parameters=cfg.get("find_unused_parameters", False),
+    )
+
+
+def _deepspeed(cfg: DictConfig, topology: Topology) -> Strategy:
+    from dist_lstm.strategy.deepspeed import DeepSpeedStrategy  # imports deepspeed: slow
+
+    return DeepSpeedStrategy(
+        topology,
+        cfg.clip_grad_norm,
+        zero_stage=cfg.zero_stage,
+        precision=cfg.precision,
+        backend=cfg.backend,
+        timeout_s=cfg.timeout_s,
+    )
+
+
+# strategy.name -> builder (besides `auto`); config validation takes its choices from here.
+STRATEGIES: Dict[str, Callable[[DictConfig, Topology], Strategy]] = {
+    "single": _single,
+    "ddp": _ddp,
+    "deepspeed": _deepspeed,
+}
+
+
+def build_strategy(cfg: DictConfig, topology: Topology) -> Strategy:
+    """The strategy the `strategy` config group asks for, set up for this process."""
+    limit_onednn_caches(cfg.precision, topology.device)
+    check_precision(cfg.precision, topology.device)
+    name = cfg.name
     if name == "auto":
         name = "ddp" if topology.distributed else "single"
-    if name == "single":
-        if topology.distributed:
-            raise ConfigError(
-                f"strategy.name='single' is invalid under a launcher with WORLD_SIZE="
-                f"{topology.world_size}: use strategy=ddp (or auto), or start one process."
-            )
-        return SingleDeviceStrategy(topology, clip_grad_norm, precision)
-    if name == "ddp":
-        return DDPStrategy(
-            topology,
-            clip_grad_norm,
-            precision,
-            backend=strategy.backend,
-            timeout_s=strategy.timeout_s,
-            find_unused_parameters=strategy.find_unused_parameters,
-        )
-    if name == "deepspeed":
-        from dist_lstm.strategy.deepspeed import DeepSpeedStrategy  # imports deepspeed: slow
-
-        return DeepSpeedStrategy(
-            topology,
-            clip_grad_norm,
-            zero_stage=strategy.zero_stage,
-            precision=precision,
-            backend=strategy.backend,
-            timeout_s=strategy.timeout_s,
-        )
-    raise ConfigError(f"strategy.name={name!r} is invalid: use auto, single, ddp or deepspeed.")
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy.name={name!r} is invalid: use auto, {', '.join(STRATEGIES)}.")
+    return STRATEGIES[name](cfg, topology)

@@ -335,7 +335,7 @@ def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
         torchrun(
             *corpus,
             *strategy,
-            "trainer.precision=bf16",
+            "strategy.precision=bf16",
             "trainer.max_steps=4",
             "trainer.val_every_steps=4",
             f"hydra.run.dir={run_dir}",

@@ -103,3 +103,65 @@ def test_no_stopping_criterion_is_an_error():
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "old, new", [("trainer.precision=bf16", "strategy.precision=bf16"),
+                 ("optim.clip_grad_norm=5.0", "strategy.clip_grad_norm=5.0")]
+)
+def test_a_moved_key_stops_with_the_new_key(old, new):
+    with pytest.raises(ConfigError, match=f"has moved to .*set {new}"):
+        validate_config(compose_config([old]))
+
+
+def test_each_strategy_has_only_its_own_keys():
+    cfg = compose_config(["strategy=deepspeed", "strategy.zero_stage=3"])
+    assert cfg.strategy.zero_stage == 3 and "find_unused_parameters" not in cfg.strategy
+    assert "zero_stage" not in compose_config(["strategy=ddp"]).strategy
+    assert "backend" not in compose_config(["strategy=single"]).strategy
+    with pytest.raises(ConfigCompositionException, match="strategy.zero_stage"):
+        compose_config(["strategy=ddp", "strategy.zero_stage=2"])
+
+
+def schema_default(node, path):
+    for key in path:
+        node = getattr(node, key)
+    return node
+
+
+@pytest.mark.parametrize(
+    "group", ["data", "model", "optim", "trainer", "strategy", "checkpoint", "logger", "launcher"]
+)
+def test_group_files_set_no_key_to_the_schema_default(group):
+    """Defaults are written once, in the schema: a group file repeating one would drift."""
+    from omegaconf import OmegaConf
+
+    from dist_lstm.config.schema import Config
+
+    schema = OmegaConf.structured(Config)
+    for path in (CONF_DIR / group).glob("*.yaml"):
+        values = OmegaConf.load(path)
+        package = [] if "@package _global_" in path.read_text() else [group]
+        flat = OmegaConf.to_container(values)
+        flat.pop("defaults", None)
+        stack = [(package, flat)]
+        while stack:
+            prefix, mapping = stack.pop()
+            for key, value in mapping.items():
+                if isinstance(value, dict):
+                    stack.append(([*prefix, key], value))
+                elif not isinstance(value, str) or "${" not in value:
+                    default = OmegaConf.select(schema, ".".join([*prefix, key]))
+                    assert value != default or key == "name", (
+                        f"{path.name}: {'.'.join([*prefix, key])}={value} repeats the default"
+                    )
+
+
+def test_choices_come_from_the_builders_registries():
+    from dist_lstm.optim import OPTIMIZERS
+    from dist_lstm.strategy import STRATEGIES
+
+    with pytest.raises(ConfigError, match=", ".join(OPTIMIZERS)):
+        validate_config(compose_config(["optim.name=adam"]))
+    with pytest.raises(ConfigError, match=", ".join(STRATEGIES)):
+        validate_config(compose_config(["strategy.name=fsdp"]))

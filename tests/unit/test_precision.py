@@ -1,4 +1,4 @@
-"""trainer.precision: autocast inside micro-batches, loss scaling for fp16, start-up checks."""
+"""strategy.precision: autocast inside micro-batches, loss scaling for fp16, start-up checks."""
 
 import os
 
@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 
 
 def test_fp16_on_cpu_is_refused_with_the_fix():
-    fix = "trainer.precision=fp16 is invalid on a CPU.*needs a GPU.*use trainer.precision=bf16"
+    fix = "strategy.precision=fp16 is invalid on a CPU.*needs a GPU.*use strategy.precision=bf16"
     with pytest.raises(ConfigError, match=fix):
         prec.check_precision("fp16", CPU)
 
@@ -25,7 +25,7 @@ def test_unsupported_bf16_is_detected_at_start_up(monkeypatch):
         raise RuntimeError("could not create a primitive descriptor for an LSTM forward")
 
     monkeypatch.setattr(prec, "_probe_lstm", broken)
-    fix = "trainer.precision=bf16 is not supported.*use trainer.precision=32"
+    fix = "strategy.precision=bf16 is not supported.*use strategy.precision=32"
     with pytest.raises(ConfigError, match=fix):
         prec.check_precision("bf16", CPU)
 

@@ -34,7 +34,7 @@ def test_world_size_without_rendezvous_address_is_explained():
 
 def test_auto_is_single_without_a_launcher():
     cfg = compose_config([])
-    strategy = build_strategy(cfg.strategy, from_environment("cpu", env={}), 1.0)
+    strategy = build_strategy(cfg.strategy, from_environment("cpu", env={}))
     assert isinstance(strategy, SingleDeviceStrategy)
 
 
@@ -42,7 +42,7 @@ def test_single_under_a_launcher_names_the_fix():
     cfg = compose_config(["strategy=single"])
     env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     with pytest.raises(ConfigError, match="use strategy=ddp"):
-        build_strategy(cfg.strategy, from_environment("cpu", env=env), 1.0)
+        build_strategy(cfg.strategy, from_environment("cpu", env=env))
 
 
 def test_cuda_request_without_cuda_is_a_config_error():

@@ -125,7 +125,7 @@ def test_bf16_training_runs_end_to_end(tmp_path, corpus):
     result, records = run(
         tmp_path,
         corpus,
-        "trainer.precision=bf16",
+        "strategy.precision=bf16",
         "trainer.max_steps=4",
         "trainer.max_epochs=null",
         "trainer.val_every_steps=4",
