@@ -16,7 +16,6 @@ import torch
 
 import dist_lstm.checkpoint.consolidate  # noqa: F401  (DCP's single-process warning filter)
 from dist_lstm.data.dataset import Batch
-from dist_lstm.model.packed import weights_changed
 from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.topology import Topology
 
@@ -92,7 +91,6 @@ class Strategy(ABC):
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        weights_changed()  # fused optimizers leave the version counters alone
         return norm
 
     @abstractmethod
@@ -163,7 +161,6 @@ class Strategy(ABC):
         )
         if self.scaler:
             self.scaler.load_state_dict(state["scaler"])
-        weights_changed()
 
     def _dcp_state(self) -> Dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
