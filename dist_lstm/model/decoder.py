@@ -19,7 +19,7 @@ from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import EncoderOutput
 from dist_lstm.model.loss import linear_cross_entropy
 from dist_lstm.model.lstm import DecoderLSTM
-from dist_lstm.model.packed import Linear, PackedWeight, linear
+from dist_lstm.model.onednn_weights import Linear, ReorderedWeight, linear
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Decoder(nn.Module):
                 else nn.Identity()
             )
             self.output_bias = nn.Parameter(torch.zeros(vocab_size))
-            self.packed_embedding = PackedWeight()
+            self.reordered_embedding = ReorderedWeight()
         else:
             self.output = OutputLayer(hidden_size, vocab_size)
 
@@ -171,7 +171,7 @@ class Decoder(nn.Module):
                 self.pre_output(hidden),
                 self.embedding.weight,
                 self.output_bias,
-                self.packed_embedding,
+                self.reordered_embedding,
             )
         return self.output(hidden)
 

@@ -13,7 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from dist_lstm.model.packed import ONEDNN_LINEAR, PackedWeight, linear_of_concatenation
+from dist_lstm.model.onednn_weights import (
+    ONEDNN_LINEAR,
+    ReorderedWeight,
+    linear_of_concatenation,
+)
 
 
 def lstm_cell_from_gates(gates: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -123,14 +127,15 @@ class DecoderLSTM(nn.LSTM):
     saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
     only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
     (no gradients) runs one product per layer of [input | hidden] against a copy of
-    [W_ih | W_hh] reordered once for oneDNN (dist_lstm/model/packed.py); without oneDNN, two GEMMs
-    into one gates tensor up to 256 rows (at 64 the per-call reorder cost more than the
-    GEMMs themselves). A module call either way, so ZeRO-3 gathers the weights for it.
+    [W_ih | W_hh] reordered once for oneDNN (dist_lstm/model/onednn_weights.py); without
+    oneDNN, two GEMMs into one gates tensor up to 256 rows (at 64 the per-call reorder
+    cost more than the GEMMs themselves). A module call either way, so ZeRO-3 gathers the
+    weights for it.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.packed = [PackedWeight() for _ in range(self.num_layers)]
+        self.reordered = [ReorderedWeight() for _ in range(self.num_layers)]
 
     def forward(self, input, hx=None):
         single_step = input.dim() == 3 and input.size(1) == 1 and self.batch_first
@@ -143,7 +148,7 @@ class DecoderLSTM(nn.LSTM):
             return self._cells(input, hx)
         return super().forward(input, hx)
 
-    # Without packed weights, above this many rows (beam 5 x 64 sentences = 320) the
+    # Without oneDNN copies, above this many rows (beam 5 x 64 sentences = 320) the
     # oneDNN call's weight reorder is paid back by its faster GEMMs (measured at 1-320 rows
     # on 2 CPU cores).
     SEARCH_CELL_MAX_ROWS = 256
@@ -167,6 +172,6 @@ class DecoderLSTM(nn.LSTM):
         w_ih, w_hh, b_ih, b_hh = (getattr(self, f"{name}_l{layer}") for name in names)
         if torch.is_grad_enabled():
             return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
-        packed = self.packed[layer]
-        gates = linear_of_concatenation((x, h), (w_ih, w_hh), (b_ih, b_hh), packed)  # (B, 4H)
+        reordered = self.reordered[layer]
+        gates = linear_of_concatenation((x, h), (w_ih, w_hh), (b_ih, b_hh), reordered)  # (B, 4H)
         return lstm_cell_from_gates(gates, c)

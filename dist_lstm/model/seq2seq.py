@@ -9,7 +9,7 @@ from torch import nn
 
 from dist_lstm.model.decoder import Decoder
 from dist_lstm.model.encoder import Encoder, EncoderOutput
-from dist_lstm.model.packed import weights_changed
+from dist_lstm.model.onednn_weights import invalidate_reordered_weights, track_weight_changes
 
 
 class Seq2Seq(nn.Module):
@@ -19,6 +19,15 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        track_weight_changes(self)  # search's oneDNN copies follow steps and loads
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        track_weight_changes(self)  # a deep copy or unpickled copy tracks its own weights
+
+    def invalidate_reordered_weights(self) -> None:
+        """Drop search's oneDNN copies of the weights; rebuilt at their next use."""
+        invalidate_reordered_weights(self)
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         return self.encoder(src, src_lengths)
@@ -34,8 +43,9 @@ class Seq2Seq(nn.Module):
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, int]]:
         """src (B, S), src_lengths (B,), tgt_in (B, T) -> logits (B, T, V); with tgt_out
         (B, T): (summed loss, real target tokens), as training needs (Decoder.forward)."""
-        if torch.is_grad_enabled():  # training: the weights may have moved since last time
-            weights_changed()
+        if torch.is_grad_enabled():  # training: copies would only hold memory, and a change
+            # no hook sees (weights written in place by hand) must not leave them stale
+            self.invalidate_reordered_weights()
         encoded = self.encode(src, src_lengths)
         return self.decoder(tgt_in, encoded, tgt_out, label_smoothing, tgt_positions)
 

@@ -15,7 +15,6 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional
 import torch
 
 from dist_lstm.batch import Batch
-from dist_lstm.model.packed import weights_changed
 from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.strategy.formats import MODEL_KEY, OPTIM_KEY
 from dist_lstm.topology import Topology
@@ -94,7 +93,6 @@ class Strategy(ABC):
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        weights_changed()  # fused optimizers leave the version counters alone
         return norm
 
     @abstractmethod
@@ -163,7 +161,6 @@ class Strategy(ABC):
             model_state_dict=state[MODEL_KEY],
             optim_state_dict=state[OPTIM_KEY],
         )
-        weights_changed()
 
     def _dcp_state(self) -> Dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict

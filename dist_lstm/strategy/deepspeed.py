@@ -41,7 +41,6 @@ import torch
 
 from dist_lstm.batch import Batch
 from dist_lstm.errors import UserError
-from dist_lstm.model.packed import weights_changed
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
 from dist_lstm.strategy.formats import DEEPSPEED_TAG, UNIVERSAL
@@ -142,7 +141,6 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
     def step(self) -> Optional[torch.Tensor]:
         self._pending_reduction.close()  # reduces the group's gradients, in parameter order
         self.engine.step()
-        weights_changed()  # its optimizers need not bump the weights' version counters
         norm = self.engine.get_global_grad_norm()  # a float or a tensor, by ZeRO stage
         return None if norm is None else torch.as_tensor(norm)
 
@@ -176,7 +174,6 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
                 f"{folder} holds no DeepSpeed state: resume a strategy=deepspeed run from a "
                 "checkpoint that strategy=deepspeed wrote."
             )
-        weights_changed()
 
 
 
