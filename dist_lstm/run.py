@@ -196,6 +196,12 @@ def fit_and_report(
         trainer.resumed_at(trainer.checkpoints.load(resume_from))
         if strategy.is_main:
             trainer.metrics.drop_after(trainer.state.step)  # the steps being redone
+            log.info(
+                "resumed from %s: step %d, epoch %d",
+                resume_from,
+                trainer.state.step,
+                trainer.state.epoch,
+            )
     elif cfg.resume == "auto" and strategy.is_main:
         log.info(
             "resume=auto: no checkpoint in %s yet, starting fresh", trainer.checkpoints.directory

@@ -290,8 +290,6 @@ class CheckpointManager:
                 part.load_state_dict(mine[name])
             else:
                 part.start_fresh(step)
-        if self.is_main:
-            log.info("resumed from %s: step %d", folder, step)
         return step
 
 

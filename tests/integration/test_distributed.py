@@ -307,7 +307,7 @@ def test_sbatch_template_checkpoints_and_requeues_on_usr1(corpus, tmp_path):
     proc.send_signal(signal.SIGUSR1)  # --signal=B:USR1@120 goes to the batch shell
     assert proc.wait(timeout=90) == 0
     assert "requeue 4242" in calls.read_text()
-    step = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["train_state"]["step"]
+    step = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["trainer"]["step"]
     requeued = subprocess.run(
         [*args, f"trainer.max_steps={step + 2}"],
         cwd=ROOT,
@@ -317,7 +317,7 @@ def test_sbatch_template_checkpoints_and_requeues_on_usr1(corpus, tmp_path):
         timeout=300,
     )
     assert requeued.returncode == 0, requeued.stdout[-3000:] + requeued.stderr[-3000:]
-    final = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["train_state"]["step"]
+    final = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["trainer"]["step"]
     assert final == step + 2
 
 
@@ -392,7 +392,7 @@ def test_ddp_run_resumed_midway_matches_the_uninterrupted_one(
     run_dir = tmp_path / "resumed"
     first = [*corpus, *DS_STEPS[1:], *saving, "strategy=ddp", f"hydra.run.dir={run_dir}"]
     run(torchrun(*first, "trainer.max_steps=3"))
-    assert {p.name for p in (run_dir / "checkpoints" / "last" / "rng").iterdir()} == {
+    assert {p.name for p in (run_dir / "checkpoints" / "last" / "rank").iterdir()} == {
         "rank_00000.pt",
         "rank_00001.pt",
     }
@@ -431,7 +431,7 @@ def test_ddp_checkpoint_resumes_in_one_process(corpus, tmp_path):
     assert trainer_state["sampler"]["consumed"] == 4  # 2 steps x 2 ranks
     run([sys.executable, "train.py", *common, "trainer.max_steps=4", "resume=auto"])
     state = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")
-    assert state["train_state"]["step"] == 4 and state["sampler"]["consumed"] == 6
+    assert state["trainer"]["step"] == 4 and state["sampler"]["consumed"] == 6
     assert "resumed from" in (run_dir / "train.log").read_text()
 
 
@@ -442,12 +442,12 @@ def test_sigterm_checkpoints_every_rank_and_the_run_resumes(corpus, tmp_path):
     proc.send_signal(signal.SIGTERM)  # as a scheduler would: torchrun passes it on
     assert proc.wait(timeout=60) != 0
     last = (run_dir / "checkpoints" / "last").resolve()
-    assert (last / "COMPLETE").is_file() and len(list((last / "rng").iterdir())) == 2
-    step = torch.load(last / "trainer.pt")["train_state"]["step"]
+    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
+    step = torch.load(last / "trainer.pt")["trainer"]["step"]
     assert step >= 1
     assert "stopped by SIGTERM" in (run_dir / "train.log").read_text()
     run(torchrun(*common, f"trainer.max_steps={step + 2}", "resume=auto"))
-    assert torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["train_state"]["step"] == (
+    assert torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["trainer"]["step"] == (
         step + 2
     )
 
@@ -517,7 +517,7 @@ def test_deepspeed_checkpoint_resumes_at_another_world_size(corpus, tmp_path):
     run(torchrun(*common, "trainer.max_steps=4", "resume=auto", nproc=1))
     assert (run_dir / "checkpoints" / "step_00000002" / "state" / "universal").is_dir()
     state = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")
-    assert state["train_state"]["step"] == 4 and state["sampler"]["consumed"] == 6
+    assert state["trainer"]["step"] == 4 and state["sampler"]["consumed"] == 6
     assert "resumed from" in (run_dir / "train.log").read_text()
     final = load_checkpoint(run_dir / "checkpoints" / "last")["model"]
     # Training went on from the converted weights, not from a fresh model: two Adam
@@ -544,5 +544,5 @@ def test_sigterm_stops_a_sweep_of_two_process_jobs_after_a_checkpoint(corpus, tm
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=90) == 143
     last = (sweep_dir / "0" / "checkpoints" / "last").resolve()
-    assert (last / "COMPLETE").is_file() and len(list((last / "rng").iterdir())) == 2
+    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
     assert not (sweep_dir / "1").exists()
