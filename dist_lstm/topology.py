@@ -5,7 +5,8 @@ The one place that reads the launcher's environment. torchrun, the DeepSpeed lau
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT. A task that SLURM's `srun` (or Hydra's submitit
 launcher) starts directly, one process per task, has SLURM's variables instead; they are
 translated (`scheduler_environment`). A plain `python train.py` has none of them and is
-rank 0 of a world of 1.
+rank 0 of a world of 1. torchrun's restart count and store placement are read here too,
+so no other module looks at these variables.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ class Topology:
     world_size: int
     local_rank: int
     device: torch.device
+    # Where the process group meets (MASTER_ADDR, MASTER_PORT); None when not launched.
+    master_addr: Optional[str] = None
+    master_port: Optional[int] = None
+    # torchrun only: how often it restarted the workers (TORCHELASTIC_RESTART_COUNT), and
+    # whether its agent hosts the rendezvous store (TORCHELASTIC_USE_AGENT_STORE).
+    restart_attempt: Optional[int] = None
+    agent_hosts_store: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -138,7 +146,27 @@ def from_environment(device_preference: str, env: Optional[Mapping[str, str]] = 
             f"WORLD_SIZE={world_size} but MASTER_ADDR/MASTER_PORT are not set: launch with "
             "torchrun or the deepspeed launcher (see launch/README.md)."
         )
-    return Topology(rank, world_size, local_rank, resolve_device(device_preference, local_rank))
+    port = env.get("MASTER_PORT")
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT")
+    return Topology(
+        rank,
+        world_size,
+        local_rank,
+        resolve_device(device_preference, local_rank),
+        master_addr=env.get("MASTER_ADDR"),
+        master_port=_port(port) if port is not None else None,
+        restart_attempt=int(attempt) if attempt is not None else None,
+        agent_hosts_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+    )
+
+
+def _port(value: str) -> int:
+    """MASTER_PORT as a number; a typo there should not end in int()'s traceback."""
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(
+            f"MASTER_PORT={value!r} is not a TCP port: set it to a free port (1-65535)."
+        )
+    return int(value)
 
 
 def free_local_port() -> int:

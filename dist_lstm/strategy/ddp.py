@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any, ContextManager, List, Optional
@@ -27,28 +26,25 @@ def default_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def elastic_store(world_size: int, timeout_s: float) -> Optional[dist.Store]:
+def elastic_store(topology: Topology, timeout_s: float) -> Optional[dist.Store]:
     """Under torchrun, the rendezvous store with a key prefix of this attempt.
 
     After `torchrun --max-restarts` restarts the workers, the store still holds the
     previous attempt's keys, and a plain re-initialization hung or failed (measured:
-    4 of 5 restarts). Keys under a prefix of TORCHELASTIC_RESTART_COUNT start clean.
+    4 of 5 restarts). Keys under a prefix of the restart count start clean.
     Outside torchrun (None) the default env:// initialization is used.
     """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
+    if topology.restart_attempt is None:
         return None
-    # torchrun hosts the store in its agent (TORCHELASTIC_USE_AGENT_STORE); otherwise
-    # rank 0 hosts it, as env:// would.
-    hosted_by_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    # torchrun hosts the store in its agent; otherwise rank 0 hosts it, as env:// would.
     store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world_size,
-        is_master=not hosted_by_agent and int(os.environ["RANK"]) == 0,
+        topology.master_addr,
+        topology.master_port,
+        topology.world_size,
+        is_master=not topology.agent_hosts_store and topology.rank == 0,
         timeout=timedelta(seconds=timeout_s),
     )
-    return dist.PrefixStore(f"dist_lstm/attempt_{attempt}", store)
+    return dist.PrefixStore(f"dist_lstm/attempt_{topology.restart_attempt}", store)
 
 
 def init_process_group(topology: Topology, backend: str, timeout_s: float) -> None:
@@ -64,7 +60,7 @@ def init_process_group(topology: Topology, backend: str, timeout_s: float) -> No
         rank=topology.rank,
         world_size=topology.world_size,
         timeout=timedelta(seconds=timeout_s),
-        store=elastic_store(topology.world_size, timeout_s),
+        store=elastic_store(topology, timeout_s),
     )
     log.info("process group: %s, rank %d of %d", backend, topology.rank, topology.world_size)
 
