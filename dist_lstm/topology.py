@@ -5,8 +5,9 @@ The one place that reads the launcher's environment. torchrun, the DeepSpeed lau
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT. A task that SLURM's `srun` (or Hydra's submitit
 launcher) starts directly, one process per task, has SLURM's variables instead; they are
 translated (`scheduler_environment`). A plain `python train.py` has none of them and is
-rank 0 of a world of 1. torchrun's restart count and store placement are read here too,
-so no other module looks at these variables.
+rank 0 of a world of 1; if its strategy needs a process group (DDP, DeepSpeed), the group
+meets on this machine (`loopback_rendezvous`). torchrun's restart count and store
+placement are read here too, so no other module looks at these variables.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import os
 import random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
 from dist_lstm.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -146,15 +149,16 @@ def from_environment(device_preference: str, env: Optional[Mapping[str, str]] = 
             f"WORLD_SIZE={world_size} but MASTER_ADDR/MASTER_PORT are not set: launch with "
             "torchrun or the deepspeed launcher (see launch/README.md)."
         )
-    port = env.get("MASTER_PORT")
+    # Not launched (no WORLD_SIZE): a MASTER_ADDR left in the shell names no job's master.
+    has_master = "WORLD_SIZE" in env and "MASTER_ADDR" in env and "MASTER_PORT" in env
     attempt = env.get("TORCHELASTIC_RESTART_COUNT")
     return Topology(
         rank,
         world_size,
         local_rank,
         resolve_device(device_preference, local_rank),
-        master_addr=env.get("MASTER_ADDR"),
-        master_port=_port(port) if port is not None else None,
+        master_addr=env["MASTER_ADDR"] if has_master else None,
+        master_port=_port(env["MASTER_PORT"]) if has_master else None,
         restart_attempt=int(attempt) if attempt is not None else None,
         agent_hosts_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
     )
@@ -167,6 +171,21 @@ def _port(value: str) -> int:
             f"MASTER_PORT={value!r} is not a TCP port: set it to a free port (1-65535)."
         )
     return int(value)
+
+
+def loopback_rendezvous(topology: Topology) -> Topology:
+    """The topology a process group is formed from. A process no launcher started (a
+    plain `python train.py strategy=ddp|deepspeed`, e.g. to resume a ZeRO checkpoint on
+    one machine) becomes rank 0 of a world of 1 meeting on 127.0.0.1 at a free port, as
+    DeepSpeed's and Lightning's launch helpers do; launched processes are left as they are.
+
+    LOCAL_RANK is exported when unset because DeepSpeed's engine requires it in the
+    environment even when the process group already exists (it reads nothing else there).
+    """
+    if topology.master_addr is not None:
+        return topology
+    os.environ.setdefault("LOCAL_RANK", str(topology.local_rank))
+    return replace(topology, master_addr=LOOPBACK, master_port=free_local_port())
 
 
 def free_local_port() -> int:

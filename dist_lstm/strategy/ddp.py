@@ -1,7 +1,8 @@
 """PyTorch DistributedDataParallel: one process per device, gradients all-reduced.
 
 Launched by torchrun (one node or many), the DeepSpeed launcher or srun + torchrun; the
-process group is read from the environment (env://). CPU ranks use gloo, GPU ranks NCCL.
+process group is read from the environment (env://). A plain process is a world of 1 on
+a loopback rendezvous. CPU ranks use gloo, GPU ranks NCCL.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dist_lstm.strategy.base import Strategy
-from dist_lstm.topology import Topology
+from dist_lstm.topology import Topology, loopback_rendezvous
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def elastic_store(topology: Topology, timeout_s: float) -> Optional[dist.Store]:
     4 of 5 restarts). Keys under a prefix of the restart count start clean.
     Outside torchrun (None) the default env:// initialization is used.
     """
-    if topology.restart_attempt is None:
+    if topology.restart_attempt is None or topology.master_addr is None:
         return None
     # torchrun hosts the store in its agent; otherwise rank 0 hosts it, as env:// would.
     store = dist.TCPStore(
@@ -55,8 +56,13 @@ def init_process_group(topology: Topology, backend: str, timeout_s: float) -> No
     backend = default_backend(topology.device) if backend == "auto" else backend
     if topology.device.type == "cuda":
         torch.cuda.set_device(topology.device)
+    init_method = None  # env://, where the launcher exported MASTER_ADDR/MASTER_PORT
+    if topology.master_addr is None:  # a plain process: a world of 1 on this machine
+        topology = loopback_rendezvous(topology)
+        init_method = f"tcp://{topology.master_addr}:{topology.master_port}"
     dist.init_process_group(
         backend=backend,
+        init_method=init_method,
         rank=topology.rank,
         world_size=topology.world_size,
         timeout=timedelta(seconds=timeout_s),
