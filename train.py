@@ -13,7 +13,9 @@ import hydra
 from omegaconf import DictConfig
 
 from dist_lstm.config import register_configs
+from dist_lstm.extras import check_command_line
 from dist_lstm.job import run_job
+from dist_lstm.run import user_errors
 from dist_lstm.topology import drop_local_rank_argument
 
 register_configs()
@@ -26,4 +28,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    with user_errors():  # what Hydra would fail on with a traceback, said in one line
+        check_command_line(sys.argv[1:])  # a sweeper/launcher plugin that is not installed
     main()

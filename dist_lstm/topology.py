@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 
 from dist_lstm.errors import ConfigError
+from dist_lstm.extras import require
 
 LOOPBACK = "127.0.0.1"
 
@@ -51,19 +52,22 @@ class Topology:
 def _scheduler_job() -> Optional[Any]:
     """submitit's view of the scheduler task this process is, or None: a SLURM job step
     started by srun, or a task of submitit's local executor."""
+    env = os.environ
+    local = env.get("SUBMITIT_EXECUTOR") == "local" and "SUBMITIT_LOCAL_GLOBALID" in env
+    # SLURM_STEP_ID tells an srun task from the batch script itself, which sees the job's
+    # task count too but is a single process.
+    srun = {"SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID"} <= env.keys()
+    if not (local or srun):
+        return None
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        # Without submitit every task would train alone as rank 0, all in one directory.
+        require("slurm", "a job of several srun tasks without torchrun", module="submitit")
     try:
         from submitit.local.local import LocalJobEnvironment
         from submitit.slurm.slurm import SlurmJobEnvironment
-    except ImportError:  # submitit is installed with the package; be quiet if it is not
+    except ImportError:  # the `slurm` extra; a single task needs none of it
         return None
-    env = os.environ
-    if env.get("SUBMITIT_EXECUTOR") == "local" and "SUBMITIT_LOCAL_GLOBALID" in env:
-        return LocalJobEnvironment()
-    # SLURM_STEP_ID tells an srun task from the batch script itself, which sees the job's
-    # task count too but is a single process.
-    if {"SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID"} <= env.keys():
-        return SlurmJobEnvironment()
-    return None
+    return LocalJobEnvironment() if local else SlurmJobEnvironment()
 
 
 def scheduler_environment() -> Dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
+from dist_lstm.extras import require
 from dist_lstm.precision import check_precision, limit_onednn_caches
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import DDPStrategy
@@ -43,6 +44,7 @@ def build_strategy(
             find_unused_parameters=strategy.find_unused_parameters,
         )
     if name == "deepspeed":
+        require("deepspeed", "strategy=deepspeed")  # an extra; found without importing it
         from dist_lstm.strategy.deepspeed import DeepSpeedStrategy  # imports deepspeed: slow
 
         return DeepSpeedStrategy(

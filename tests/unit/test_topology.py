@@ -3,6 +3,7 @@ submitit's local tasks."""
 
 import os
 import re
+import sys
 from datetime import timedelta
 
 import pytest
@@ -145,3 +146,14 @@ def test_only_topology_reads_the_launcher_variables():
         if path != package / "topology.py" and launcher_read.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_srun_tasks_without_submitit_are_refused_not_run_alone(clean_env):
+    """Without the `slurm` extra every srun task would train alone as rank 0."""
+    for name, value in SLURM_TASK.items():
+        clean_env.setenv(name, value)
+    clean_env.setitem(sys.modules, "submitit", None)
+    with pytest.raises(ConfigError, match=r'srun tasks .* needs submitit.*"\.\[slurm\]"'):
+        from_environment("cpu")
+    clean_env.setenv("SLURM_NTASKS", "1")  # one task is a plain process
+    assert from_environment("cpu").world_size == 1
