@@ -5,7 +5,9 @@ The one place that reads the launcher's environment. torchrun, the DeepSpeed lau
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT. A task that SLURM's `srun` (or Hydra's submitit
 launcher) starts directly, one process per task, has SLURM's variables instead; they are
 translated (`scheduler_environment`). A plain `python train.py` has none of them and is
-rank 0 of a world of 1.
+rank 0 of a world of 1; if its strategy needs a process group (DDP, DeepSpeed), the group
+meets on this machine (`loopback_rendezvous`). torchrun's restart count and store
+placement are read here too, so no other module looks at these variables.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import os
 import random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
 from dist_lstm.errors import ConfigError
+from dist_lstm.extras import require
+
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,13 @@ class Topology:
     world_size: int
     local_rank: int
     device: torch.device
+    # Where the process group meets (MASTER_ADDR, MASTER_PORT); None when not launched.
+    master_addr: Optional[str] = None
+    master_port: Optional[int] = None
+    # torchrun only: how often it restarted the workers (TORCHELASTIC_RESTART_COUNT), and
+    # whether its agent hosts the rendezvous store (TORCHELASTIC_USE_AGENT_STORE).
+    restart_attempt: Optional[int] = None
+    agent_hosts_store: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -40,19 +52,22 @@ class Topology:
 def _scheduler_job() -> Optional[Any]:
     """submitit's view of the scheduler task this process is, or None: a SLURM job step
     started by srun, or a task of submitit's local executor."""
+    env = os.environ
+    local = env.get("SUBMITIT_EXECUTOR") == "local" and "SUBMITIT_LOCAL_GLOBALID" in env
+    # SLURM_STEP_ID tells an srun task from the batch script itself, which sees the job's
+    # task count too but is a single process.
+    srun = {"SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID"} <= env.keys()
+    if not (local or srun):
+        return None
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        # Without submitit every task would train alone as rank 0, all in one directory.
+        require("slurm", "a job of several srun tasks without torchrun", module="submitit")
     try:
         from submitit.local.local import LocalJobEnvironment
         from submitit.slurm.slurm import SlurmJobEnvironment
-    except ImportError:  # submitit is installed with the package; be quiet if it is not
+    except ImportError:  # the `slurm` extra; a single task needs none of it
         return None
-    env = os.environ
-    if env.get("SUBMITIT_EXECUTOR") == "local" and "SUBMITIT_LOCAL_GLOBALID" in env:
-        return LocalJobEnvironment()
-    # SLURM_STEP_ID tells an srun task from the batch script itself, which sees the job's
-    # task count too but is a single process.
-    if {"SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID"} <= env.keys():
-        return SlurmJobEnvironment()
-    return None
+    return LocalJobEnvironment() if local else SlurmJobEnvironment()
 
 
 def scheduler_environment() -> Dict[str, str]:
@@ -141,7 +156,43 @@ def from_environment(device_preference: str, env: Optional[Mapping[str, str]] = 
             f"WORLD_SIZE={world_size} but MASTER_ADDR/MASTER_PORT are not set: launch with "
             "torchrun or the deepspeed launcher (see launch/README.md)."
         )
-    return Topology(rank, world_size, local_rank, resolve_device(device_preference, local_rank))
+    # Not launched (no WORLD_SIZE): a MASTER_ADDR left in the shell names no job's master.
+    has_master = "WORLD_SIZE" in env and "MASTER_ADDR" in env and "MASTER_PORT" in env
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT")
+    return Topology(
+        rank,
+        world_size,
+        local_rank,
+        resolve_device(device_preference, local_rank),
+        master_addr=env["MASTER_ADDR"] if has_master else None,
+        master_port=_port(env["MASTER_PORT"]) if has_master else None,
+        restart_attempt=int(attempt) if attempt is not None else None,
+        agent_hosts_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+    )
+
+
+def _port(value: str) -> int:
+    """MASTER_PORT as a number; a typo there should not end in int()'s traceback."""
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(
+            f"MASTER_PORT={value!r} is not a TCP port: set it to a free port (1-65535)."
+        )
+    return int(value)
+
+
+def loopback_rendezvous(topology: Topology) -> Topology:
+    """The topology a process group is formed from. A process no launcher started (a
+    plain `python train.py strategy=ddp|deepspeed`, e.g. to resume a ZeRO checkpoint on
+    one machine) becomes rank 0 of a world of 1 meeting on 127.0.0.1 at a free port, as
+    DeepSpeed's and Lightning's launch helpers do; launched processes are left as they are.
+
+    LOCAL_RANK is exported when unset because DeepSpeed's engine requires it in the
+    environment even when the process group already exists (it reads nothing else there).
+    """
+    if topology.master_addr is not None:
+        return topology
+    os.environ.setdefault("LOCAL_RANK", str(topology.local_rank))
+    return replace(topology, master_addr=LOOPBACK, master_port=free_local_port())
 
 
 def free_local_port() -> int:

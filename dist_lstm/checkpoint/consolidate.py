@@ -14,6 +14,7 @@ import torch
 
 from dist_lstm.checkpoint.manager import STATE, read_meta
 from dist_lstm.errors import UserError
+from dist_lstm.extras import require
 from dist_lstm.strategy.formats import DCP_METADATA, DEEPSPEED_TAG, MODEL_KEY
 
 
@@ -50,6 +51,7 @@ def _dcp_model_weights(state: Path) -> Dict[str, torch.Tensor]:
 def _deepspeed_model_weights(state: Path) -> Dict[str, torch.Tensor]:
     tag_dir = state / DEEPSPEED_TAG
     if any(tag_dir.glob("*optim_states.pt")):
+        require("deepspeed", f"reading the DeepSpeed ZeRO checkpoint {state.parent}")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         weights = get_fp32_state_dict_from_zero_checkpoint(str(state), tag=DEEPSPEED_TAG)

@@ -7,6 +7,7 @@ from typing import Callable, Dict
 from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
+from dist_lstm.extras import require
 from dist_lstm.precision import check_precision, limit_onednn_caches
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import DDPStrategy
@@ -37,6 +38,7 @@ def _ddp(cfg: DictConfig, topology: Topology) -> Strategy:
 
 
 def _deepspeed(cfg: DictConfig, topology: Topology) -> Strategy:
+    require("deepspeed", "strategy=deepspeed")  # an extra; found without importing it
     from dist_lstm.strategy.deepspeed import DeepSpeedStrategy  # imports deepspeed: slow
 
     return DeepSpeedStrategy(

@@ -15,8 +15,9 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional
 import torch
 
 from dist_lstm.batch import Batch
+from dist_lstm.errors import UserError
 from dist_lstm.precision import autocast, grad_scaler
-from dist_lstm.strategy.formats import MODEL_KEY, OPTIM_KEY
+from dist_lstm.strategy.formats import DCP_METADATA, MODEL_KEY, OPTIM_KEY
 from dist_lstm.topology import Topology
 
 
@@ -153,6 +154,14 @@ class Strategy(ABC):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
+        # DCP's index of the shards. Without it dcp.load logs a traceback of its own
+        # before failing, so say what is wrong first.
+        if not (folder / DCP_METADATA).is_file():
+            raise UserError(
+                f"resume: {folder.parent} is damaged: {folder / DCP_METADATA} (the index of "
+                "its state files) is missing; resume from an earlier checkpoint with "
+                "resume=PATH."
+            )
         state = self._dcp_state()
         dcp.load(state, checkpoint_id=str(folder), no_dist=not _distributed())
         set_state_dict(

@@ -1,14 +1,14 @@
 """PyTorch DistributedDataParallel: one process per device, gradients all-reduced.
 
 Launched by torchrun (one node or many), the DeepSpeed launcher or srun + torchrun; the
-process group is read from the environment (env://). CPU ranks use gloo, GPU ranks NCCL.
+process group is read from the environment (env://). A plain process is a world of 1 on
+a loopback rendezvous. CPU ranks use gloo, GPU ranks NCCL.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any, ContextManager, List, Optional
@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dist_lstm.strategy.base import Strategy
-from dist_lstm.topology import Topology
+from dist_lstm.topology import Topology, loopback_rendezvous
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +30,25 @@ def default_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def elastic_store(world_size: int, timeout_s: float) -> Optional[dist.Store]:
+def elastic_store(topology: Topology, timeout_s: float) -> Optional[dist.Store]:
     """Under torchrun, the rendezvous store with a key prefix of this attempt.
 
     After `torchrun --max-restarts` restarts the workers, the store still holds the
     previous attempt's keys, and a plain re-initialization hung or failed (measured:
-    4 of 5 restarts). Keys under a prefix of TORCHELASTIC_RESTART_COUNT start clean.
+    4 of 5 restarts). Keys under a prefix of the restart count start clean.
     Outside torchrun (None) the default env:// initialization is used.
     """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
+    if topology.restart_attempt is None or topology.master_addr is None:
         return None
-    # torchrun hosts the store in its agent (TORCHELASTIC_USE_AGENT_STORE); otherwise
-    # rank 0 hosts it, as env:// would.
-    hosted_by_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    # torchrun hosts the store in its agent; otherwise rank 0 hosts it, as env:// would.
     store = dist.TCPStore(
-        os.environ["MASTER_ADDR"],
-        int(os.environ["MASTER_PORT"]),
-        world_size,
-        is_master=not hosted_by_agent and int(os.environ["RANK"]) == 0,
+        topology.master_addr,
+        topology.master_port,
+        topology.world_size,
+        is_master=not topology.agent_hosts_store and topology.rank == 0,
         timeout=timedelta(seconds=timeout_s),
     )
-    return dist.PrefixStore(f"dist_lstm/attempt_{attempt}", store)
+    return dist.PrefixStore(f"dist_lstm/attempt_{topology.restart_attempt}", store)
 
 
 def init_process_group(topology: Topology, backend: str, timeout_s: float) -> None:
@@ -62,12 +59,17 @@ def init_process_group(topology: Topology, backend: str, timeout_s: float) -> No
     backend = default_backend(topology.device) if backend == "auto" else backend
     if topology.device.type == "cuda":
         torch.cuda.set_device(topology.device)
+    init_method = None  # env://, where the launcher exported MASTER_ADDR/MASTER_PORT
+    if topology.master_addr is None:  # a plain process: a world of 1 on this machine
+        topology = loopback_rendezvous(topology)
+        init_method = f"tcp://{topology.master_addr}:{topology.master_port}"
     dist.init_process_group(
         backend=backend,
+        init_method=init_method,
         rank=topology.rank,
         world_size=topology.world_size,
         timeout=timedelta(seconds=timeout_s),
-        store=elastic_store(topology.world_size, timeout_s),
+        store=elastic_store(topology, timeout_s),
     )
     log.info("process group: %s, rank %d of %d", backend, topology.rank, topology.world_size)
 

@@ -73,3 +73,18 @@ def test_misspelt_key_fails_at_start_up(tmp_path):
     assert proc.returncode != 0
     assert "max_stepz" in proc.stderr
     assert not (tmp_path / "typo" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("where", ["/proc/dist-lstm-test", "under-a-file"])
+def test_run_dir_that_cannot_be_created_is_named(tmp_path, where):
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("")
+        where = str(tmp_path / "file" / "run")
+    proc = run_train("experiment=smoke", run_dir=where)
+    output = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, output
+    assert f"hydra.run.dir={where} cannot be created" in output
+    assert "choose a writable hydra.run.dir" in output
+    assert "Traceback" not in output
+    printed = run_train("experiment=smoke", "--cfg", "job", run_dir=where)  # makes no dir
+    assert printed.returncode == 0 and "seed:" in printed.stdout

@@ -1,6 +1,7 @@
 """Checkpoints in one process: exact resume, atomic commit, retention, bad resume input."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -161,3 +162,14 @@ def test_damaged_checkpoint_files_fail_with_a_clear_message(corpus, tmp_path):
     shard.write_bytes(shard.read_bytes()[:100])  # truncated on disk after the save
     with pytest.raises(UserError, match="could not be loaded.*resume=PATH"):
         run(tmp_path, corpus, "trainer.max_steps=4", "resume=auto")
+
+
+def test_checkpoint_without_its_dcp_index_fails_with_only_the_message(corpus, tmp_path, caplog):
+    """Checked before dcp.load, which would log a traceback of its own first."""
+    run(tmp_path, corpus, "trainer.max_steps=2")
+    step = (tmp_path / "checkpoints" / "last").resolve()
+    (step / "state" / ".metadata").unlink()
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(UserError, match=f"resume: {step} is damaged: .*resume=PATH"):
+        run(tmp_path, corpus, "trainer.max_steps=4", "resume=auto")
+    assert "Traceback" not in caplog.text

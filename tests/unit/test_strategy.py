@@ -1,11 +1,14 @@
 """Topology from the launcher's environment and the strategy each config picks."""
 
+import os
+
 import pytest
 import torch
+import torch.distributed as dist
 
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
-from dist_lstm.topology import from_environment
+from dist_lstm.topology import from_environment, loopback_rendezvous
 from tests.conftest import compose_config
 
 
@@ -101,3 +104,30 @@ def test_padding_targets_for_zero3_leaves_the_loss_and_gradients_unchanged():
     torch.testing.assert_close(padded_loss, loss)
     for grad, padded_grad in zip(grads, padded_grads):
         torch.testing.assert_close(padded_grad, grad)
+
+
+def test_ddp_in_a_plain_process_is_a_world_of_one_on_this_machine(monkeypatch):
+    """No launcher: the process group meets on 127.0.0.1 instead of failing for want of
+    MASTER_ADDR; one left in the shell without WORLD_SIZE names no job and is ignored."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.setenv(name, "")  # recorded, so what the test exports is undone
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MASTER_ADDR", "no-such-host.invalid")
+    topology = from_environment("cpu")
+    assert topology.master_addr is None
+    strategy = build_strategy(compose_config(["strategy=ddp"]).strategy, topology)
+    try:
+        assert (dist.get_rank(), dist.get_world_size()) == (0, 1)
+        assert strategy.all_reduce_sum(torch.tensor([2.0])).item() == 2.0
+        assert os.environ["LOCAL_RANK"] == "0"  # DeepSpeed's engine insists on it
+    finally:
+        strategy.teardown()
+    assert not dist.is_initialized()
+
+
+def test_loopback_rendezvous_leaves_a_launched_process_alone():
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
+    launched = from_environment("cpu", env=env)
+    assert loopback_rendezvous(launched) == launched
+    plain = loopback_rendezvous(from_environment("cpu", env={}))
+    assert plain.master_addr == "127.0.0.1" and 0 < plain.master_port < 65536

@@ -1,10 +1,25 @@
-"""Ranks from a scheduler without torchrun: SLURM's srun tasks and submitit's local tasks."""
+"""The launcher's environment read in one place: torchrun's variables, SLURM's srun tasks and
+submitit's local tasks."""
 
 import os
+import re
+import sys
+from datetime import timedelta
 
 import pytest
+import torch
+import torch.distributed as dist
 
-from dist_lstm.topology import from_environment, launcher_rank, scheduler_environment
+from dist_lstm.errors import ConfigError
+from dist_lstm.strategy.ddp import elastic_store
+from dist_lstm.topology import (
+    Topology,
+    free_local_port,
+    from_environment,
+    launcher_rank,
+    scheduler_environment,
+)
+from tests.conftest import ROOT
 
 SLURM_TASK = {
     "SLURM_JOB_ID": "81234",
@@ -78,3 +93,67 @@ def test_submitit_local_tasks_meet_on_this_machine(clean_env):
         clean_env.setenv(name, value)
     env = scheduler_environment()
     assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("1", "2", "127.0.0.1")
+
+
+def test_torchrun_restart_count_and_store_host_are_read():
+    torchrun = {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "node0",
+        "MASTER_PORT": "29500",
+        "TORCHELASTIC_RESTART_COUNT": "2",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }
+    topo = from_environment("cpu", env=torchrun)
+    assert (topo.master_addr, topo.master_port) == ("node0", 29500)
+    assert (topo.restart_attempt, topo.agent_hosts_store) == (2, True)
+    plain = from_environment("cpu", env={})
+    assert (plain.master_addr, plain.restart_attempt, plain.agent_hosts_store) == (
+        None,
+        None,
+        False,
+    )
+
+
+def test_a_master_port_that_is_no_port_is_explained():
+    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "29x00"}
+    with pytest.raises(ConfigError, match="MASTER_PORT='29x00' is not a TCP port"):
+        from_environment("cpu", env=env)
+
+
+def test_restarted_attempt_keeps_its_keys_under_its_own_prefix():
+    """elastic_store takes everything from the topology: rank 0 hosts the store (no
+    agent), and the keys of restart 3 live under attempt_3/."""
+    port = free_local_port()
+    topo = Topology(0, 1, 0, torch.device("cpu"), "127.0.0.1", port, restart_attempt=3)
+    store = elastic_store(topo, timeout_s=10)
+    store.set("ready", "yes")
+    reader = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=10))
+    assert reader.get("dist_lstm/attempt_3/ready") == b"yes"
+    assert elastic_store(from_environment("cpu", env={}), timeout_s=10) is None
+
+
+def test_only_topology_reads_the_launcher_variables():
+    """Every other module takes these facts from a Topology (one place to get them right)."""
+    launcher_read = re.compile(
+        r"(environ|getenv)\W[^\n]*\b(RANK|WORLD_SIZE|LOCAL_RANK|MASTER_ADDR|MASTER_PORT"
+        r"|TORCHELASTIC_\w+)\b"
+    )
+    package = ROOT / "dist_lstm"
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in package.rglob("*.py")
+        if path != package / "topology.py" and launcher_read.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_srun_tasks_without_submitit_are_refused_not_run_alone(clean_env):
+    """Without the `slurm` extra every srun task would train alone as rank 0."""
+    for name, value in SLURM_TASK.items():
+        clean_env.setenv(name, value)
+    clean_env.setitem(sys.modules, "submitit", None)
+    with pytest.raises(ConfigError, match=r'srun tasks .* needs submitit.*"\.\[slurm\]"'):
+        from_environment("cpu")
+    clean_env.setenv("SLURM_NTASKS", "1")  # one task is a plain process
+    assert from_environment("cpu").world_size == 1

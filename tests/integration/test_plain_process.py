@@ -1,0 +1,47 @@
+"""`python train.py strategy=ddp|deepspeed` started as one plain process (no torchrun):
+a world of 1 on a loopback rendezvous, as when resuming a ZeRO checkpoint on one machine."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.mark.parametrize(
+    "strategy,name",
+    [
+        (["strategy=ddp"], "DDPStrategy"),
+        (["strategy=deepspeed", "strategy.zero_stage=1"], "DeepSpeedStrategy"),
+    ],
+)
+def test_distributed_strategy_runs_in_a_plain_process(tmp_path, strategy, name):
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=smoke",
+            *strategy,
+            "model=tiny",
+            "trainer.max_steps=4",
+            "trainer.val_every_steps=4",
+            "data.max_train_examples=200",
+            "data.max_valid_examples=20",
+            "trainer.progress_bar=false",
+            "logger.wandb.mode=disabled",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last" / "COMPLETE").is_file()
+    assert f"{name} on cpu, world size 1" in (tmp_path / "train.log").read_text()
