@@ -8,7 +8,7 @@ Multi30k results rather than with some private tokenization.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from sacrebleu.metrics import BLEU, CHRF
@@ -93,3 +93,24 @@ def summarize(
         f"{prefix}_bleu": scores["bleu"],
         f"{prefix}_chrf": scores["chrf"],
     }
+
+
+def validation_metrics(
+    model: Seq2Seq,
+    loader: DataLoader,
+    device: torch.device,
+    search: Dict[str, Any],
+    references: Sequence[str],
+    tokenizer: Tokenizer,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+    gather_objects: Callable[[Any], List[Any]],
+) -> Tuple[Dict[str, float], Dict[int, List[int]]]:
+    """Validate this rank's share of `loader`, then pool: losses summed over ranks,
+    hypotheses gathered from every rank and scored together in dataset order.
+    search: max_len_a, max_len_b, beam. Returns the metrics and the hypotheses by index."""
+    loss_sum, tokens, hyps = loss_and_translations(model, loader, device, **search)
+    sums = all_reduce_sum(torch.tensor([loss_sum, tokens], dtype=torch.float64))
+    merged: Dict[int, List[int]] = {}
+    for part in gather_objects(hyps):
+        merged.update(part)
+    return summarize(float(sums[0]), int(sums[1]), merged, references, tokenizer), merged

@@ -1,14 +1,59 @@
-"""Decisions about ending training that the loop delegates: the best validation value
-and early stopping (`BestTracker`), and the vote all ranks take each step so they stop,
-or save on rank 0's clock, at the same step (`StepVote`)."""
+"""Decisions about ending training that the loop delegates: the configured limits
+(`TrainingLimits`), the best validation value and early stopping (`BestTracker`), and the
+vote all ranks take each step so they stop, or save on rank 0's clock, at the same step
+(`StepVote`)."""
 
 from __future__ import annotations
 
+import re
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from dist_lstm.evaluation import monitor_mode
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "1800", "30:00", "00:30:00" or "1:00:30:00" (DD:HH:MM:SS).
+
+    Raises ValueError on anything else; the caller names the config key.
+    """
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d*)?", text):
+        return float(text)
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 4 or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise ValueError(text)
+    seconds = 0.0
+    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
+        seconds += int(part) * unit
+    return seconds
+
+
+class TrainingLimits:
+    """trainer.max_steps, max_epochs (checked between epochs) and max_time."""
+
+    def __init__(
+        self, max_steps: Optional[int], max_epochs: Optional[int], max_time: Optional[str]
+    ):
+        self.max_steps = max_steps
+        self.max_epochs = max_epochs
+        self.max_time = max_time
+        self.max_seconds = parse_duration(max_time) if max_time else None
+
+    def reached(self, step: int, epoch: int, elapsed: float, end_of_epoch: bool) -> Optional[str]:
+        if self.max_steps is not None and step >= self.max_steps:
+            return f"reached trainer.max_steps={self.max_steps}"
+        if end_of_epoch and self.max_epochs is not None and epoch >= self.max_epochs:
+            return f"reached trainer.max_epochs={self.max_epochs}"
+        if self.max_seconds is not None and elapsed >= self.max_seconds:
+            return f"reached trainer.max_time={self.max_time}"
+        return None
+
+    def planned_steps(self, steps_per_epoch: int) -> Optional[int]:
+        """Total steps for the progress bar's ETA, when max_steps or max_epochs bound it."""
+        bounds = [self.max_steps, self.max_epochs and self.max_epochs * steps_per_epoch]
+        return min((b for b in bounds if b), default=None)
 
 
 class BestTracker:

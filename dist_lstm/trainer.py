@@ -7,6 +7,7 @@ share this one loop, and the checkpoint manager writes whatever parts were regis
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -19,15 +20,14 @@ from torch.utils.data import DataLoader
 
 from dist_lstm.checkpoint import CheckpointManager
 from dist_lstm.checkpoint.policy import SavePolicy
-from dist_lstm.config.validate import parse_duration
 from dist_lstm.data.tokenizer import Tokenizer
-from dist_lstm.evaluation import loss_and_translations, summarize
+from dist_lstm.evaluation import validation_metrics
 from dist_lstm.logging.console import TrainingProgress
 from dist_lstm.logging.metrics import MetricsWriter, peak_memory_mb
 from dist_lstm.logging.window import LossWindow
 from dist_lstm.optim import LRSchedule
 from dist_lstm.signals import StopRequest
-from dist_lstm.stopping import BestTracker, StepVote
+from dist_lstm.stopping import BestTracker, StepVote, TrainingLimits
 from dist_lstm.strategy import Strategy
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Trainer:
         self.window = LossWindow()
         self.stop_request = StopRequest()  # run.py installs it around fit()
         self.vote = StepVote(strategy.host_sum, strategy.is_main)
-        self.max_seconds = parse_duration(cfg.max_time) if cfg.max_time else None
+        self.limits = TrainingLimits(cfg.max_steps, cfg.max_epochs, cfg.max_time)
         self._saved_step: Optional[int] = None  # step of the newest checkpoint
         self._start = time.monotonic()
 
@@ -93,8 +93,9 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until max_steps, max_epochs, max_time or early stopping, then save."""
         sampler = self.train_loader.batch_sampler
+        per_epoch = math.ceil(len(sampler) / self.cfg.accumulate_grad_batches)
         progress = TrainingProgress(
-            self._planned_steps(), self.cfg.progress_bar and self.strategy.is_main
+            self.limits.planned_steps(per_epoch), self.cfg.progress_bar and self.strategy.is_main
         )
         self._start = time.monotonic()
         self._check_stop(end_of_epoch=True)  # a resumed run may already be done
@@ -188,98 +189,50 @@ class Trainer:
 
     def _log_train(self, progress: TrainingProgress) -> None:
         """Read the window's loss from the device (the only wait for it between logs)."""
-        self._raise_if_diverged()
-        window = self.window
-        totals = self.strategy.all_reduce_sum(
-            torch.tensor([float(window.loss_sum), window.tokens], dtype=torch.float64)
-        )
-        loss = float(totals[0] / max(totals[1], 1))
-        tokens_per_sec = float(totals[1]) / max(window.seconds, 1e-9)
+        self.window.raise_if_diverged(self.state.step)
+        summary = self.window.summary(self.strategy.all_reduce_sum)
         lr = self.strategy.optimizer.param_groups[0]["lr"]
-        record = {
-            "step": self.state.step,
-            "epoch": self.state.epoch,
-            "loss": loss,
-            "ppl": math.exp(min(loss, 50.0)),
-            "lr": lr,
-            "tokens_per_sec": tokens_per_sec,
-            "step_time_s": window.seconds / max(window.steps, 1),
-            "grad_norm": None if window.grad_norm is None else float(window.grad_norm),
-            "memory_mb": peak_memory_mb(self.strategy.device),
-            "elapsed_s": self.elapsed,
-        }
+        record = {"step": self.state.step, "epoch": self.state.epoch, **summary}
+        record.update(lr=lr, memory_mb=peak_memory_mb(self.strategy.device), elapsed_s=self.elapsed)
         if self.strategy.is_main:
             self.metrics.write(record)
-        progress.update(self.state.step, loss, lr, tokens_per_sec)
-        window.reset()
-
-    def _raise_if_diverged(self) -> None:
-        """Stop on a non-finite loss before it is logged or saved.
-
-        Checked at logging steps and before every save rather than after every step, which
-        would make a GPU wait each step; a checkpoint therefore never holds the weights of a
-        diverged run, and at most log_every_steps steps are computed in vain.
-        """
-        window = self.window
-        if window.steps and not bool(torch.isfinite(torch.as_tensor(window.loss_sum))):
-            first = self.state.step - window.steps + 1
-            raise FloatingPointError(
-                f"loss became {float(window.loss_sum)} between steps {first} and "
-                f"{self.state.step}: lower optim.lr, keep strategy.clip_grad_norm > 0, or "
-                "check the data. Checkpoints written before it are intact."
-            )
+        progress.update(self.state.step, summary["loss"], lr, summary["tokens_per_sec"])
+        self.window.reset()
 
     # ------------------------------------------------------------- validation
     def validate(self) -> Dict[str, float]:
         started = time.monotonic()
-        loss_sum, tokens, hyps = loss_and_translations(
+        metrics, hypotheses = validation_metrics(
             self.strategy.eval_model(),
             self.valid_loader,
             self.strategy.device,
-            self.cfg.decode_max_len_a,
-            self.cfg.decode_max_len_b,
-            self.cfg.val_beam,
+            {
+                "max_len_a": self.cfg.decode_max_len_a,
+                "max_len_b": self.cfg.decode_max_len_b,
+                "beam": self.cfg.val_beam,
+            },
+            self.valid_references,
+            self.tokenizer,
+            self.strategy.all_reduce_sum,
+            self.strategy.gather_objects,
         )
-        sums = self.strategy.all_reduce_sum(torch.tensor([loss_sum, tokens], dtype=torch.float64))
-        merged: Dict[int, list] = {}
-        for part in self.strategy.gather_objects(hyps):
-            merged.update(part)
-        metrics = summarize(
-            float(sums[0]), int(sums[1]), merged, self.valid_references, self.tokenizer
-        )
-        if self.strategy.is_main:
-            self._log_samples(merged)
         self.state.last_validated_step = self.state.step
         improved = self.best.update(metrics[self.cfg.monitor], self.state.step)
         self.schedule.after_validation(metrics[self.cfg.monitor])
-        record = {
-            "step": self.state.step,
-            "epoch": self.state.epoch,
-            **metrics,
-            "val_seconds": time.monotonic() - started,
-            "elapsed_s": self.elapsed,
-        }
+        record = {"step": self.state.step, "epoch": self.state.epoch, **metrics}
+        record.update(val_seconds=time.monotonic() - started, elapsed_s=self.elapsed)
         self.state.history.append(record)
         if self.strategy.is_main:
+            decode = functools.partial(self.tokenizer.decode, "tgt")
+            self.metrics.log_samples(self.state.step, hypotheses, decode, self.valid_references)
             self.metrics.write(record)
             log.info(
                 "validation step %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f%s",
-                self.state.step,
-                metrics["val_loss"],
-                metrics["val_ppl"],
-                metrics["val_bleu"],
-                metrics["val_chrf"],
+                *(record[k] for k in ("step", "val_loss", "val_ppl", "val_bleu", "val_chrf")),
                 "  (best)" if improved else "",
             )
         self._save(metrics=metrics, best=improved)
         return metrics
-
-    def _log_samples(self, hypotheses: Dict[int, list], count: int = 5) -> None:
-        """A few validation translations beside their references (W&B table)."""
-        first = sorted(hypotheses)[:count]
-        texts = self.tokenizer.decode("tgt", [hypotheses[i] for i in first])
-        rows = [[i, text, self.valid_references[i]] for i, text in zip(first, texts)]
-        self.metrics.log_samples(self.state.step, rows)
 
     # ---------------------------------------------------------------- stopping
     @property
@@ -287,33 +240,15 @@ class Trainer:
         return time.monotonic() - self._start
 
     def _check_stop(self, end_of_epoch: bool) -> None:
-        cfg, state = self.cfg, self.state
-        if state.stop_signal is not None:
-            return
-        if cfg.max_steps is not None and state.step >= cfg.max_steps:
-            state.stop_reason = f"reached trainer.max_steps={cfg.max_steps}"
-        elif end_of_epoch and cfg.max_epochs is not None and state.epoch >= cfg.max_epochs:
-            state.stop_reason = f"reached trainer.max_epochs={cfg.max_epochs}"
-        elif self.max_seconds is not None and self.elapsed >= self.max_seconds:
-            state.stop_reason = f"reached trainer.max_time={cfg.max_time}"
-        else:
-            state.stop_reason = self.best.stop_reason()
-
-    def _planned_steps(self) -> Optional[int]:
-        """Total steps for the progress bar's ETA, when max_steps or max_epochs bound it."""
-        per_epoch = math.ceil(
-            len(self.train_loader.batch_sampler) / self.cfg.accumulate_grad_batches
-        )
-        bounds = [
-            b
-            for b in (self.cfg.max_steps, self.cfg.max_epochs and self.cfg.max_epochs * per_epoch)
-            if b
-        ]
-        return min(bounds) if bounds else None
+        state = self.state
+        if state.stop_signal is None:
+            state.stop_reason = self.limits.reached(
+                state.step, state.epoch, self.elapsed, end_of_epoch
+            ) or self.best.stop_reason()
 
     def _save(self, metrics: Optional[Dict[str, float]] = None, best: bool = False) -> None:
         """Ask the checkpoint manager for a checkpoint of this step (all ranks take part)."""
-        self._raise_if_diverged()
+        self.window.raise_if_diverged(self.state.step)
         self.save_policy.saved()
         self._saved_step = self.state.step
         self.checkpoints.save(

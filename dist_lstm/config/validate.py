@@ -6,7 +6,6 @@ so a user fixes the command line instead of reading a traceback from deep inside
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +17,7 @@ from dist_lstm.logging.wandb import WANDB_MODES
 from dist_lstm.model.attention import ATTENTIONS
 from dist_lstm.optim import OPTIMIZERS, SCHEDULES
 from dist_lstm.precision import PRECISIONS
+from dist_lstm.stopping import parse_duration
 from dist_lstm.strategy import STRATEGIES
 from dist_lstm.strategy.ddp import BACKENDS
 from dist_lstm.topology import DEVICES
@@ -43,23 +43,6 @@ def _positive(key: str, value: Optional[float], allow_none: bool = False) -> Non
     if value is None and allow_none:
         return
     _require(value is not None and value > 0, key, value, "it must be greater than 0.")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in "1800", "30:00", "00:30:00" or "1:00:30:00" (DD:HH:MM:SS).
-
-    Raises ValueError on anything else; the caller names the config key.
-    """
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d*)?", text):
-        return float(text)
-    parts = text.split(":")
-    if not 2 <= len(parts) <= 4 or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise ValueError(text)
-    seconds = 0.0
-    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
-        seconds += int(part) * unit
-    return seconds
 
 
 def validate_data(data: DictConfig) -> None:

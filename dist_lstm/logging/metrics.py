@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import matplotlib
 import torch
@@ -33,11 +33,21 @@ class MetricsWriter:
         if self.sink is not None:
             self.sink.log(clean)
 
-    def log_samples(self, step: int, rows: List[List[Any]]) -> None:
-        """Sample translations [index, hypothesis, reference]: for the sink only (W&B
-        shows them as a table); metrics.jsonl keeps numbers."""
-        if self.sink is not None:
-            self.sink.log_samples(step, rows)
+    def log_samples(
+        self,
+        step: int,
+        hypotheses: Dict[int, List[int]],
+        decode: Callable[[List[List[int]]], List[str]],
+        references: Sequence[str],
+        count: int = 5,
+    ) -> None:
+        """A few validation translations beside their references, for the sink only (W&B
+        shows them as a table); metrics.jsonl keeps numbers. decode: target ids -> text."""
+        if self.sink is None:
+            return
+        first = sorted(hypotheses)[:count]
+        texts = decode([hypotheses[i] for i in first])
+        self.sink.log_samples(step, [[i, text, references[i]] for i, text in zip(first, texts)])
 
     def drop_after(self, step: int) -> None:
         """Forget records past `step` and the final test scores: a resumed run logs
