@@ -10,8 +10,8 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 
 def _adamw(params, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
-    # One fused kernel over all parameters: 49-54 -> 9-11 ms per step for 15M parameters
-    # on 2 CPU cores against the default multi-tensor path; the CUDA path of choice too.
+    # One fused kernel over all parameters: a fifth of the default's step time on CPU
+    # (benchmarks/RESULTS.md), and the CUDA path of choice too.
     return torch.optim.AdamW(
         params,
         lr=optim["lr"],

@@ -28,13 +28,9 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
-# 16-bit products on CPU run through oneDNN (fp32 ones go to MKL), and two caches beside it
-# keep a compiled primitive per product shape, up to 1,024 each, for the life of the
-# process: oneDNN's own (ONEDNN_PRIMITIVE_CACHE_CAPACITY) and ideep's, torch's wrapper
-# around it (LRU_CACHE_CAPACITY). Training's row counts change with every batch and
-# decoder position, so both keep filling: bench_lstm512 in bf16 grew to 2.5 GB. With both
-# at 16 it peaked at 1.09 GB (fp32: 1.35) at the same tokens/s. Measured in
-# benchmarks/RESULTS.md.
+# oneDNN and ideep keep a compiled primitive per product shape (up to 1,024 each) and
+# training's shapes change with every batch and decoder position: capped for 16-bit CPU
+# training, which runs through oneDNN (memory figures in benchmarks/RESULTS.md).
 ONEDNN_TRAINING_CACHE_CAPACITIES = {
     "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
     "LRU_CACHE_CAPACITY": "16",

@@ -85,8 +85,7 @@ class Tokenizer:
         """This tokenizer with the target side restricted to the pieces of `targets`.
 
         The count is rounded up to a multiple of TARGET_VOCAB_MULTIPLE with unused pieces:
-        the output projection's GEMM runs at two thirds of the rate at an odd size
-        (measured: 4,273 rows 118 GFLOP/s, 4,288 rows 179 GFLOP/s on 2 CPU cores).
+        the output projection's GEMM is much slower at an odd size (benchmarks/RESULTS.md).
         """
         used = {piece for ids in self._sp["tgt"].encode(list(targets)) for piece in ids}
         specials = [PAD_ID, UNK_ID, BOS_ID, EOS_ID]

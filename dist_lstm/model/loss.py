@@ -3,10 +3,9 @@
 Two forms with the same result: `sequence_loss` scores logits a caller already holds
 (the model's plain forward returns them; the tests check the fused form against it);
 `linear_cross_entropy` fuses the vocabulary projection with the loss and is what training
-and validation use. The fused form never holds the (tokens, vocab) logits of a whole
-batch -- with 8k subwords and 4k target tokens those are 130 MB, written, read back and
-differentiated through log-softmax -- but works through them in row chunks, computing each
-chunk's gradient while its logits are still in cache, and only for real tokens.
+and validation use: it never holds a whole batch's (tokens, vocab) logits, but computes
+each row chunk's gradient while its logits are still in cache, and only for real tokens
+(speed and memory in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

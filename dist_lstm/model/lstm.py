@@ -64,13 +64,10 @@ class EncoderLSTM(nn.LSTM):
     """nn.LSTM (same parameters and state-dict keys) that runs its own recurrence over a
     packed sequence when it trains on CPU.
 
-    nn.LSTM on CPU projects a packed layer's inputs for all tokens at once, (N, 4H), then
-    slices that per time step; autograd turns every slice's backward into a zero-filled
-    (N, 4H) gradient added into the total, so backward moves steps x N x 4H floats per
-    layer and direction. Here the projection is split into its steps once (the backward
-    of a split is one concatenation) and each step adds only the recurrent GEMM. On GPU
-    (cuDNN) and without gradients (search) nn.LSTM's own kernels are kept (in search its
-    oneDNN kernels already run at this machine's GEMM rate).
+    Why: nn.LSTM's CPU backward turns each time step's slice of the packed input
+    projection into a zero-filled (N, 4H) gradient; splitting the projection once makes
+    that one concatenation. GPU (cuDNN) and search keep nn.LSTM's kernels. Figures:
+    benchmarks/RESULTS.md, training speed.
     """
 
     def forward(self, input, hx=None):
@@ -121,16 +118,13 @@ class DecoderLSTM(nn.LSTM):
     """nn.LSTM (same parameters and state-dict keys) whose one-position calls run layer by
     layer here rather than through nn.LSTM's fused CPU kernel.
 
-    The input-feeding decoder calls its LSTM once per target position. On CPU each such
-    nn.LSTM call reorders the weights for oneDNN, and under autograd keeps that copy for
-    backward: 25 MB per position for bench_lstm512, 560 of the 770 MB a 4k-token batch
-    saved for backward. Training runs one `torch.lstm_cell` per layer instead (cells save
-    only their gates; forward + backward of the decoder loop ~8% faster). Search on CPU
-    (no gradients) runs one product per layer of [input | hidden] against a copy of
-    [W_ih | W_hh] reordered once for oneDNN (dist_lstm/model/onednn_weights.py); without
-    oneDNN, two GEMMs into one gates tensor up to 256 rows (at 64 the per-call reorder
-    cost more than the GEMMs themselves). A module call either way, so ZeRO-3 gathers the
-    weights for it.
+    Why: on CPU each one-position nn.LSTM call reorders the weights for oneDNN and keeps
+    that copy for backward, once per target position. Training runs one
+    `torch.lstm_cell` per layer (cells save only their gates); search runs one product
+    per layer of [input | hidden] against [W_ih | W_hh] reordered once
+    (onednn_weights.py), or without oneDNN two GEMMs up to SEARCH_CELL_MAX_ROWS rows. A
+    module call either way, so ZeRO-3 gathers the weights for it. Figures:
+    benchmarks/RESULTS.md.
     """
 
     def __init__(self, *args, **kwargs):
@@ -148,9 +142,8 @@ class DecoderLSTM(nn.LSTM):
             return self._cells(input, hx)
         return super().forward(input, hx)
 
-    # Without oneDNN copies, above this many rows (beam 5 x 64 sentences = 320) the
-    # oneDNN call's weight reorder is paid back by its faster GEMMs (measured at 1-320 rows
-    # on 2 CPU cores).
+    # Without oneDNN copies, above this many rows nn.LSTM's own call (and its per-call
+    # weight reorder) is as fast.
     SEARCH_CELL_MAX_ROWS = 256
 
     def _cells(self, input, hx):
