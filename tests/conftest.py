@@ -46,6 +46,16 @@ TINY_RUN = (
     "trainer.early_stopping_patience=0",
 )
 TINIER_MODEL = ("model.emb_dim=16", "model.hidden_size=16")
+# A `python train.py` run that only has to start, train 4 steps, validate and save.
+SHORT_SMOKE_RUN = (
+    "experiment=smoke",
+    "model=tiny",
+    "trainer.max_steps=4",
+    "trainer.val_every_steps=4",
+    "data.max_train_examples=200",
+    "data.max_valid_examples=20",
+    "trainer.progress_bar=false",
+)
 
 
 def write_lines(path: Path, lines: Sequence[str]) -> Path:

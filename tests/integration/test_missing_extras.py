@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHORT_SMOKE_RUN
 
 EXTRA_MODULES = (
     "deepspeed",
@@ -38,13 +38,7 @@ def train_without(hidden, *args):
 def test_plain_run_needs_no_extra(tmp_path):
     proc = train_without(
         EXTRA_MODULES,
-        "experiment=smoke",
-        "model=tiny",
-        "trainer.max_steps=4",
-        "trainer.val_every_steps=4",
-        "data.max_train_examples=200",
-        "data.max_valid_examples=20",
-        "trainer.progress_bar=false",
+        *SHORT_SMOKE_RUN,
         f"hydra.run.dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHORT_SMOKE_RUN
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -25,14 +25,8 @@ def test_distributed_strategy_runs_in_a_plain_process(tmp_path, strategy, name):
         [
             sys.executable,
             "train.py",
-            "experiment=smoke",
+            *SHORT_SMOKE_RUN,
             *strategy,
-            "model=tiny",
-            "trainer.max_steps=4",
-            "trainer.val_every_steps=4",
-            "data.max_train_examples=200",
-            "data.max_valid_examples=20",
-            "trainer.progress_bar=false",
             "logger.wandb.mode=disabled",
             f"hydra.run.dir={tmp_path}",
         ],

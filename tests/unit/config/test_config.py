@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from dist_lstm.config import validate_config
-from dist_lstm.stopping import parse_duration
 from dist_lstm.errors import ConfigError
+from dist_lstm.stopping import parse_duration
 from tests.conftest import CONF_DIR, compose_config
 
 
