@@ -7,7 +7,7 @@ import torch
 
 from dist_lstm.batch import EOS_ID
 from dist_lstm.search import beam_search, greedy_search, length_penalty
-from tests.unit.test_model import SRC, padded, tiny
+from tests.unit.model.test_model import SRC, padded, tiny
 
 
 @pytest.mark.parametrize("input_feeding", [True, False])

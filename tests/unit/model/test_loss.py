@@ -4,7 +4,7 @@ import torch
 import dist_lstm.model.loss as loss_module
 from dist_lstm.batch import PAD_ID
 from dist_lstm.model.loss import linear_cross_entropy, sequence_loss
-from tests.unit.test_model import tiny
+from tests.unit.model.test_model import tiny
 
 
 def test_loss_ignores_padding():

@@ -15,7 +15,7 @@ from dist_lstm.model.lstm import DecoderLSTM
 from dist_lstm.model.onednn_weights import Linear, ReorderedWeight, reordered_weights
 from dist_lstm.search import greedy_search
 from tests.conftest import needs_bf16
-from tests.unit.test_model import SRC, padded, tiny
+from tests.unit.model.test_model import SRC, padded, tiny
 
 
 def _torch_has_onednn_linear() -> bool:
