@@ -81,7 +81,8 @@ def raise_for_failed_workers(failed: Any, run_dir: Path) -> None:
 
 def run_worker(config: Dict[str, Any], run_dir: str, nproc: int) -> Dict[str, Any]:
     """Entry point of one worker process (module level, so `spawn` can import it)."""
-    from dist_lstm.config import Config, register_configs
+    from dist_lstm.config import register_configs
+    from dist_lstm.config.schema import typed_config
     from dist_lstm.run import train, user_errors
     from dist_lstm.topology import launcher_rank
 
@@ -89,7 +90,7 @@ def run_worker(config: Dict[str, Any], run_dir: str, nproc: int) -> Dict[str, An
     rank = launcher_rank()
     configure_worker_logging(Path(run_dir), rank)
     share_cpu_threads(nproc)
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), config)
+    cfg = typed_config(config)
     with user_errors():
         return train(cfg, Path(run_dir))
 

@@ -9,10 +9,10 @@ ranges (lr > 0, ...) are checked afterwards by `validate.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dist_lstm.config.resolvers import RESOLVERS
 
@@ -238,6 +238,14 @@ class Config:
     # null: start fresh; auto: continue from the newest complete checkpoint of the run
     # directory if there is one; or a checkpoint folder (RUN/checkpoints/step_00000500).
     resume: Optional[str] = None
+
+
+def typed_config(values: Dict[str, Any]) -> DictConfig:
+    """A composed config (as a plain container) typed again by the schema, with the
+    strategy's own schema: what a worker process gets from the process that composed it."""
+    schema = OmegaConf.structured(Config)
+    schema.strategy = OmegaConf.structured(STRATEGY_SCHEMAS[values["strategy"]["name"]])
+    return OmegaConf.merge(schema, values)
 
 
 def register_configs() -> None:
