@@ -165,3 +165,16 @@ def test_choices_come_from_the_builders_registries():
         validate_config(compose_config(["optim.name=adam"]))
     with pytest.raises(ConfigError, match=", ".join(STRATEGIES)):
         validate_config(compose_config(["strategy.name=fsdp"]))
+
+
+@pytest.mark.parametrize("strategy", ["auto", "single", "ddp", "deepspeed"])
+def test_a_worker_types_the_composed_config_again_with_its_strategy_schema(strategy):
+    """launcher.nproc_per_node workers rebuild the config from a plain container."""
+    from omegaconf import OmegaConf
+
+    from dist_lstm.config.schema import STRATEGY_SCHEMAS, typed_config
+
+    composed = compose_config([f"strategy={strategy}"])
+    typed = typed_config(OmegaConf.to_container(composed, resolve=False))
+    assert OmegaConf.get_type(typed.strategy) is STRATEGY_SCHEMAS[strategy]
+    assert typed == composed
