@@ -17,11 +17,20 @@ from tests.conftest import ROOT, TINY_RUN, needs_bf16, reversal_corpus
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
 
 
-def run(args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+HELPERS = ROOT / "tests" / "helpers"  # train.py with a fault injected or a record kept
+
+
+def run(args, timeout=300, status=0, **env):
+    """Run a command to its end and check its exit status; `env` adds variables."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == status, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
+
+
+def said(proc):
+    """A command's output with the console's line wrapping undone."""
+    return " ".join((proc.stdout + proc.stderr).split())
 
 
 def torchrun(*overrides, nproc=2):
@@ -150,28 +159,22 @@ def test_deepspeed_zero_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
         torch.testing.assert_close(zero[name], reference[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
-def test_a_failing_rank_ends_the_job_quickly_and_names_itself(corpus, tmp_path):
+def test_a_failing_rank_ends_the_job_and_names_itself(corpus, tmp_path):
+    """The failing rank's error ends the job, not a collective time-out: the time-out is
+    set far above this test's own, so a job left waiting would fail the test by timing
+    out instead of passing."""
     args = torchrun(
         *corpus,
         "trainer.max_steps=200",
-        "strategy.timeout_s=120",
+        "strategy.timeout_s=3600",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
-    args[args.index("train.py")] = str(ROOT / "tests" / "helpers" / "failing_train.py")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "FAIL_RANK": "1",
-        "FAIL_STEP": "3",
-        "PYTHONPATH": str(ROOT),
-    }
-    started = time.monotonic()
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
-    elapsed = time.monotonic() - started
-    assert proc.returncode != 0
-    assert elapsed < 90, f"the job took {elapsed:.0f} s to stop"
-    output = proc.stdout + proc.stderr
+    args[args.index("train.py")] = str(HELPERS / "failing_train.py")
+    proc = run(args, status=1, FAIL_RANK="1", FAIL_STEP="3")
+    output = said(proc)
     assert "rank 1 of 2 failed" in output and "injected failure for the test" in output
+    for waited in ("timeout", "timed out", "collective"):
+        assert waited not in output.lower(), output[-4000:]
 
 
 def test_two_nodes_on_loopback_match_one_node(corpus, ddp_reference, tmp_path):
