@@ -424,18 +424,49 @@ def test_deepspeed_run_resumed_midway_tracks_ddp(corpus, ddp_reference, tmp_path
         torch.testing.assert_close(resumed[name], reference[name], rtol=1e-3, atol=1e-4)
 
 
-def test_ddp_checkpoint_resumes_in_one_process(corpus, tmp_path):
-    """Written by 2 ranks, continued by 1: DCP reshards, the epoch goes on from the
-    same global batch."""
-    run_dir = tmp_path / "two_then_one"
-    common = [*corpus, "trainer.val_every_steps=2", f"hydra.run.dir={run_dir}"]
-    run(torchrun(*common, "strategy=ddp", "trainer.max_steps=2"))
-    trainer_state = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")
-    assert trainer_state["sampler"]["consumed"] == 4  # 2 steps x 2 ranks
-    run([sys.executable, "train.py", *common, "trainer.max_steps=4", "resume=auto"])
-    state = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")
-    assert state["trainer"]["step"] == 4 and state["sampler"]["consumed"] == 6
-    assert "resumed from" in (run_dir / "train.log").read_text()
+def test_world_size_2_then_1_then_2_trains_every_batch_of_the_epoch_once(corpus, tmp_path):
+    """Written by 2 ranks, continued by 1, finished by 2 again: DCP reshards, and the
+    batches actually trained, in step order, are the epoch's batch plan (the same at every
+    world size) with none skipped or repeated. The tokenizer is trained once, by rank 0.
+    A deepspeed run refuses to resume this checkpoint, naming its strategy."""
+    run_dir, batches, cache = tmp_path / "two_one_two", tmp_path / "batches", tmp_path / "cache"
+    common = [*corpus, "trainer.val_every_steps=0", f"data.cache_dir={cache}"]
+    common += ["resume=auto", f"hydra.run.dir={run_dir}"]
+    recording = str(HELPERS / "recording_train.py")
+    two_ranks = torchrun(*common, "strategy=ddp")
+    two_ranks[two_ranks.index("train.py")] = recording
+    batches.mkdir()
+    run([*two_ranks, "trainer.max_steps=2"], BATCH_LOG=str(batches / "a"))
+    assert torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["sampler"]["consumed"] == 4
+    assert "tokenizer: training SentencePiece" in (run_dir / "train.log").read_text()
+    rank1_log = (run_dir / "train.rank1.log").read_text()
+    assert "vocabulary:" in rank1_log and "tokenizer:" not in rank1_log
+    assert len(list((cache / "tokenizers").iterdir())) == 1
+    run([sys.executable, recording, *common, "trainer.max_steps=5"], BATCH_LOG=str(batches / "b"))
+    run(
+        [*two_ranks, "trainer.max_steps=null", "trainer.max_epochs=1"], BATCH_LOG=str(batches / "c")
+    )
+    assert torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["trainer"]["epoch"] == 1
+    assert (run_dir / "train.log").read_text().count("resumed from") == 2
+
+    plans, trained = [], []
+    for segment, world_size in (("a", 2), ("b", 1), ("c", 2)):
+        ranks = []
+        for rank in range(world_size):
+            lines = (batches / f"{segment}.rank{rank}.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in lines]
+            plans += [r["plan"] for r in records if "plan" in r]
+            ranks.append([r["batch"] for r in records if "batch" in r and r["epoch"] == 0])
+        trained += [batch for step in zip(*ranks, strict=True) for batch in step]
+    plan = plans[0]
+    assert all(other == plan for other in plans)
+    assert sorted(i for batch in plan for i in batch) == list(range(600))
+    # The epoch's last round on 2 ranks is short when an odd number of batches was left
+    # after step 5 (7 consumed): rank 1 then fills it with the epoch's first batch.
+    assert trained == plan + plan[: (len(plan) - 7) % 2]
+
+    deepspeed = [sys.executable, "train.py", *common, "strategy=deepspeed", "trainer.max_steps=50"]
+    assert "written with strategy=single/ddp" in said(run(deepspeed, status=2))
 
 
 def test_sigterm_checkpoints_every_rank_and_the_run_resumes(corpus, tmp_path):
