@@ -349,14 +349,27 @@ def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
     assert last_params(run_dir)["decoder.output.weight"].dtype == torch.float32
 
 
-def test_ctrl_c_ends_every_rank(corpus, tmp_path):
-    run_dir = tmp_path / "interrupted"
+def test_ctrl_c_checkpoints_every_rank_which_exits_130(corpus, tmp_path):
+    """Ctrl-C at a terminal reaches torchrun only (its workers run in sessions of their
+    own); torchrun passes SIGINT on. Every rank finishes its step, the checkpoint holds
+    both ranks' files, each rank exits with 128 + 2, and no worker survives. torchrun's
+    own status is 1: it ends by raising its SignalException."""
+    run_dir, statuses = tmp_path / "interrupted", tmp_path / "statuses"
     args = torchrun(*corpus, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}")
-    proc = start_training(args, run_dir)
+    args[args.index("train.py")] = str(HELPERS / "recording_train.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EXIT_STATUS_DIR": str(statuses)}
+    proc = start_training(args, run_dir, {**env, "PYTHONPATH": str(ROOT)})
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) != 0
+    assert proc.wait(timeout=60) != 0  # torchrun's own status (1, see above)
     leftover = subprocess.run(["pgrep", "-f", f"hydra.run.dir={run_dir}"], capture_output=True)
     assert leftover.stdout == b"", "worker processes survived Ctrl-C"
+    assert {p.name: p.read_text() for p in statuses.iterdir()} == {
+        "rank0": "130\n",
+        "rank1": "130\n",
+    }
+    last = (run_dir / "checkpoints" / "last").resolve()
+    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
+    assert "stopped by SIGINT" in (run_dir / "train.log").read_text()
 
 
 def test_deepspeed_launcher_runs_train_py(corpus, tmp_path):
