@@ -544,7 +544,8 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(corpus, ddp_reference
 
 
 def test_deepspeed_checkpoint_resumes_at_another_world_size(corpus, tmp_path):
-    """ZeRO-2 on 2 ranks, continued on 1: converted to DeepSpeed's universal format."""
+    """ZeRO-2 on 2 ranks, continued on 1: converted to DeepSpeed's universal format. A
+    single-device run refuses to resume it, naming its strategy."""
     run_dir = tmp_path / "zero2_two_then_one"
     common = [
         *corpus,
@@ -554,6 +555,9 @@ def test_deepspeed_checkpoint_resumes_at_another_world_size(corpus, tmp_path):
         f"hydra.run.dir={run_dir}",
     ]
     run(torchrun(*common, "trainer.max_steps=2"))
+    single = [*corpus, "strategy=single", "resume=auto", f"hydra.run.dir={run_dir}"]
+    refused = run([sys.executable, "train.py", *single, "trainer.max_steps=4"], status=2)
+    assert "written with strategy=deepspeed" in said(refused)
     written = load_checkpoint(run_dir / "checkpoints" / "last")["model"]
     exported = tmp_path / "zero2.pt"
     run([sys.executable, "-m", "dist_lstm", "export", str(run_dir), str(exported)])
