@@ -124,8 +124,18 @@ def test_torchrun_ranks_share_the_default_run_dir(corpus, tmp_path):
     run_dir = run_dirs[0]
     assert {p.name for p in run_dir.glob("train*.log")} == {"train.log", "train.rank1.log"}
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if "val_bleu" in r] == [1, 2, 3]
+    validations = [r for r in records if "val_bleu" in r]
+    assert [r["epoch"] for r in validations] == [1, 2, 3]
     assert "DDPStrategy on cpu, world size 2" in (run_dir / "train.log").read_text()
+    # Each rank validated half of the sentences; gathered in order, their scores are those
+    # of one process translating the whole split with the same checkpoint.
+    last = run_dir / "checkpoints" / "last"
+    evaluate = [sys.executable, "-m", "dist_lstm", "evaluate", "--checkpoint", str(last)]
+    report = json.loads(run([*evaluate, "--split", "valid", "--beam", "1", "--json"]).stdout)
+    assert report["sentences"] == 30 and report["bleu"] > 0
+    assert (report["bleu"], report["chrf"]) == pytest.approx(
+        (validations[-1]["val_bleu"], validations[-1]["val_chrf"])
+    )
 
 
 @pytest.fixture(scope="module")
