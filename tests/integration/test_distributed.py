@@ -607,3 +607,38 @@ def test_sigterm_stops_a_sweep_of_two_process_jobs_after_a_checkpoint(corpus, tm
     last = (sweep_dir / "0" / "checkpoints" / "last").resolve()
     assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
     assert not (sweep_dir / "1").exists()
+
+
+def test_a_save_killed_midway_is_never_loaded_and_a_second_signal_cannot_cut_one_short(
+    corpus, tmp_path
+):
+    """The commit order: a save killed after its files were written and renamed into place,
+    but before its COMPLETE marker, is skipped and removed by the next resume=auto, which
+    continues from the checkpoint before. Then SIGTERM, and a second SIGTERM in the middle
+    of that checkpoint's commit: logged and ignored, the checkpoint completes, status 143,
+    and the run resumes from it."""
+    run_dir = tmp_path / "killed"
+    checkpoints = run_dir / "checkpoints"
+    args = [*corpus, "trainer.val_every_steps=0", "checkpoint.every_steps=2"]
+    args += ["resume=auto", f"hydra.run.dir={run_dir}"]
+    signalled = [sys.executable, str(HELPERS / "signal_in_save_train.py"), *args]
+    signalled.append("trainer.max_steps=100")
+
+    run(signalled, status=-signal.SIGKILL, SIGNAL_IN_SAVE="4:SIGKILL")
+    half = checkpoints / "step_00000004"
+    assert (half / "meta.pt").is_file() and (half / "trainer.pt").is_file()
+    assert not (half / "COMPLETE").exists()
+    assert (checkpoints / "step_00000002" / "COMPLETE").is_file()
+
+    run(signalled, status=143, STOP_AT_STEP="3", SIGNAL_IN_SAVE="3:SIGTERM")
+    log = (run_dir / "train.log").read_text()
+    assert f"removing incomplete checkpoint {half}" in log and not half.exists()
+    assert f"resumed from {checkpoints / 'step_00000002'}: step 2" in log
+    assert "SIGTERM received: already stopping, the checkpoint is being written" in log
+    assert (checkpoints / "last").resolve() == checkpoints / "step_00000003"
+    assert (checkpoints / "step_00000003" / "COMPLETE").is_file()
+
+    run([sys.executable, "train.py", *args, "trainer.max_steps=4"])
+    log = (run_dir / "train.log").read_text()
+    assert f"resumed from {checkpoints / 'step_00000003'}: step 3" in log
+    assert torch.load(checkpoints / "last" / "trainer.pt")["trainer"]["step"] == 4
