@@ -47,20 +47,21 @@ def summary(sweep_dir):
 
 
 def test_grid_sweep_runs_every_job_and_summarises_a_failed_one(corpus, tmp_path):
+    """The failing job comes first: the jobs after it still run and complete."""
     sweep_dir = tmp_path / "grid"
-    proc = sweep(sweep_dir, *corpus, "optim.lr=0.003,0.01,-1", env={"WANDB_MODE": "offline"})
+    proc = sweep(sweep_dir, *corpus, "optim.lr=-1,0.003,0.01", env={"WANDB_MODE": "offline"})
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output  # a job failed: the sweep says so in its status
     assert "1 of 3 jobs did not complete" in output
     rows = summary(sweep_dir)
     assert [(r["job"], r["status"]) for r in rows] == [
-        ("0", "completed"),
+        ("0", "failed"),
         ("1", "completed"),
-        ("2", "failed"),
+        ("2", "completed"),
     ]
-    assert "optim.lr=0.003" in rows[0]["overrides"] and "optim.lr=0.01" in rows[1]["overrides"]
-    assert "optim.lr=-1.0 is invalid" in rows[2]["error"]
-    for row in rows[:2]:
+    assert "optim.lr=-1.0 is invalid" in rows[0]["error"]
+    assert "optim.lr=0.003" in rows[1]["overrides"] and "optim.lr=0.01" in rows[2]["overrides"]
+    for row in rows[1:]:
         job_dir = sweep_dir / row["job"]
         records = [json.loads(x) for x in (job_dir / "metrics.jsonl").read_text().splitlines()]
         best = max(r["val_bleu"] for r in records if "val_bleu" in r)
@@ -69,9 +70,9 @@ def test_grid_sweep_runs_every_job_and_summarises_a_failed_one(corpus, tmp_path)
     # the printed table: one row per job, showing what varies between them
     assert "optim.lr=0.003" in proc.stdout and "failed" in proc.stdout
     # one W&B group named after the sweep, one run per job named after its overrides
-    (first,), (second,) = offline_runs(sweep_dir / "0"), offline_runs(sweep_dir / "1")
+    (first,), (second,) = offline_runs(sweep_dir / "1"), offline_runs(sweep_dir / "2")
     assert first["group"] == second["group"] == "sweep-" + "_".join(sweep_dir.parts[-2:])
-    assert first["name"].startswith("0:") and "optim.lr=0.003" in first["name"]
+    assert first["name"].startswith("1:") and "optim.lr=0.003" in first["name"]
     assert first["id"] != second["id"]
 
 
