@@ -56,6 +56,22 @@ SHORT_SMOKE_RUN = (
 )
 
 
+def model_config(**overrides) -> Dict[str, object]:
+    """A small model group (the ModelConfig keys) for tests that build models directly."""
+    return {
+        "emb_dim": 8,
+        "hidden_size": 8,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "bidirectional": True,
+        "attention": "general",
+        "input_feeding": True,
+        "dropout": 0.0,
+        "tie_embeddings": False,
+        **overrides,
+    }
+
+
 def write_lines(path: Path, lines: Sequence[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

@@ -19,6 +19,7 @@ from dist_lstm.evaluation import (
 )
 from dist_lstm.model import build_model
 from dist_lstm.search import greedy_search
+from tests.conftest import model_config
 
 CPU = torch.device("cpu")
 
@@ -93,17 +94,8 @@ TGT = [[7, 8, 9], [4, 5, 6, 7], [8], [9, 10]]
 
 def tiny_model():
     torch.manual_seed(0)
-    cfg = dict(
-        emb_dim=8,
-        hidden_size=8,
-        encoder_layers=1,
-        decoder_layers=1,
-        bidirectional=True,
-        attention="general",
-        input_feeding=True,
-        dropout=0.5,  # a pass left in training mode would change every number below
-        tie_embeddings=False,
-    )
+    # dropout: a pass left in training mode would change every number below
+    cfg = model_config(dropout=0.5)
     return build_model(cfg, 14, 14, PAD_ID)
 
 

@@ -19,19 +19,9 @@ from dist_lstm.errors import UserError
 from dist_lstm.model import build_model
 from dist_lstm.strategy import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
-from tests.conftest import ROOT
+from tests.conftest import ROOT, model_config
 
-MODEL = dict(
-    emb_dim=8,
-    hidden_size=8,
-    encoder_layers=1,
-    decoder_layers=1,
-    bidirectional=True,
-    attention="general",
-    input_feeding=True,
-    dropout=0.0,
-    tie_embeddings=False,
-)
+MODEL = model_config()
 TOKENIZER = {"src": b"src-model", "tgt": b"tgt-model"}
 
 

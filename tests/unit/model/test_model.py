@@ -7,23 +7,14 @@ from dist_lstm.batch import PAD_ID
 from dist_lstm.model import build_model
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import Encoder
+from tests.conftest import model_config
 
 SRC_V, TGT_V = 30, 40
 
 
 def tiny(**overrides):
-    cfg = dict(
-        emb_dim=12,
-        hidden_size=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        bidirectional=True,
-        attention="general",
-        input_feeding=True,
-        dropout=0.0,
-        tie_embeddings=False,
-    )
-    cfg.update(overrides)
+    sizes = {"emb_dim": 12, "hidden_size": 16, "encoder_layers": 2, "decoder_layers": 2}
+    cfg = model_config(**{**sizes, **overrides})
     torch.manual_seed(0)
     return build_model(cfg, SRC_V, TGT_V, PAD_ID).eval()
 
