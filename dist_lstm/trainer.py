@@ -117,15 +117,12 @@ class Trainer:
         if self._saved_step != self.state.step:
             self._save()
         self.checkpoints.wait()  # an asynchronous save is committed before training ends
+        state = self.state
         log.info(
-            "training stopped: %s after %d steps, %d epochs, %.0f s; %s",
-            self.state.stop_reason,
-            self.state.step,
-            self.state.epoch,
-            self.elapsed,
-            self.best.describe(),
+            f"training stopped: {state.stop_reason} after {state.step} steps, {state.epoch} "
+            f"epochs, {self.elapsed:.0f} s; {self.best.describe()}"
         )
-        return self.state
+        return state
 
     def _train_epoch(self, batches: int, progress: TrainingProgress) -> None:
         """Run the epoch's remaining `batches`, one optimizer step per accumulation group.
@@ -251,9 +248,5 @@ class Trainer:
         self.window.raise_if_diverged(self.state.step)
         self.save_policy.saved()
         self._saved_step = self.state.step
-        self.checkpoints.save(
-            self.state.step,
-            metrics=metrics,
-            best=best,
-            world_size=self.strategy.topology.world_size,
-        )
+        world_size = self.strategy.topology.world_size
+        self.checkpoints.save(self.state.step, metrics=metrics, best=best, world_size=world_size)
