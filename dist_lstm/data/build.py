@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -101,8 +102,9 @@ def make_eval_loader(
     Every example is evaluated exactly once across ranks (no padding to equal counts):
     evaluation only meets the other ranks after the loop, to sum and gather results.
     """
-    sizes = torch.as_tensor(dataset.sizes())
-    batches = token_budget_batches(sizes, torch.sort(sizes, stable=True).indices, max_tokens)
+    sizes = np.asarray(dataset.sizes())
+    plan = token_budget_batches(sizes, np.argsort(sizes, kind="stable"), max_tokens)
+    batches = plan.as_lists()
     # Own generator (see make_train_loader): validating must not move the global RNG,
     # or a run that validates before a checkpoint would train on differently afterwards.
     return DataLoader(

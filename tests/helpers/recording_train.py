@@ -21,7 +21,7 @@ original_iter = BucketBatchSampler.__iter__
 
 def recording_iter(self):
     with open(f"{os.environ['BATCH_LOG']}.rank{RANK}.jsonl", "a") as log:
-        plan = self._global_batches(self.epoch)
+        plan = self.epoch_plan(self.epoch).as_lists()
         log.write(json.dumps({"epoch": self.epoch, "world_size": self.world_size, "plan": plan}))
         log.write("\n")
         for batch in original_iter(self):

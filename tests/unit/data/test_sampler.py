@@ -1,5 +1,6 @@
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,4 +114,27 @@ def test_position_written_by_two_ranks_resumes_on_three_without_loss_or_repeat()
 
 def test_item_over_budget_gets_its_own_batch():
     s = torch.tensor([3, 50, 4])
-    assert token_budget_batches(s, torch.tensor([0, 2, 1]), 10) == [[0, 2], [1]]
+    assert token_budget_batches(s, torch.tensor([0, 2, 1]), 10).as_lists() == [[0, 2], [1]]
+
+
+def test_plans_are_arrays_that_cut_as_the_greedy_rule_says():
+    """Ascending sizes cut greedily: a batch grows while count x its largest size fits."""
+    rng = random.Random(5)
+    s = np.array(sorted(rng.randint(1, 60) for _ in range(2000)))
+    plan = token_budget_batches(s, np.arange(len(s)), 300)
+    expected, current = [], []
+    for i, size in enumerate(s):
+        if current and size * (len(current) + 1) > 300:
+            expected.append(current)
+            current = []
+        current.append(i)
+    expected.append(current)
+    assert plan.as_lists() == expected
+    assert plan.order.dtype == np.int32  # a few bytes per pair, not a Python int each
+
+
+def test_reordered_plan_keeps_every_batch_whole():
+    plan = token_budget_batches(np.array([1, 1, 2, 2, 2, 5]), np.arange(6), 4)
+    assert plan.as_lists() == [[0, 1], [2, 3], [4], [5]]
+    shuffled = plan.reordered(np.array([3, 1, 0, 2]))
+    assert shuffled.as_lists() == [[5], [2, 3], [0, 1], [4]]
