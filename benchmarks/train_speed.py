@@ -212,7 +212,7 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
 
     cfg = compose_config(list(overrides))
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.data, True, lambda value: value)
+    data = build_data(cfg.data)
     topology = from_environment(cfg.trainer.device, env={})
     strategy = build_strategy(cfg.strategy, topology)
     model = build_model(

@@ -117,7 +117,12 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
         asynchronous=cfg.checkpoint.async_save,
     )
     resume_from, resume_meta = find_resume(cfg.resume, checkpoints, resolved, strategy)
-    data = build_data(cfg.data, strategy.is_main, strategy.broadcast_object)
+    data = build_data(
+        cfg.data,
+        prepares=topology.local_rank == 0,  # one process per node writes the token files
+        wait_s=cfg.strategy.get("timeout_s", 600),
+    )
+    check_same_tokenizer(data.tokenizer.fingerprint, strategy)
     if strategy.is_main:
         data.tokenizer.save(run_dir / "tokenizer")
     model = build_model(
@@ -166,6 +171,18 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
     finally:
         if wandb_logger is not None:
             wandb_logger.finish()
+
+
+def check_same_tokenizer(fingerprint: str, strategy: Strategy) -> None:
+    """Nodes without a shared disk prepare their own copy of the data: every rank must
+    have ended up with rank 0's tokenizer."""
+    main = strategy.broadcast_object(fingerprint)
+    if main != fingerprint:
+        raise UserError(
+            f"rank {strategy.topology.rank} prepared its data with another tokenizer than "
+            "rank 0 (nodes trained SentencePiece separately): put data.cache_dir or "
+            "data.prepared_dir on a disk every node shares, or copy rank 0's prepared folder."
+        )
 
 
 def register_training_state(

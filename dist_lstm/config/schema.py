@@ -53,10 +53,16 @@ class DataConfig:
     max_tokens: int = 4096
     # Pairs with more subword tokens than this on either side are dropped from training.
     max_len: int = 100
+    # Training pairs whose longer side has more than this times the tokens of the
+    # shorter are dropped (misaligned lines); null keeps them.
+    max_len_ratio: Optional[float] = None
     # Use only the first N pairs (quick experiments); null keeps them all.
     max_train_examples: Optional[int] = None
     max_valid_examples: Optional[int] = None
-    # Where trained SentencePiece models are cached, keyed by data checksums + options.
+    # Where the tokenized corpus is written once and memory-mapped by every rank (see
+    # dist_lstm/data/prepared.py); null: a folder of cache_dir named after the options.
+    prepared_dir: Optional[str] = None
+    # Where trained SentencePiece models (and prepared data) are cached.
     cache_dir: str = "${oc.env:DIST_LSTM_CACHE,'~/.cache/dist-lstm'}"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 

@@ -11,7 +11,7 @@ import gzip
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from dist_lstm.errors import DataError
 
@@ -56,6 +56,73 @@ def read_lines(path: str | Path) -> List[str]:
                 "Re-encode the file as UTF-8, e.g. with `iconv -t UTF-8`."
             ) from None
     return decoded
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(
+            f"data file not found: {path}. Check the data.* paths in your config "
+            "(or the command-line override that set them)."
+        )
+
+
+def _decode(line: bytes, path: Path, number: int) -> str:
+    try:
+        return line.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} line {number} is not valid UTF-8 ({exc.reason} at byte {exc.start}). "
+            "Re-encode the file as UTF-8, e.g. with `iconv -t UTF-8`."
+        ) from None
+
+
+def stream_lines(path: str | Path, chunk: int = 100_000) -> Iterator[List[str]]:
+    """The lines of a UTF-8 text file (gzip if it ends in .gz) in lists of `chunk`, so a
+    corpus of any size is read in constant memory."""
+    path = Path(path).expanduser()
+    _check_file(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    number, lines = 0, []
+    try:
+        with opener(path, "rb") as handle:
+            for raw in handle:
+                number += 1
+                lines.append(_decode(raw, path, number))
+                if len(lines) == chunk:
+                    yield lines
+                    lines = []
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}. Is it a valid (gzip) text file?") from None
+    if lines:
+        yield lines
+
+
+def stream_pairs(
+    src_path: str | Path, tgt_path: str | Path, limit: Optional[int] = None, chunk: int = 100_000
+) -> Iterator[Tuple[List[str], List[str]]]:
+    """Aligned chunks of source and target lines (the first `limit` pairs when given);
+    files of different length stop with both names and where they part."""
+    seen = 0
+    sources, targets = stream_lines(src_path, chunk), stream_lines(tgt_path, chunk)
+    for src in sources:
+        tgt = next(targets, [])
+        if len(tgt) != len(src):
+            shorter = tgt_path if len(tgt) < len(src) else src_path
+            raise DataError(
+                f"source and target differ in length: {shorter} ends near line "
+                f"{seen + min(len(src), len(tgt)) + 1} ({src_path} / {tgt_path}). Parallel "
+                "files must be line-aligned; fix or regenerate the shorter one."
+            )
+        if limit is not None and seen + len(src) >= limit:
+            yield src[: limit - seen], tgt[: limit - seen]
+            return
+        seen += len(src)
+        yield src, tgt
+    if next(targets, None) is not None:
+        raise DataError(
+            f"source and target differ in length: {tgt_path} has more lines than the "
+            f"{seen} of {src_path}. Parallel files must be line-aligned."
+        )
 
 
 def sha256_of(path: str | Path) -> str:

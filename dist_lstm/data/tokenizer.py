@@ -15,6 +15,7 @@ a separate target vocabulary builds, and saves a third of the output projection'
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -22,12 +23,13 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from dist_lstm.data.corpus import ParallelText, sha256_of
+from dist_lstm.data.corpus import sha256_of, stream_lines
 from dist_lstm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -82,12 +84,18 @@ class Tokenizer:
         return out
 
     def with_target_vocab(self, targets: Sequence[str]) -> "Tokenizer":
-        """This tokenizer with the target side restricted to the pieces of `targets`.
+        """This tokenizer with the target side restricted to the pieces of `targets`."""
+        used = {piece for ids in self._sp["tgt"].encode(list(targets)) for piece in ids}
+        return self.with_target_pieces(used)
+
+    def with_target_pieces(self, used: Iterable[int]) -> "Tokenizer":
+        """This tokenizer with the target side restricted to the `used` piece ids of the
+        target model (and the specials).
 
         The count is rounded up to a multiple of TARGET_VOCAB_MULTIPLE with unused pieces:
         the output projection's GEMM is much slower at an odd size (benchmarks/RESULTS.md).
         """
-        used = {piece for ids in self._sp["tgt"].encode(list(targets)) for piece in ids}
+        used = set(int(piece) for piece in used)
         specials = [PAD_ID, UNK_ID, BOS_ID, EOS_ID]
         pieces = specials + sorted(used - set(specials))
         total = self._sp["tgt"].get_piece_size()
@@ -95,6 +103,30 @@ class Tokenizer:
         unused = (piece for piece in range(total) if piece not in used and piece > EOS_ID)
         pieces += [next(unused) for _ in range(wanted - len(pieces))]
         return Tokenizer({**self.models, "tgt_pieces": pieces})
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the models and target vocabulary (ranks compare it)."""
+        digest = hashlib.sha256(self.models["src"] + self.models["tgt"])
+        digest.update(json.dumps(self.tgt_pieces).encode())
+        return digest.hexdigest()[:20]
+
+    def target_lookup(self) -> Optional["np.ndarray"]:
+        """Target model id -> target vocabulary id (UNK for dropped pieces), or None when
+        the target side keeps the whole model."""
+        if self.tgt_pieces is None:
+            return None
+        lookup = np.full(self._sp["tgt"].get_piece_size(), UNK_ID, dtype=np.int64)
+        lookup[self.tgt_pieces] = np.arange(len(self.tgt_pieces))
+        return lookup
+
+    def model_ids(self, role: str, sentences: Sequence[str], threads: int = 1) -> List[List[int]]:
+        """Ids of the role's SentencePiece model (before any target-vocabulary mapping),
+        encoded on `threads` threads."""
+        return self._sp[role].encode(list(sentences), out_type=int, num_threads=threads)
+
+    def model_size(self, role: str) -> int:
+        return self._sp[role].get_piece_size()
 
     @property
     def joint(self) -> bool:
@@ -160,24 +192,40 @@ class Tokenizer:
         return cls(models)
 
 
-def cache_key(train: ParallelText, options: TokenizerOptions) -> str:
-    """Hash of the training text's files, how many lines were used, and the options."""
+def cache_key(src_path: str, tgt_path: str, limit: Optional[int], options: TokenizerOptions) -> str:
+    """Hash of the training files' contents, how many lines were used, and the options."""
     payload = {
-        "src": sha256_of(train.src_path),
-        "tgt": sha256_of(train.tgt_path),
-        "lines": len(train),
+        "src": sha256_of(src_path),
+        "tgt": sha256_of(tgt_path),
+        "lines": limit,
         "options": asdict(options),
         "sentencepiece": spm.__version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _train_model(sentences: List[str], prefix: Path, options: TokenizerOptions) -> None:
-    sentences = [s for s in sentences if s.strip()]
-    if not sentences:
-        raise DataError("cannot train a tokenizer: the training text has no non-empty line.")
+def _sentences(paths: Sequence[str], limit: Optional[int]) -> Iterator[str]:
+    """Non-empty lines of each file (its first `limit` lines), streamed."""
+    for path in paths:
+        seen = 0
+        for lines in stream_lines(path):
+            if limit is not None:
+                lines = lines[: limit - seen]
+            seen += len(lines)
+            yield from (line for line in lines if line.strip())
+            if limit is not None and seen >= limit:
+                break
+
+
+def _train_model(paths: Sequence[str], limit: Optional[int], prefix: Path, options) -> None:
+    sentences = _sentences(paths, limit)
+    first = next(sentences, None)
+    if first is None:
+        raise DataError(
+            f"cannot train a tokenizer: {', '.join(map(str, paths))} has no non-empty line."
+        )
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
+        sentence_iterator=itertools.chain([first], sentences),
         model_prefix=str(prefix),
         model_type=options.type,
         vocab_size=options.vocab_size,
@@ -196,10 +244,15 @@ def _train_model(sentences: List[str], prefix: Path, options: TokenizerOptions) 
 
 
 def train_or_load(
-    train: ParallelText, options: TokenizerOptions, cache_dir: str | Path
+    src_path: str,
+    tgt_path: str,
+    limit: Optional[int],
+    options: TokenizerOptions,
+    cache_dir: str | Path,
 ) -> Tokenizer:
-    """Return the cached tokenizer for this corpus and options, training it on a miss."""
-    key = cache_key(train, options)
+    """Return the cached tokenizer for this corpus and options, training it on a miss.
+    The corpus is streamed (SentencePiece samples `input_sentence_size` sentences)."""
+    key = cache_key(src_path, tgt_path, limit, options)
     target = Path(cache_dir).expanduser() / "tokenizers" / key
     if (target / META_FILE).is_file():
         log.info("tokenizer: cache hit %s", target)
@@ -215,11 +268,11 @@ def train_or_load(
     scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
         if options.joint:
-            _train_model(train.src + train.tgt, scratch / "spm", options)
+            _train_model([src_path, tgt_path], limit, scratch / "spm", options)
             files = {r: scratch / "spm.model" for r in ROLES}
         else:
-            _train_model(train.src, scratch / "src", options)
-            _train_model(train.tgt, scratch / "tgt", options)
+            _train_model([src_path], limit, scratch / "src", options)
+            _train_model([tgt_path], limit, scratch / "tgt", options)
             files = {r: scratch / f"{r}.model" for r in ROLES}
         Tokenizer({r: files[r].read_bytes() for r in ROLES}).save(scratch)
         try:

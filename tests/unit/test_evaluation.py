@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dist_lstm.batch import PAD_ID
-from dist_lstm.data.dataset import TranslationDataset, collate
+from dist_lstm.data.dataset import collate
 from dist_lstm.evaluation import (
     loss_and_translations,
     monitor_mode,
@@ -118,8 +118,8 @@ def expected_pass(model):
 def test_loss_and_translations_over_two_batches(training):
     model = tiny_model()
     expected_loss, expected_tokens, expected_hyps = expected_pass(model)
-    data = TranslationDataset(SRC, TGT, ["unused"] * len(SRC))
-    loader = DataLoader(data, batch_sampler=[[3, 1], [0, 2]], collate_fn=collate)
+    pairs = [(i, s, t) for i, (s, t) in enumerate(zip(SRC, TGT))]  # (index, src, tgt)
+    loader = DataLoader(pairs, batch_sampler=[[3, 1], [0, 2]], collate_fn=collate)
     model.train(training)
     loss, tokens, hypotheses = loss_and_translations(model, loader, CPU, 1.0, 3)
     assert model.training is training  # the caller's mode is back

@@ -57,3 +57,23 @@ def test_embedded_multi30k_checksums_verify():
     assert len(sums) == 12
     text = load_parallel(str(root / "val.de.gz"), str(root / "val.en.gz"), sums)
     assert len(text) == 1014
+
+
+def test_streamed_pairs_come_in_chunks_and_stop_at_the_limit(tmp_path):
+    from dist_lstm.data.corpus import stream_pairs
+
+    src = write_lines(tmp_path / "s", [f"s{i}" for i in range(10)])
+    tgt = write_lines(tmp_path / "t", [f"t{i}" for i in range(10)])
+    chunks = list(stream_pairs(src, tgt, limit=7, chunk=3))
+    assert [len(s) for s, _ in chunks] == [3, 3, 1]
+    assert chunks[-1] == (["s6"], ["t6"])
+
+
+@pytest.mark.parametrize("longer", ["s", "t"])
+def test_streamed_files_of_different_length_are_named(tmp_path, longer):
+    from dist_lstm.data.corpus import stream_pairs
+
+    src = write_lines(tmp_path / "s", ["a"] * (5 if longer == "s" else 4))
+    tgt = write_lines(tmp_path / "t", ["b"] * (5 if longer == "t" else 4))
+    with pytest.raises(DataError, match="differ in length.*line-aligned"):
+        list(stream_pairs(src, tgt, chunk=2))

@@ -1,12 +1,7 @@
-import logging
-
 import pytest
 
 from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from dist_lstm.data import tokenizer as tok
-from dist_lstm.data.corpus import load_parallel
-from dist_lstm.data.dataset import build_dataset, collate
-from dist_lstm.errors import DataError
 from tests.conftest import write_lines
 
 SRC = ["ein kleiner hund läuft", "zwei männer spielen fußball", "eine frau liest ein buch"] * 40
@@ -15,8 +10,11 @@ TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"] * 40
 
 @pytest.fixture
 def corpus(tmp_path):
-    return load_parallel(
-        str(write_lines(tmp_path / "train.de", SRC)), str(write_lines(tmp_path / "train.en", TGT))
+    """(source path, target path, line limit): what train_or_load streams."""
+    return (
+        str(write_lines(tmp_path / "train.de", SRC)),
+        str(write_lines(tmp_path / "train.en", TGT)),
+        None,
     )
 
 
@@ -25,24 +23,24 @@ def options(**kw):
 
 
 def test_second_run_hits_the_cache(corpus, tmp_path, monkeypatch):
-    first = tok.train_or_load(corpus, options(), tmp_path / "cache")
+    first = tok.train_or_load(*corpus, options(), tmp_path / "cache")
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again instead of using the cache")
 
     monkeypatch.setattr(tok, "_train_model", no_training)
-    second = tok.train_or_load(corpus, options(), tmp_path / "cache")
+    second = tok.train_or_load(*corpus, options(), tmp_path / "cache")
     assert second.models == first.models
     assert second.encode("src", SRC[:2]) == first.encode("src", SRC[:2])
     # Another option is another key: the cache misses and training runs.
     with pytest.raises(AssertionError, match="trained again"):
-        tok.train_or_load(corpus, options(vocab_size=50), tmp_path / "cache")
+        tok.train_or_load(*corpus, options(vocab_size=50), tmp_path / "cache")
 
 
 @pytest.mark.parametrize("joint", [True, False])
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
 def test_round_trip_and_specials(corpus, tmp_path, joint, kind):
-    t = tok.train_or_load(corpus, options(joint=joint, type=kind), tmp_path / "c")
+    t = tok.train_or_load(*corpus, options(joint=joint, type=kind), tmp_path / "c")
     assert t.joint == joint
     ids = t.encode("tgt", TGT[:3])
     assert all(i > EOS_ID for seq in ids for i in seq)
@@ -51,38 +49,15 @@ def test_round_trip_and_specials(corpus, tmp_path, joint, kind):
     assert saved.encode("src", SRC[:3]) == t.encode("src", SRC[:3])
 
 
-def test_filtering_counts_empty_and_long_pairs(tmp_path, caplog):
-    src = write_lines(tmp_path / "s", SRC + ["", "sehr " * 80, "ok"])
-    tgt = write_lines(tmp_path / "t", TGT + ["leer", "very " * 3, ""])
-    text = load_parallel(str(src), str(tgt))
-    t = tok.train_or_load(text, options(), tmp_path / "c")
-    with caplog.at_level(logging.INFO):
-        data = build_dataset(text, t, max_len=20, split="train")
-    assert len(data) == len(SRC)
-    assert "2 empty and 1 longer than data.max_len=20 dropped" in caplog.text
-    batch = collate([data[0], data[1]])
-    assert batch.tgt_in[:, 0].tolist() == [BOS_ID, BOS_ID]
-    assert (batch.tgt_out == EOS_ID).sum() == 2
-
-
-def test_all_pairs_filtered_is_an_error(tmp_path):
-    text = load_parallel(
-        str(write_lines(tmp_path / "s", ["word " * 30] * 5)),
-        str(write_lines(tmp_path / "t", ["word " * 30] * 5)),
-    )
-    t = tok.train_or_load(text, options(vocab_size=20), tmp_path / "c")
-    with pytest.raises(DataError, match="empty after filtering.*raise data.max_len"):
-        build_dataset(text, t, max_len=3, split="train")
-
-
 def test_target_vocab_keeps_only_target_pieces_and_round_trips(tmp_path, monkeypatch):
     monkeypatch.setattr(tok, "TARGET_VOCAB_MULTIPLE", 8)
     src = ["das haus ist klein", "der hund bellt laut", "ein kleines haus"] * 20
     tgt = ["the house is small", "the dog barks", "a small house"] * 20
-    text = load_parallel(
-        str(write_lines(tmp_path / "train.de", src)), str(write_lines(tmp_path / "train.en", tgt))
+    files = (
+        str(write_lines(tmp_path / "train.de", src)),
+        str(write_lines(tmp_path / "train.en", tgt)),
     )
-    joint = tok.train_or_load(text, options(vocab_size=60), tmp_path / "c")
+    joint = tok.train_or_load(*files, None, options(vocab_size=60), tmp_path / "c")
     pruned = joint.with_target_vocab(tgt)
     assert pruned.src_vocab_size == joint.src_vocab_size  # the source side is untouched
     assert pruned.tgt_vocab_size < joint.tgt_vocab_size

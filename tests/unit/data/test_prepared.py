@@ -1,0 +1,145 @@
+"""Prepared data: token files written once, atomically, then memory-mapped; every way
+they can be wrong or out of date is named with its fix."""
+
+import errno
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_lstm.batch import BOS_ID, EOS_ID
+from dist_lstm.data import prepared
+from dist_lstm.data.build import build_data
+from dist_lstm.data.dataset import collate
+from dist_lstm.data.mapped import MappedSplit
+from dist_lstm.data.prepared import ensure_prepared, prepared_location
+from dist_lstm.errors import DataError
+from tests.conftest import compose_config, write_lines
+
+SRC = ["ein kleiner hund läuft", "zwei männer spielen fußball", "eine frau liest ein buch"]
+TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"]
+
+
+def corpus(tmp_path, train_src, train_tgt, *overrides):
+    """data.* overrides of a custom corpus (validation: the first training lines)."""
+    return compose_config(
+        [
+            "data=custom",
+            f"data.train_src={write_lines(tmp_path / 'train.de', train_src)}",
+            f"data.train_tgt={write_lines(tmp_path / 'train.en', train_tgt)}",
+            f"data.valid_src={write_lines(tmp_path / 'valid.de', train_src[:4])}",
+            f"data.valid_tgt={write_lines(tmp_path / 'valid.en', train_tgt[:4])}",
+            "data.tokenizer.vocab_size=60",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *overrides,
+        ]
+    ).data
+
+
+@pytest.fixture
+def data(tmp_path):
+    return corpus(tmp_path, SRC * 40, TGT * 40)
+
+
+def test_prepared_pairs_are_the_tokenized_lines_and_pickle_as_a_path(data):
+    loaded = build_data(data)
+    pairs = loaded.train
+    assert len(pairs) == 120
+    index, src, tgt = pairs[4]
+    assert index == 4
+    assert src.tolist() == loaded.tokenizer.encode("src", [SRC[1]])[0]
+    assert tgt.tolist() == loaded.tokenizer.encode("tgt", [TGT[1]])[0]
+    assert pairs.ids["src"].dtype == np.uint16  # a 60-piece vocabulary: 2 bytes a token
+    assert pairs.sizes()[4] == max(len(src), len(tgt) + 1)
+    assert len(pickle.dumps(pairs)) < 500  # a DataLoader worker gets the folder, not data
+    assert pickle.loads(pickle.dumps(pairs))[4][1].tolist() == src.tolist()
+    assert loaded.valid.references == TGT + [TGT[0]]  # raw text, for BLEU
+    batch = collate([pairs[0], pairs[1]])
+    assert batch.tgt_in[:, 0].tolist() == [BOS_ID, BOS_ID]
+    assert (batch.tgt_out == EOS_ID).sum() == 2
+
+
+def test_filters_drop_empty_long_and_unbalanced_pairs_and_count_them(tmp_path, caplog):
+    src = SRC * 20 + ["", "sehr " * 80, "ok", "ja " * 8]
+    tgt = TGT * 20 + ["leer", "very " * 3, "", "a"]
+    data = corpus(tmp_path, src, tgt, "data.max_len=30", "data.max_len_ratio=4")
+    with caplog.at_level(logging.INFO):
+        directory = ensure_prepared(data, prepares=True, wait_s=0)
+    counts = json.loads((directory / "manifest.json").read_text())["splits"]["train"]
+    assert counts["pairs"] == 60 and counts["read"] == 64
+    assert counts["dropped"] == {"empty": 2, "too_long": 1, "ratio": 1}
+    assert "dropped 2 empty, 1 longer than data.max_len=30, 1 past" in caplog.text
+
+
+def test_a_second_start_maps_the_files_without_preparing(data, monkeypatch):
+    first = ensure_prepared(data, prepares=True, wait_s=0)
+    monkeypatch.setattr(prepared, "prepare", lambda *a: pytest.fail("prepared again"))
+    assert ensure_prepared(data, prepares=True, wait_s=0) == first
+
+
+def test_an_interrupted_prepare_leaves_nothing_that_looks_complete(data, monkeypatch):
+    def fail_on_valid(*args, **kwargs):
+        if args[1] == "valid":
+            raise KeyboardInterrupt  # killed midway
+        return write_split(*args, **kwargs)
+
+    write_split = prepared._write_split
+    monkeypatch.setattr(prepared, "_write_split", fail_on_valid)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_prepared(data, prepares=True, wait_s=0)
+    target = prepared_location(data)
+    assert not target.exists()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".incomplete")]
+
+
+def test_a_full_disk_is_named_and_nothing_is_left_behind(data, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepared, "_remap_targets", no_space)
+    with pytest.raises(DataError, match="disk filled up.*data.cache_dir"):
+        ensure_prepared(data, prepares=True, wait_s=0)
+    assert list(prepared_location(data).parent.iterdir()) == []
+
+
+def test_a_truncated_token_file_is_named(data):
+    directory = ensure_prepared(data, prepares=True, wait_s=0)
+    tokens = directory / "train.tgt.bin"
+    tokens.write_bytes(tokens.read_bytes()[:10])
+    with pytest.raises(DataError, match=r"train\.tgt\.bin has 10 bytes.*incomplete.*Delete"):
+        ensure_prepared(data, prepares=True, wait_s=0)
+
+
+def test_a_changed_raw_file_prepares_again_in_the_cache(data, caplog):
+    first = ensure_prepared(data, prepares=True, wait_s=0)
+    write_lines(Path(data.train_tgt), [t.upper() for t in TGT * 40])
+    with caplog.at_level(logging.WARNING):
+        again = ensure_prepared(data, prepares=True, wait_s=0)
+    assert again == first and "changed since it was prepared (checksum)" in caplog.text
+    assert MappedSplit(again, "train", "uint16")[0][2].size > 0
+
+
+def test_an_explicit_folder_that_no_longer_fits_names_the_key_or_file(tmp_path):
+    data = corpus(tmp_path, SRC * 40, TGT * 40, f"data.prepared_dir={tmp_path / 'prep'}")
+    ensure_prepared(data, prepares=True, wait_s=0)
+    data.tokenizer.vocab_size = 50
+    with pytest.raises(DataError, match=r"data.tokenizer.vocab_size=60, this run asks for "):
+        ensure_prepared(data, prepares=True, wait_s=0)
+    data.tokenizer.vocab_size = 60
+    write_lines(Path(data.valid_src), ["anders"] * 4)
+    with pytest.raises(DataError, match=r"data.valid_src=.*changed since it was prepared"):
+        ensure_prepared(data, prepares=True, wait_s=0)
+
+
+def test_a_process_that_waits_names_what_it_waited_for(data):
+    with pytest.raises(DataError, match=r"waited 0 s for the prepared data in .*first process"):
+        ensure_prepared(data, prepares=False, wait_s=0)
+
+
+def test_ids_too_large_for_the_token_type_are_refused(tmp_path):
+    token_file = prepared._TokenFile(tmp_path / "x.bin", np.uint16)
+    with pytest.raises(DataError, match="70000 does not fit uint16"):
+        token_file.append([[1, 70000]])
