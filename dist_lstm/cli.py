@@ -1,5 +1,7 @@
-"""`dist-lstm` command line: translate, evaluate, average and export trained checkpoints.
+"""`dist-lstm` command line: prepare a corpus; translate, evaluate, average and export
+trained checkpoints.
 
+    dist-lstm prepare data=custom data.train_src=train.de data.train_tgt=train.en ...
     dist-lstm translate --checkpoint outputs/RUN/checkpoints/best < input.de > output.en
     dist-lstm evaluate --checkpoint outputs/RUN --split test --beam 5
     dist-lstm average --run outputs/RUN --last 3 --output averaged.pt
@@ -207,6 +209,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- prepare
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from dist_lstm.config import validate_config
+    from dist_lstm.config.compose import compose_config
+    from dist_lstm.data.build import verify_inputs
+    from dist_lstm.data.prepared import ensure_prepared, prepare, prepared_location
+
+    cfg = compose_config(args.overrides)
+    validate_config(cfg)
+    verify_inputs(cfg.data)
+    if args.force:
+        directory = prepared_location(cfg.data)
+        prepare(cfg.data, directory)
+    else:
+        directory = ensure_prepared(cfg.data, prepares=True, wait_s=0)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    tokens = train["src_tokens"] + train["tgt_tokens"]
+    data_bytes = sum(size for name, size in manifest["files"].items() if name.startswith("train"))
+    print(
+        f"{directory}: {train['pairs']:,} training pairs ({train['read']:,} read), "
+        f"{tokens:,} tokens, {data_bytes / max(tokens, 1):.2f} bytes per token on disk "
+        f"({manifest['dtype']}); `python train.py` with the same overrides uses it."
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -214,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Use trained dist-lstm models. Train with `python train.py`.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="tokenize a corpus once into the token files training maps",
+        description="Tokenize the corpus the config names (train.py's overrides: data=..., "
+        "data.train_src=..., experiment=...) into prepared token files, unless they are "
+        "there already. Training does this by itself when they are missing; run it ahead "
+        "of a large job.",
+    )
+    prepare.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
+    prepare.add_argument(
+        "--force", action="store_true", help="prepare again even if the files are up to date"
+    )
+    prepare.set_defaults(func=cmd_prepare)
 
     translate = commands.add_parser(
         "translate",
