@@ -135,7 +135,7 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
     )
     max_tokens = cfg.data.max_tokens
     train_loader = make_train_loader(
-        data.train, max_tokens, cfg.seed, topology.rank, topology.world_size
+        data.train, max_tokens, cfg.seed, topology.rank, topology.world_size, data.train_shares
     )
     valid_loader = make_eval_loader(data.valid, max_tokens, topology.rank, topology.world_size)
     wandb_logger = None

@@ -88,8 +88,8 @@ def check_resumable(folder: Path, config: Dict[str, Any], state_format: str) -> 
             "differ). Resume with the checkpoint's model settings, or start a new run."
         )
     saved_data = saved.get("data", {})
-    for key in ("max_tokens", "max_len", "train_src", "train_tgt"):
-        if saved_data.get(key) != config["data"][key]:
+    for key in ("max_tokens", "max_len", "train_src", "train_tgt", "corpora"):
+        if saved_data.get(key, [] if key == "corpora" else None) != config["data"][key]:
             raise UserError(
                 f"resume: {folder} was trained with data.{key}={saved_data.get(key)}; this "
                 f"run has data.{key}={config['data'][key]}. The saved position in the epoch "

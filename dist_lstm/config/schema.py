@@ -33,6 +33,16 @@ class TokenizerConfig:
 
 
 @dataclass
+class CorpusConfig:
+    """A training corpus beside data.train_src/train_tgt, and how much of it an epoch
+    sees: weight 2 = every pair twice, 0.5 = half of them, chosen anew each epoch."""
+
+    src: str = MISSING
+    tgt: str = MISSING
+    weight: float = 1.0
+
+
+@dataclass
 class DataConfig:
     """Where the parallel text lives and how it is cut into batches."""
 
@@ -45,6 +55,9 @@ class DataConfig:
     train_tgt: str = MISSING
     valid_src: str = MISSING
     valid_tgt: str = MISSING
+    # More training corpora, each with its weight in an epoch (data.train_* has 1):
+    # data.corpora='[{src: crawl.de, tgt: crawl.en, weight: 0.5}]'
+    corpora: List[CorpusConfig] = field(default_factory=list)
     test_src: Optional[str] = None
     test_tgt: Optional[str] = None
     # A SHA256SUMS file; the files it lists are verified on every load.

@@ -46,6 +46,15 @@ def _positive(key: str, value: Optional[float], allow_none: bool = False) -> Non
 
 
 def validate_data(data: DictConfig) -> None:
+    for i, corpus in enumerate(data.corpora):
+        _require(
+            corpus.weight > 0,
+            f"data.corpora[{i}].weight",
+            corpus.weight,
+            "use a positive weight (1: every pair once an epoch; 0.5: half of them); "
+            "leave a corpus out instead of weighting it 0.",
+        )
+    _positive("data.max_len_ratio", data.max_len_ratio, allow_none=True)
     if data.languages:
         for key in ("src_lang", "tgt_lang"):
             _require(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ class TranslationData:
     train: MappedSplit
     valid: MappedSplit
     test: Optional[ParallelText]
+    # (first pair, end, weight) of each training corpus, for the batch planner
+    train_shares: List[Tuple[int, int, float]]
 
 
 def verify_inputs(data: DictConfig) -> None:
@@ -64,16 +66,28 @@ def build_data(data: DictConfig, prepares: bool = True, wait_s: float = 600) -> 
         manifest["splits"]["train"]["pairs"],
     )
     has_test = data.test_src and data.test_tgt
+    ends = np.cumsum(manifest["splits"]["train"]["corpus_pairs"]).tolist()
+    weights = [1.0] + [float(corpus.weight) for corpus in data.corpora]
+    shares = [
+        (end - n, end, w)
+        for end, n, w in zip(ends, manifest["splits"]["train"]["corpus_pairs"], weights)
+    ]
     return TranslationData(
         tokenizer=tokenizer,
         train=MappedSplit(directory, "train", manifest["dtype"]),
         valid=MappedSplit(directory, "valid", manifest["dtype"]),
         test=load_parallel(data.test_src, data.test_tgt) if has_test else None,
+        train_shares=shares,
     )
 
 
 def make_train_loader(
-    dataset: MappedSplit, max_tokens: int, seed: int, rank: int = 0, world_size: int = 1
+    dataset: MappedSplit,
+    max_tokens: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shares: Optional[List[Tuple[int, int, float]]] = None,
 ) -> DataLoader:
     """A DataLoader over shuffled token-budget batches; its batch_sampler holds the
     resumable position.
@@ -81,7 +95,7 @@ def make_train_loader(
     Workers stay at 0: a worker's prefetching would put the sampler's position ahead of
     the batches actually trained on.
     """
-    sampler = BucketBatchSampler(dataset.sizes(), max_tokens, seed, rank, world_size)
+    sampler = BucketBatchSampler(dataset.sizes(), max_tokens, seed, rank, world_size, shares)
     # Its own generator: each new iterator draws a seed from it, and would otherwise take
     # it from the global RNG, which a resumed run (new iterator mid-epoch) would shift.
     generator = torch.Generator().manual_seed(seed)

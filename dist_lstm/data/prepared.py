@@ -58,14 +58,28 @@ def tokenizer_options(data: DictConfig) -> TokenizerOptions:
     return TokenizerOptions(**{k: data.tokenizer[k] for k in TokenizerOptions.__annotations__})
 
 
+def input_files(data: DictConfig) -> Dict[str, Path]:
+    """Every raw file the prepared data is made of, by config key: the training corpus,
+    the extra weighted ones (data.corpora) and validation."""
+    files = {f"data.{key}": Path(data[key]).expanduser() for key in INPUT_KEYS}
+    for i, corpus in enumerate(data.corpora):
+        for side in ("src", "tgt"):
+            files[f"data.corpora[{i}].{side}"] = Path(corpus[side]).expanduser()
+    return files
+
+
+def training_corpora(data: DictConfig) -> List[Tuple[str, str]]:
+    """(source, target) files of each training corpus, data.train_* first."""
+    return [(data.train_src, data.train_tgt)] + [(c.src, c.tgt) for c in data.corpora]
+
+
 def preparation_options(data: DictConfig) -> Dict[str, Any]:
-    """Everything in the data config the prepared files depend on, by config key."""
+    """Everything in the data config the prepared files depend on, by config key (the
+    corpora's weights are not: they act when batches are planned)."""
     options = {f"data.{key}": data[key] for key in OPTION_KEYS}
     tokenizer = OmegaConf.to_container(data.tokenizer, resolve=True)
     options.update({f"data.tokenizer.{key}": value for key, value in tokenizer.items()})
-    options.update(
-        {f"data.{key}": str(Path(data[key]).expanduser().resolve()) for key in INPUT_KEYS}
-    )
+    options.update({key: str(path.resolve()) for key, path in input_files(data).items()})
     return options
 
 
@@ -101,15 +115,16 @@ def stale_reason(directory: Path, manifest: Dict[str, Any], data: DictConfig) ->
                 f"it was prepared with {key}={manifest['options'].get(key)}, this run asks "
                 f"for {key}={value}"
             )
-    for key in INPUT_KEYS:
-        recorded = manifest["inputs"][key]
-        path = Path(data[key]).expanduser()
+    for key, path in input_files(data).items():
+        recorded = manifest["inputs"].get(key)
+        if recorded is None:
+            return f"it was not prepared from {key}"
         if not path.is_file():
-            return f"data.{key}={path} does not exist"
+            return f"{key}={path} does not exist"
         stat = path.stat()
         if (stat.st_size, stat.st_mtime_ns) != (recorded["size"], recorded["mtime_ns"]):
             if stat.st_size != recorded["size"] or sha256_of(path) != recorded["sha256"]:
-                return f"data.{key}={path} changed since it was prepared (checksum)"
+                return f"{key}={path} changed since it was prepared (checksum)"
     return None
 
 
@@ -228,18 +243,20 @@ def _write_split(
     pieces its kept targets use (the decoder's vocabulary)."""
     train = split == "train"
     limit = data.max_train_examples if train else data.max_valid_examples
+    sources = training_corpora(data) if train else [(data.valid_src, data.valid_tgt)]
     threads = os.cpu_count() or 1
     files = {side: _TokenFile(scratch / f"{split}.{side}.bin", dtype) for side in ("src", "tgt")}
     used = np.zeros(tokenizer.model_size("tgt"), dtype=bool) if train else None
     dropped = {"empty": 0, "too_long": 0, "ratio": 0}
     references = open(scratch / f"{split}.ref.txt", "w", encoding="utf-8") if not train else None
-    read = 0
-    for src_text, tgt_text in stream_pairs(data[f"{split}_src"], data[f"{split}_tgt"], limit):
+    read, corpus_pairs = 0, [0] * len(sources)
+    for src_text, tgt_text, corpus in _chunks_of(sources, limit):
         src = tokenizer.model_ids("src", src_text, threads)
         tgt = tokenizer.model_ids("tgt", tgt_text, threads)
         keep, counts = _keep(src, tgt, data, train)
         dropped = {k: dropped[k] + counts[k] for k in dropped}
         kept = np.flatnonzero(keep)
+        corpus_pairs[corpus] += len(kept)
         tgt_kept = [tgt[i] for i in kept]
         if target_lookup is not None:
             tgt_kept = [target_lookup[seq].tolist() for seq in tgt_kept]
@@ -281,12 +298,21 @@ def _write_split(
         )
     counts = {
         "pairs": kept_pairs,
+        "corpus_pairs": corpus_pairs,  # kept pairs of each corpus, in file order
         "read": read,
         "dropped": dropped,
         "src_tokens": int(lengths["src"].sum()),
         "tgt_tokens": int(lengths["tgt"].sum()),
     }
     return counts, (np.flatnonzero(used) if used is not None else None)
+
+
+def _chunks_of(sources: List[Tuple[str, str]], limit: Optional[int]):
+    """(source lines, target lines, corpus number) chunks of every corpus in turn; `limit`
+    pairs at most of each."""
+    for corpus, (src_path, tgt_path) in enumerate(sources):
+        for src_text, tgt_text in stream_pairs(src_path, tgt_path, limit):
+            yield src_text, tgt_text, corpus
 
 
 def _remap_targets(scratch: Path, lookup: np.ndarray, dtype: np.dtype, chunk: int = 1 << 24):
@@ -356,11 +382,11 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     """Tokenize the train and valid splits of `data` into `target`, atomically: written
     in a scratch folder beside it and renamed into place; the manifest comes last."""
     started = time.monotonic()
-    for key in INPUT_KEYS:
-        if not Path(data[key]).expanduser().is_file():
+    for key, path in input_files(data).items():
+        if not path.is_file():
             raise DataError(
-                f"data file not found: {Path(data[key]).expanduser()} (data.{key}). Check the "
-                "data.* paths in your config (or the command-line override that set them)."
+                f"data file not found: {path} ({key}). Check the data.* paths in your "
+                "config (or the command-line override that set them)."
             )
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.parent / f".incomplete-{target.name}-{os.getpid()}"
@@ -390,7 +416,10 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
 def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:
     options = tokenizer_options(data)
     limit = data.max_train_examples
-    tokenizer = train_or_load(data.train_src, data.train_tgt, limit, options, data.cache_dir)
+    corpora = training_corpora(data)
+    tokenizer = train_or_load(
+        [src for src, _ in corpora], [tgt for _, tgt in corpora], limit, options, data.cache_dir
+    )
     dtype = _token_dtype(tokenizer)
     totals = {"train": data.max_train_examples, "valid": data.max_valid_examples}
     with _Progress(totals) as progress:
@@ -409,7 +438,7 @@ def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:
         "tokenizer_options": asdict(options),
         "tokenizer": tokenizer.fingerprint,
         "dtype": dtype.name,
-        "inputs": {key: _file_identity(data[key]) for key in INPUT_KEYS},
+        "inputs": {key: _file_identity(path) for key, path in input_files(data).items()},
         "splits": {"train": train, "valid": valid},
         "files": files,
     }

@@ -18,7 +18,7 @@ Why this shape:
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +51,11 @@ class BatchPlan:
         source = np.repeat((self.starts[:-1][batch_order] - starts[:-1]).astype(index), lengths)
         source += np.arange(len(self.order), dtype=index)
         return BatchPlan(self.order[source], starts)
+
+
+def _all_once(shares: Sequence[Tuple[int, int, float]], pairs: int) -> bool:
+    """Whether the shares are every pair exactly once (one plan, as without shares)."""
+    return all(w == 1 for _, _, w in shares) and sum(e - s for s, e, _ in shares) == pairs
 
 
 def _index_dtype(n: int) -> type:
@@ -96,6 +101,10 @@ class BucketBatchSampler(Sampler[List[int]]):
 
     Call `set_epoch(e)` before iterating each epoch; `state_dict()`/`load_state_dict()`
     carry the epoch and the global position.
+
+    `shares`: (start, end, weight) of each corpus among the pairs. An epoch holds each
+    pair of a corpus floor(weight) times, plus that fraction of its pairs drawn from the
+    epoch's generator (so the same ones on every rank and after a resume).
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class BucketBatchSampler(Sampler[List[int]]):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        shares: Optional[Sequence[Tuple[int, int, float]]] = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
@@ -113,6 +123,7 @@ class BucketBatchSampler(Sampler[List[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.shares = None if shares is None or _all_once(shares, len(self.sizes)) else shares
         self.epoch = 0
         self.consumed = 0  # global batches of this epoch handed out to all ranks
         self._plan: Dict[int, BatchPlan] = {}
@@ -127,7 +138,11 @@ class BucketBatchSampler(Sampler[List[int]]):
         """All ranks' batches for `epoch`, identical on every rank and world size."""
         if epoch not in self._plan:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(len(self.sizes), generator=gen).numpy()
+            pool = self._epoch_pairs(gen)
+            if pool is None:  # every pair once: the permutation is the pool
+                perm = torch.randperm(len(self.sizes), generator=gen).numpy()
+            else:
+                perm = pool[torch.randperm(len(pool), generator=gen).numpy()]
             # stable: equal sizes keep the random order of `perm` (numpy sorts small
             # integer keys by radix, in linear time)
             order = perm[np.argsort(self.sizes[perm], kind="stable")]
@@ -135,6 +150,23 @@ class BucketBatchSampler(Sampler[List[int]]):
             shuffle = torch.randperm(len(plan), generator=gen).numpy()
             self._plan = {epoch: plan.reordered(shuffle)}
         return self._plan[epoch]
+
+    def _epoch_pairs(self, gen: torch.Generator) -> Optional[np.ndarray]:
+        """The pairs of this epoch, with repeats, by the corpora's weights (None: each
+        pair once, as with one corpus of weight 1)."""
+        if self.shares is None:
+            return None
+        index = _index_dtype(int(sum(w * (e - s) for s, e, w in self.shares)) + len(self.sizes))
+        parts = []
+        for start, end, weight in self.shares:
+            whole, fraction = int(weight), weight - int(weight)
+            pairs = np.arange(start, end, dtype=index)
+            parts += [pairs] * whole
+            extra = round(fraction * (end - start))
+            if extra:
+                drawn = torch.randperm(end - start, generator=gen)[:extra].numpy()
+                parts.append(pairs[np.sort(drawn)])
+        return np.concatenate(parts)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank)."""

@@ -192,11 +192,13 @@ class Tokenizer:
         return cls(models)
 
 
-def cache_key(src_path: str, tgt_path: str, limit: Optional[int], options: TokenizerOptions) -> str:
+def cache_key(
+    src_paths: Sequence[str], tgt_paths: Sequence[str], limit: Optional[int], options
+) -> str:
     """Hash of the training files' contents, how many lines were used, and the options."""
     payload = {
-        "src": sha256_of(src_path),
-        "tgt": sha256_of(tgt_path),
+        "src": [sha256_of(path) for path in src_paths],
+        "tgt": [sha256_of(path) for path in tgt_paths],
         "lines": limit,
         "options": asdict(options),
         "sentencepiece": spm.__version__,
@@ -244,15 +246,16 @@ def _train_model(paths: Sequence[str], limit: Optional[int], prefix: Path, optio
 
 
 def train_or_load(
-    src_path: str,
-    tgt_path: str,
+    src_paths: Sequence[str],
+    tgt_paths: Sequence[str],
     limit: Optional[int],
     options: TokenizerOptions,
     cache_dir: str | Path,
 ) -> Tokenizer:
     """Return the cached tokenizer for this corpus and options, training it on a miss.
-    The corpus is streamed (SentencePiece samples `input_sentence_size` sentences)."""
-    key = cache_key(src_path, tgt_path, limit, options)
+    The corpora are streamed (SentencePiece samples `input_sentence_size` sentences);
+    `limit`: lines of each file."""
+    key = cache_key(src_paths, tgt_paths, limit, options)
     target = Path(cache_dir).expanduser() / "tokenizers" / key
     if (target / META_FILE).is_file():
         log.info("tokenizer: cache hit %s", target)
@@ -268,11 +271,11 @@ def train_or_load(
     scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
         if options.joint:
-            _train_model([src_path, tgt_path], limit, scratch / "spm", options)
+            _train_model([*src_paths, *tgt_paths], limit, scratch / "spm", options)
             files = {r: scratch / "spm.model" for r in ROLES}
         else:
-            _train_model([src_path], limit, scratch / "src", options)
-            _train_model([tgt_path], limit, scratch / "tgt", options)
+            _train_model(src_paths, limit, scratch / "src", options)
+            _train_model(tgt_paths, limit, scratch / "tgt", options)
             files = {r: scratch / f"{r}.model" for r in ROLES}
         Tokenizer({r: files[r].read_bytes() for r in ROLES}).save(scratch)
         try:

@@ -178,3 +178,9 @@ def test_a_worker_types_the_composed_config_again_with_its_strategy_schema(strat
     typed = typed_config(OmegaConf.to_container(composed, resolve=False))
     assert OmegaConf.get_type(typed.strategy) is STRATEGY_SCHEMAS[strategy]
     assert typed == composed
+
+
+def test_a_corpus_weight_of_zero_names_the_corpus():
+    corpora = '[{src: a.de, tgt: a.en, weight: 0}]'
+    with pytest.raises(ConfigError, match=r"data.corpora\[0\].weight=0.*leave a corpus out"):
+        validate_config(compose_config([f"data.corpora={corpora}"]))

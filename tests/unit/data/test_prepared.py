@@ -143,3 +143,24 @@ def test_ids_too_large_for_the_token_type_are_refused(tmp_path):
     token_file = prepared._TokenFile(tmp_path / "x.bin", np.uint16)
     with pytest.raises(DataError, match="70000 does not fit uint16"):
         token_file.append([[1, 70000]])
+
+
+def test_weighted_corpora_are_prepared_together_and_planned_by_weight(tmp_path):
+    from dist_lstm.data.build import make_train_loader
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    src = write_lines(extra / "de", ["ein buch"] * 8)
+    tgt = write_lines(extra / "en", ["a book"] * 8)
+    data = corpus(
+        tmp_path, SRC * 4, TGT * 4, f"data.corpora=[{{src:'{src}',tgt:'{tgt}',weight:2}}]"
+    )
+    loaded = build_data(data)
+    assert loaded.train_shares == [(0, 12, 1.0), (12, 20, 2.0)]
+    assert loaded.train[12][1].tolist() == loaded.tokenizer.encode("src", ["ein buch"])[0]
+    loader = make_train_loader(loaded.train, 64, 1, shares=loaded.train_shares)
+    indices = [i for batch in loader for i in batch.indices.tolist()]
+    assert sorted(indices) == list(range(12)) + sorted(list(range(12, 20)) * 2)
+    before = prepared_location(data)
+    data.corpora[0].weight = 0.5  # weights act at planning: the same prepared files
+    assert prepared_location(data) == before

@@ -138,3 +138,26 @@ def test_reordered_plan_keeps_every_batch_whole():
     assert plan.as_lists() == [[0, 1], [2, 3], [4], [5]]
     shuffled = plan.reordered(np.array([3, 1, 0, 2]))
     assert shuffled.as_lists() == [[5], [2, 3], [0, 1], [4]]
+
+
+def test_weighted_corpora_repeat_and_subsample_pairs_per_epoch():
+    s = sizes(30)
+    shares = [(0, 10, 1.0), (10, 20, 2.0), (20, 30, 0.5)]
+    sampler = BucketBatchSampler(s, 200, seed=3, shares=shares)
+    seen, plans = [], []
+    for epoch in range(2):
+        plans.append(epoch_batches(sampler, epoch))
+        counts = np.bincount([i for b in plans[-1] for i in b], minlength=30)
+        assert (counts[:10] == 1).all() and (counts[10:20] == 2).all()
+        assert sorted(counts[20:]) == [0] * 5 + [1] * 5  # half of the last corpus
+        seen.append(set(np.flatnonzero(counts[20:])))
+    assert seen[0] != seen[1]  # another half each epoch
+    again = BucketBatchSampler(s, 200, seed=3, shares=shares)
+    assert epoch_batches(again, 1) == plans[1]  # the same on every rank and after a resume
+
+
+def test_one_corpus_of_weight_one_plans_as_without_shares():
+    s = sizes(100)
+    plain = epoch_batches(BucketBatchSampler(s, 200, seed=3), 0)
+    shared = BucketBatchSampler(s, 200, seed=3, shares=[(0, 100, 1.0)])
+    assert epoch_batches(shared, 0) == plain

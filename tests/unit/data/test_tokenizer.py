@@ -10,10 +10,10 @@ TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"] * 40
 
 @pytest.fixture
 def corpus(tmp_path):
-    """(source path, target path, line limit): what train_or_load streams."""
+    """(source paths, target paths, line limit): what train_or_load streams."""
     return (
-        str(write_lines(tmp_path / "train.de", SRC)),
-        str(write_lines(tmp_path / "train.en", TGT)),
+        [str(write_lines(tmp_path / "train.de", SRC))],
+        [str(write_lines(tmp_path / "train.en", TGT))],
         None,
     )
 
@@ -54,8 +54,8 @@ def test_target_vocab_keeps_only_target_pieces_and_round_trips(tmp_path, monkeyp
     src = ["das haus ist klein", "der hund bellt laut", "ein kleines haus"] * 20
     tgt = ["the house is small", "the dog barks", "a small house"] * 20
     files = (
-        str(write_lines(tmp_path / "train.de", src)),
-        str(write_lines(tmp_path / "train.en", tgt)),
+        [str(write_lines(tmp_path / "train.de", src))],
+        [str(write_lines(tmp_path / "train.en", tgt))],
     )
     joint = tok.train_or_load(*files, None, options(vocab_size=60), tmp_path / "c")
     pruned = joint.with_target_vocab(tgt)
