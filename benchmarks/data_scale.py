@@ -114,7 +114,6 @@ def run_training(
         "trainer.val_every_steps=1000",
         "trainer.log_every_steps=1",
         "trainer.progress_bar=false",
-        "data.max_valid_examples=64",
         f"hydra.run.dir={run_dir}",
     ]
     if nproc > 1:
@@ -214,6 +213,7 @@ def main() -> None:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     env.setdefault("OMP_NUM_THREADS", "1")
     tokenizer = [
+        "data.max_valid_examples=64",  # prepared with the runs' own options: no re-prepare
         "data.tokenizer.vocab_size=8000",
         f"data.tokenizer.input_sentence_size={min(200_000, 2 * pairs)}",
     ]

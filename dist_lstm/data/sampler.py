@@ -53,6 +53,12 @@ class BatchPlan:
         return BatchPlan(self.order[source], starts)
 
 
+def _randperm(n: int, gen: torch.Generator) -> np.ndarray:
+    """torch's permutation (the same one in int32 as in int64, at half the memory)."""
+    dtype = torch.int32 if n < 2**31 else torch.int64
+    return torch.randperm(n, generator=gen, dtype=dtype).numpy()
+
+
 def _all_once(shares: Sequence[Tuple[int, int, float]], pairs: int) -> bool:
     """Whether the shares are every pair exactly once (one plan, as without shares)."""
     return all(w == 1 for _, _, w in shares) and sum(e - s for s, e, _ in shares) == pairs
@@ -140,14 +146,14 @@ class BucketBatchSampler(Sampler[List[int]]):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             pool = self._epoch_pairs(gen)
             if pool is None:  # every pair once: the permutation is the pool
-                perm = torch.randperm(len(self.sizes), generator=gen).numpy()
+                perm = _randperm(len(self.sizes), gen)
             else:
-                perm = pool[torch.randperm(len(pool), generator=gen).numpy()]
+                perm = pool[_randperm(len(pool), gen)]
             # stable: equal sizes keep the random order of `perm` (numpy sorts small
             # integer keys by radix, in linear time)
             order = perm[np.argsort(self.sizes[perm], kind="stable")]
             plan = token_budget_batches(self.sizes, order, self.max_tokens)
-            shuffle = torch.randperm(len(plan), generator=gen).numpy()
+            shuffle = _randperm(len(plan), gen)
             self._plan = {epoch: plan.reordered(shuffle)}
         return self._plan[epoch]
 

@@ -52,7 +52,7 @@ def test_prepared_pairs_are_the_tokenized_lines_and_pickle_as_a_path(data):
     assert index == 4
     assert src.tolist() == loaded.tokenizer.encode("src", [SRC[1]])[0]
     assert tgt.tolist() == loaded.tokenizer.encode("tgt", [TGT[1]])[0]
-    assert pairs.ids["src"].dtype == np.uint16  # a 60-piece vocabulary: 2 bytes a token
+    assert pairs.dtype == np.uint16  # a 60-piece vocabulary: 2 bytes a token
     assert pairs.sizes()[4] == max(len(src), len(tgt) + 1)
     assert len(pickle.dumps(pairs)) < 500  # a DataLoader worker gets the folder, not data
     assert pickle.loads(pickle.dumps(pairs))[4][1].tolist() == src.tolist()
