@@ -50,7 +50,7 @@ def build_data(data: DictConfig, prepares: bool = True, wait_s: float = 600) -> 
     """The prepared token files for `data` (written first if missing or stale), opened.
 
     prepares: this process writes them when needed (one per node); the others wait for
-    them up to `wait_s` seconds, then every process maps the same files.
+    them up to `wait_s` seconds, then every process reads the same files.
     """
     if prepares:
         verify_inputs(data)

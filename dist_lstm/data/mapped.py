@@ -2,9 +2,8 @@
 
 Per process it holds only what batch planning needs (each pair's padded size, 2 bytes a
 pair); ids and offsets are read with pread, so every rank shares them through the page
-cache. Why not numpy.memmap: on a random read the kernel maps ~28 KB of neighbouring
-cached pages into the process ("fault-around", not stopped by MADV_RANDOM here), and a
-rank's resident set grew by 340 MB over 20 batches of a 4.5M-pair corpus (measured in
+cache. Not numpy.memmap: the kernel maps neighbouring cached pages into the process on
+every random read, which grew each rank's resident set by hundreds of MB (figures in
 benchmarks/RESULTS.md). Pickling sends the folder, not the data, so DataLoader workers
 open the files again.
 """

@@ -12,7 +12,7 @@
 
 Why: reading text into Python lists on every rank costs ~2 GB per million pairs per
 rank and re-encodes the corpus at every start (measured in ../shared/FACTS.md). Token files
-are written once by one process per node, then memory-mapped: the page cache shares them
+are written once by one process per node, then read in place: the page cache shares them
 between ranks and a restart only opens files.
 """
 
