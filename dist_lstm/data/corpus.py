@@ -97,6 +97,23 @@ def stream_lines(path: str | Path, chunk: int = 100_000) -> Iterator[List[str]]:
         yield lines
 
 
+def count_lines(path: str | Path, limit: Optional[int] = None) -> int:
+    """Lines in a (gzip) text file, at most `limit`: a few seconds for millions of lines,
+    so a long preparation can show its ETA."""
+    path = Path(path).expanduser()
+    _check_file(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    count, last = 0, b"\n"
+    with opener(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            count += block.count(b"\n")
+            last = block[-1:]
+            if limit is not None and count >= limit:
+                return limit
+    count += last != b"\n"  # a last line without its newline
+    return count if limit is None else min(count, limit)
+
+
 def stream_pairs(
     src_path: str | Path, tgt_path: str | Path, limit: Optional[int] = None, chunk: int = 100_000
 ) -> Iterator[Tuple[List[str], List[str]]]:

@@ -34,7 +34,7 @@ import numpy as np
 import sentencepiece as spm
 from omegaconf import DictConfig, OmegaConf
 
-from dist_lstm.data.corpus import sha256_of, stream_pairs
+from dist_lstm.data.corpus import count_lines, sha256_of, stream_pairs
 from dist_lstm.data.tokenizer import Tokenizer, TokenizerOptions, train_or_load
 from dist_lstm.errors import DataError
 
@@ -421,7 +421,10 @@ def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:
         [src for src, _ in corpora], [tgt for _, tgt in corpora], limit, options, data.cache_dir
     )
     dtype = _token_dtype(tokenizer)
-    totals = {"train": data.max_train_examples, "valid": data.max_valid_examples}
+    totals = {
+        "train": sum(count_lines(src, data.max_train_examples) for src, _ in corpora),
+        "valid": count_lines(data.valid_src, data.max_valid_examples),
+    }
     with _Progress(totals) as progress:
         train, used = _write_split(data, "train", tokenizer, scratch, dtype, None, progress)
         if data.tokenizer.prune_target_vocab:

@@ -77,3 +77,13 @@ def test_streamed_files_of_different_length_are_named(tmp_path, longer):
     tgt = write_lines(tmp_path / "t", ["b"] * (5 if longer == "t" else 4))
     with pytest.raises(DataError, match="differ in length.*line-aligned"):
         list(stream_pairs(src, tgt, chunk=2))
+
+
+def test_line_counts_for_the_progress_bar(tmp_path):
+    from dist_lstm.data.corpus import count_lines
+
+    (tmp_path / "a.txt").write_text("x\ny\nz")  # no newline after the last line
+    with gzip.open(tmp_path / "b.gz", "wt") as f:
+        f.write("x\n" * 5)
+    assert count_lines(tmp_path / "a.txt") == 3 and count_lines(tmp_path / "b.gz") == 5
+    assert count_lines(tmp_path / "b.gz", limit=2) == 2
