@@ -4,6 +4,7 @@ trained checkpoints.
     dist-lstm prepare data=custom data.train_src=train.de data.train_tgt=train.en ...
     dist-lstm translate --checkpoint outputs/RUN/checkpoints/best < input.de > output.en
     dist-lstm evaluate --checkpoint outputs/RUN --split test --beam 5
+    dist-lstm evaluate --checkpoint RUN_A --checkpoint RUN_B --split test   # an ensemble
     dist-lstm average --run outputs/RUN --last 3 --output averaged.pt
     dist-lstm export outputs/RUN/checkpoints/last model.pt
 
@@ -31,7 +32,7 @@ from dist_lstm.inference import (
     SearchOptions,
     Translator,
     dataset_split_files,
-    load_model,
+    load_models,
     resolve_checkpoint_path,
 )
 from dist_lstm.precision import PRECISIONS
@@ -60,7 +61,10 @@ def _add_search_args(parser: argparse.ArgumentParser, default_beam: int = 5) -> 
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="a checkpoint folder or file, or a run directory (uses checkpoints/best)",
+        action="append",
+        help="a checkpoint folder or file, or a run directory (uses checkpoints/best); "
+        "give it several times to decode with an ensemble of the models (their "
+        "log-probabilities averaged at every step)",
     )
     parser.add_argument(
         "--beam",
@@ -94,7 +98,7 @@ def _add_search_args(parser: argparse.ArgumentParser, default_beam: int = 5) -> 
 
 
 def _translator(args: argparse.Namespace) -> Translator:
-    loaded = load_model(args.checkpoint, _device(args.device))
+    loaded = load_models(args.checkpoint, _device(args.device))
     trainer = loaded.config.get("trainer", {})
     options = SearchOptions(
         beam=args.beam,
@@ -178,6 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "alpha": args.alpha,
         "precision": args.precision,
         "checkpoint": str(translator.loaded.path),
+        "checkpoints": [str(path) for path in translator.loaded.paths],  # an ensemble's all
         "source": str(src_path),
         "reference": str(ref_path),
     }

@@ -3,12 +3,13 @@
 A checkpoint (a training checkpoint folder, or one file from `dist-lstm export` or
 `average`) carries the resolved config and the serialized SentencePiece models, so it is
 all `dist-lstm translate` needs; a run directory resolves to its best checkpoint.
+Several checkpoints that share a tokenizer translate as one ensemble.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -20,7 +21,7 @@ from dist_lstm.checkpoint import is_checkpoint_folder, load_checkpoint, load_mod
 from dist_lstm.config import register_configs
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
-from dist_lstm.model import Seq2Seq, build_model
+from dist_lstm.model import Ensemble, Seq2Seq, build_model
 from dist_lstm.precision import PRECISIONS, autocast, check_precision
 from dist_lstm.search import best_hypotheses, decodes_greedily
 
@@ -33,12 +34,17 @@ GREEDY_BATCHES_PER_CALL = 64
 
 @dataclass
 class LoadedModel:
-    model: Seq2Seq
+    model: Seq2Seq | Ensemble
     tokenizer: Tokenizer
-    config: Dict[str, Any]  # the run's resolved config
+    config: Dict[str, Any]  # the run's resolved config (an ensemble's: its first model's)
     data_config: Dict[str, Any]  # the run's data group, interpolations kept
     step: int
     path: Path
+    # Every checkpoint of an ensemble, `path` first; just `path` for one model.
+    paths: Tuple[Path, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        self.paths = self.paths or (self.path,)
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -79,6 +85,24 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         step=int(payload.get("step", 0)),
         path=path,
     )
+
+
+def load_models(paths: Sequence[str | Path], device: torch.device | str = "cpu") -> LoadedModel:
+    """One checkpoint: its model. Several: an Ensemble that search decodes as one model;
+    its length limits, data and step are those of the first checkpoint."""
+    loaded = [load_model(path, device) for path in paths]
+    first = loaded[0]
+    if len(loaded) == 1:
+        return first
+    for other in loaded[1:]:
+        if other.tokenizer.fingerprint != first.tokenizer.fingerprint:
+            raise UserError(
+                f"{other.path} was trained with another tokenizer than {first.path}: the "
+                "models of an ensemble must share one (trained on the same data with the "
+                "same data.tokenizer options)."
+            )
+    ensemble = Ensemble([item.model for item in loaded]).eval()
+    return replace(first, model=ensemble, paths=tuple(item.path for item in loaded))
 
 
 def dataset_split_files(data_config: Dict[str, Any], split: str) -> Tuple[str, str]:

@@ -1,20 +1,45 @@
-"""Decoding over the decoder's `init_state`/`step` interface: greedy and beam search.
+"""Decoding over a model's `encode`/`init_state`/`step` interface: greedy and beam search.
 
 Both decode a whole batch at once. Lengths are bounded per sentence by
-a * source_length + b output tokens (EOS excluded).
+a * source_length + b output tokens (EOS excluded). The model is a Seq2Seq or an
+Ensemble of them (dist_lstm/model/ensemble.py): search only needs `StepwiseModel`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
 from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID
-from dist_lstm.model import Seq2Seq
-from dist_lstm.model.decoder import DecoderState
-from dist_lstm.model.encoder import EncoderOutput
+
+
+class SearchState(Protocol):
+    """Decoder state with the row operations search applies (DecoderState, EnsembleState)."""
+
+    def select(self, rows: torch.Tensor) -> "SearchState": ...
+
+    def select_hypotheses(
+        self, rows: torch.Tensor, sources: Optional[torch.Tensor] = None
+    ) -> "SearchState": ...
+
+
+class StepwiseModel(Protocol):
+    """What search calls: a Seq2Seq, or an Ensemble of them."""
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> Any: ...
+
+    def init_state(self, encoded: Any) -> SearchState: ...
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: SearchState
+    ) -> Tuple[torch.Tensor, SearchState]: ...
+
+
+def _cat_states(states: Sequence[SearchState]) -> SearchState:
+    """The rows of several states in one (each state class has its own `cat`)."""
+    return type(states[0]).cat(states)
 
 
 @dataclass
@@ -39,12 +64,12 @@ def length_penalty(length: torch.Tensor | int, alpha: float) -> torch.Tensor | f
 
 @torch.no_grad()
 def greedy_search(
-    model: Seq2Seq,
+    model: StepwiseModel,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
     max_len_a: float,
     max_len_b: int,
-    encoded: Optional[EncoderOutput] = None,
+    encoded: Optional[Any] = None,
     rows_in_flight: Optional[int] = None,
 ) -> List[List[int]]:
     """src (B, S), src_lengths (B,) on the host -> one list of target ids per sentence,
@@ -68,16 +93,16 @@ def greedy_search(
     live = torch.empty(0, dtype=torch.long, device=device)  # (A,) row in src of each
     position = torch.empty(0, dtype=torch.long, device=device)  # (A,) tokens it has output
     tokens = torch.empty(0, dtype=torch.long, device=device)  # (A,) its last token
-    state: Optional[DecoderState] = None
+    state: Optional[SearchState] = None
     while True:
         free = in_flight - live.numel()
         if waiting.left and (free >= refill_at or live.numel() == 0):
             rows, joining = waiting.take(free)
-            state = joining if state is None else DecoderState.cat([state, joining])
+            state = joining if state is None else _cat_states([state, joining])
             live = torch.cat([live, rows])
             position = torch.cat([position, torch.zeros_like(rows)])
             tokens = torch.cat([tokens, torch.full_like(rows, BOS_ID)])
-        log_probs, state = model.decoder.step(tokens, state)  # (A, V)
+        log_probs, state = model.step(tokens, state)  # (A, V)
         tokens = log_probs.argmax(dim=-1)
         outputs[live, position] = tokens
         position = position + 1
@@ -97,26 +122,26 @@ class _EncodedSentences:
 
     def __init__(
         self,
-        model: Seq2Seq,
+        model: StepwiseModel,
         src: torch.Tensor,
         src_lengths: torch.Tensor,
         chunk: int,
-        encoded: Optional[EncoderOutput],
+        encoded: Optional[Any],
     ):
         self.model, self.src, self.src_lengths, self.chunk = model, src, src_lengths, chunk
         self.next_row = 0  # first row of src not yet encoded
         self.rows = torch.empty(0, dtype=torch.long, device=src.device)  # encoded, waiting
-        self.state: Optional[DecoderState] = None
+        self.state: Optional[SearchState] = None
         if encoded is not None:  # the caller encoded everything already
             self.rows = torch.arange(src.size(0), device=src.device)
-            self.state = model.decoder.init_state(encoded)
+            self.state = model.init_state(encoded)
             self.next_row = src.size(0)
 
     @property
     def left(self) -> int:
         return self.rows.numel() + self.src.size(0) - self.next_row
 
-    def take(self, count: int) -> Tuple[torch.Tensor, DecoderState]:
+    def take(self, count: int) -> Tuple[torch.Tensor, SearchState]:
         """Up to `count` waiting sentences: their rows in src and initial decoder state."""
         if self.rows.numel() < count and self.next_row < self.src.size(0):
             self._encode_next_chunk()
@@ -131,10 +156,10 @@ class _EncodedSentences:
         start, end = self.next_row, min(self.next_row + self.chunk, self.src.size(0))
         lengths = self.src_lengths[start:end]
         src = self.src[start:end, : int(lengths.max())]
-        state = self.model.decoder.init_state(self.model.encode(src, lengths))
+        state = self.model.init_state(self.model.encode(src, lengths))
         rows = torch.arange(start, end, device=self.src.device)
         if self.rows.numel():
-            state = DecoderState.cat([self.state, state])
+            state = _cat_states([self.state, state])
             rows = torch.cat([self.rows, rows])
         self.rows, self.state, self.next_row = rows, state, end
 
@@ -145,7 +170,7 @@ def _until_eos(tokens: List[int]) -> List[int]:
 
 @torch.no_grad()
 def beam_search(
-    model: Seq2Seq,
+    model: StepwiseModel,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
     beam_size: int,
@@ -154,7 +179,7 @@ def beam_search(
     alpha: float = 0.0,
     min_len: int = 0,
     n_best: int = 1,
-    encoded: Optional[EncoderOutput] = None,
+    encoded: Optional[Any] = None,
 ) -> List[List[Hypothesis]]:
     """Batched beam search; returns the n_best hypotheses per sentence, best first.
 
@@ -171,9 +196,7 @@ def beam_search(
         raise ValueError(f"need 1 <= n_best ({n_best}) <= beam_size ({beam_size})")
     device, batch, k = src.device, src.size(0), beam_size
     limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
-    state = model.decoder.init_state(
-        encoded if encoded is not None else model.encode(src, src_lengths)
-    )
+    state = model.init_state(encoded if encoded is not None else model.encode(src, src_lengths))
     # k rows per sentence, sharing its encoder outputs
     state = state.select_hypotheses(torch.arange(batch, device=device).repeat_interleave(k))
     sentence = torch.arange(batch, device=device)  # (A,) original index of each live sentence
@@ -188,7 +211,7 @@ def beam_search(
 
     for t in range(int(limits.max()) + 1):
         live = sentence.numel()
-        log_probs, state = model.decoder.step(tokens, state)
+        log_probs, state = model.step(tokens, state)
         vocab = log_probs.size(-1)
         log_probs = _constrain(log_probs.view(live, k, vocab), t, min_len, t >= limits[sentence])
         candidates = (scores.unsqueeze(2) + log_probs).view(live, k * vocab)
@@ -232,7 +255,7 @@ def decodes_greedily(beam: int, min_len: int) -> bool:
 
 
 def best_hypotheses(
-    model: Seq2Seq,
+    model: StepwiseModel,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int,
@@ -240,7 +263,7 @@ def best_hypotheses(
     max_len_b: int,
     alpha: float = 0.0,
     min_len: int = 0,
-    encoded: Optional[EncoderOutput] = None,
+    encoded: Optional[Any] = None,
     rows_in_flight: Optional[int] = None,
 ) -> List[List[int]]:
     """The best output ids per sentence: greedy when beam=1 and min_len=0 (the same result

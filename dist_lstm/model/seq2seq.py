@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from dist_lstm.model.decoder import Decoder
+from dist_lstm.model.decoder import Decoder, DecoderState
 from dist_lstm.model.encoder import Encoder, EncoderOutput
 from dist_lstm.model.onednn_weights import invalidate_reordered_weights, track_weight_changes
 
@@ -31,6 +31,16 @@ class Seq2Seq(nn.Module):
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         return self.encoder(src, src_lengths)
+
+    # The stepwise interface search uses (dist_lstm/search.py); an Ensemble offers it too.
+    def init_state(self, encoded: EncoderOutput) -> DecoderState:
+        return self.decoder.init_state(encoded)
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState
+    ) -> Tuple[torch.Tensor, DecoderState]:
+        """prev_tokens (B,) -> log-probabilities (B, V) and the next state."""
+        return self.decoder.step(prev_tokens, state)
 
     def forward(
         self,

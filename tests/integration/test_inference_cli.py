@@ -172,6 +172,44 @@ def test_average_identical_and_different_checkpoints(run_dir, tmp_path, capsys):
     assert load_model(tmp_path / "mean.pt").step == 150  # usable by translate/evaluate
 
 
+def test_ensemble_of_a_model_with_itself_translates_like_it(run_dir, tmp_path, capsys):
+    """The mean of two equal log-probabilities is that log-probability, so two copies of
+    one checkpoint search exactly like it alone, through the CLI's repeated --checkpoint."""
+    src = write_lines(tmp_path / "in.de", SENTENCES)
+    best = run_dir / "checkpoints" / "best"
+    outputs = {}
+    for name, checkpoints in (("one", [best]), ("two", [best, best])):
+        repeated = [arg for path in checkpoints for arg in ("--checkpoint", path)]
+        out = tmp_path / f"{name}.en"
+        code, _, err = call(["translate", *repeated, "--input", src, "--output", out], capsys)
+        assert code == 0, err
+        outputs[name] = out.read_text(encoding="utf-8")
+    assert outputs["two"] == outputs["one"] and outputs["one"].strip()
+
+
+def test_evaluate_an_ensemble_of_two_checkpoints(run_dir, capsys):
+    ckpts = run_dir / "checkpoints"
+    a, b = ckpts / "step_00000075", ckpts / "step_00000150"
+    args = ["evaluate", "--split", "test", "--beam", 2, "--json"]
+    code, out, err = call([*args, "--checkpoint", a, "--checkpoint", b], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["checkpoints"] == [str(a.resolve()), str(b.resolve())]
+    assert report["sentences"] == 1000 and report["bleu"] >= 0.0
+
+
+def test_ensemble_with_another_tokenizer_is_refused(run_dir, tmp_path, capsys):
+    payload = load_checkpoint(run_dir / "checkpoints" / "best")
+    pieces = payload["tokenizer"]["tgt_pieces"]  # the specials first, then the pieces
+    payload["tokenizer"]["tgt_pieces"] = pieces[:4] + list(reversed(pieces[4:]))
+    torch.save(payload, tmp_path / "other.pt")
+    best = run_dir / "checkpoints" / "best"
+    code, _, err = call(
+        ["translate", "--checkpoint", best, "--checkpoint", tmp_path / "other.pt"], capsys
+    )
+    assert code == 2 and "another tokenizer" in err and "share one" in err
+
+
 # --------------------------------------------------------------------- bad input
 def test_not_a_checkpoint(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
