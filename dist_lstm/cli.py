@@ -5,6 +5,7 @@ trained checkpoints.
     dist-lstm translate --checkpoint outputs/RUN/checkpoints/best < input.de > output.en
     dist-lstm evaluate --checkpoint outputs/RUN --split test --beam 5
     dist-lstm evaluate --checkpoint RUN_A --checkpoint RUN_B --split test   # an ensemble
+    dist-lstm tune-search --checkpoint outputs/RUN --beams 1 5 10 --alphas 0 0.5 1
     dist-lstm average --run outputs/RUN --last 3 --output averaged.pt
     dist-lstm export outputs/RUN/checkpoints/last model.pt
 
@@ -31,11 +32,13 @@ from dist_lstm.evaluation import sacrebleu_scores
 from dist_lstm.inference import (
     SearchOptions,
     Translator,
+    LoadedModel,
     dataset_split_files,
     load_models,
     resolve_checkpoint_path,
 )
 from dist_lstm.precision import PRECISIONS
+from dist_lstm.tuning import search_grid
 
 log = logging.getLogger("dist_lstm")
 
@@ -49,6 +52,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: use 0 or more")
+    return value
+
+
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available on this machine; use --device cpu.")
@@ -57,7 +67,9 @@ def _device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _add_search_args(parser: argparse.ArgumentParser, default_beam: int = 5) -> None:
+def _add_search_args(parser: argparse.ArgumentParser, one_search: bool = True) -> None:
+    """The checkpoint and search options; `one_search`: also --beam and --alpha (a grid
+    command has its own lists)."""
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -66,15 +78,16 @@ def _add_search_args(parser: argparse.ArgumentParser, default_beam: int = 5) -> 
         "give it several times to decode with an ensemble of the models (their "
         "log-probabilities averaged at every step)",
     )
-    parser.add_argument(
-        "--beam",
-        type=_positive_int,
-        default=default_beam,
-        help=f"beam size; 1 is greedy (default {default_beam})",
-    )
-    parser.add_argument(
-        "--alpha", type=float, default=0.0, help="GNMT length penalty; 0 disables it (default 0)"
-    )
+    if one_search:
+        parser.add_argument(
+            "--beam", type=_positive_int, default=5, help="beam size; 1 is greedy (default 5)"
+        )
+        parser.add_argument(
+            "--alpha",
+            type=_non_negative_float,
+            default=0.0,
+            help="GNMT length penalty; 0 disables it (default 0)",
+        )
     parser.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -97,7 +110,7 @@ def _add_search_args(parser: argparse.ArgumentParser, default_beam: int = 5) -> 
     )
 
 
-def _translator(args: argparse.Namespace) -> Translator:
+def _model_and_options(args: argparse.Namespace) -> Tuple[LoadedModel, SearchOptions]:
     loaded = load_models(args.checkpoint, _device(args.device))
     trainer = loaded.config.get("trainer", {})
     options = SearchOptions(
@@ -112,7 +125,29 @@ def _translator(args: argparse.Namespace) -> Translator:
         if args.max_len_b is not None
         else trainer.get("decode_max_len_b", 10),
     )
-    return Translator(loaded, options)
+    options.validate()
+    return loaded, options
+
+
+def _translator(args: argparse.Namespace) -> Translator:
+    return Translator(*_model_and_options(args))
+
+
+def _sources_and_references(
+    args: argparse.Namespace, loaded: LoadedModel
+) -> Tuple[str, List[str], str, List[str]]:
+    """--split of the run's data, or --src/--ref: both paths and their aligned lines."""
+    if args.split:
+        src_path, ref_path = dataset_split_files(loaded.data_config, args.split)
+    else:
+        src_path, ref_path = args.src, args.ref
+    sources, references = read_lines(src_path), read_lines(ref_path)
+    if len(sources) != len(references):
+        raise UserError(
+            f"{src_path} has {len(sources)} lines but {ref_path} has "
+            f"{len(references)}; source and reference must be line-aligned."
+        )
+    return src_path, sources, ref_path, references
 
 
 # ----------------------------------------------------------------------- translate
@@ -161,16 +196,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     translator = _translator(args)
-    if args.split:
-        src_path, ref_path = dataset_split_files(translator.loaded.data_config, args.split)
-    else:
-        src_path, ref_path = args.src, args.ref
-    sources, references = read_lines(src_path), read_lines(ref_path)
-    if len(sources) != len(references):
-        raise UserError(
-            f"{src_path} has {len(sources)} lines but {ref_path} has "
-            f"{len(references)}; source and reference must be line-aligned."
-        )
+    src_path, sources, ref_path, references = _sources_and_references(args, translator.loaded)
     hypotheses = translator.translate(sources)
     if args.output:
         Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
@@ -191,6 +217,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}")
         print(f"chrF = {scores['chrf']:.2f}  {scores['chrf_signature']}")
+    return 0
+
+
+# --------------------------------------------------------------------- tune-search
+def cmd_tune_search(args: argparse.Namespace) -> int:
+    loaded, base = _model_and_options(args)
+    src_path, sources, ref_path, references = _sources_and_references(args, loaded)
+    result = search_grid(loaded, base, sources, references, args.beams, args.alphas)
+    best = result.best
+    report = {
+        **result.report(),
+        "sentences": len(sources),
+        "checkpoints": [str(path) for path in loaded.paths],
+        "source": str(src_path),
+        "reference": str(ref_path),
+    }
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"BLEU on {src_path} ({len(sources)} sentences), {result.bleu_signature}")
+    print(result.table())
+    print(
+        f"best: --beam {best.beam} --alpha {best.alpha:g} "
+        f"(BLEU {best.bleu:.2f}, chrF {best.chrf:.2f})"
+    )
     return 0
 
 
@@ -291,6 +344,38 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print machine-readable JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    tune = commands.add_parser(
+        "tune-search",
+        help="choose beam size and length penalty on held-out data",
+        description="Translate held-out data (the run's validation split by default) with "
+        "every beam size and length penalty of a grid, score each with sacreBLEU and print "
+        "the BLEU table and the best options, for `translate`/`evaluate --beam B --alpha A`.",
+    )
+    _add_search_args(tune, one_search=False)
+    tune.add_argument(
+        "--beams",
+        type=_positive_int,
+        nargs="+",
+        default=[1, 5, 10],
+        help="beam sizes to try (default 1 5 10)",
+    )
+    tune.add_argument(
+        "--alphas",
+        type=_non_negative_float,
+        nargs="+",
+        default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        help="length penalties to try with each beam above 1 (default 0 0.2 ... 1.0)",
+    )
+    held_out = tune.add_mutually_exclusive_group()
+    held_out.add_argument(
+        "--split", choices=("valid", "test"), default="valid", help="the run's split (default valid)"
+    )
+    held_out.add_argument("--src", help="source file (with --ref) instead of a split")
+    tune.add_argument("--ref", help="reference translations, line-aligned with --src")
+    tune.add_argument("--output", help="also write the JSON report to this file")
+    tune.add_argument("--json", action="store_true", help="print the JSON report")
+    tune.set_defaults(func=cmd_tune_search, beam=1, alpha=0.0)
+
     average = commands.add_parser(
         "average",
         help="average the parameters of checkpoints",
@@ -325,8 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "evaluate" and args.src and not args.ref:
-        parser.error("evaluate: --src needs --ref")
+    if args.command in ("evaluate", "tune-search") and getattr(args, "src", None):
+        if not args.ref:
+            parser.error(f"{args.command}: --src needs --ref")
+        args.split = None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)

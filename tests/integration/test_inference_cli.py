@@ -210,6 +210,32 @@ def test_ensemble_with_another_tokenizer_is_refused(run_dir, tmp_path, capsys):
     assert code == 2 and "another tokenizer" in err and "share one" in err
 
 
+def test_tune_search_reports_the_grid_and_its_best_matches_evaluate(run_dir, tmp_path, capsys):
+    src = write_lines(tmp_path / "src.de", SENTENCES[2:] * 2)
+    ref = write_lines(tmp_path / "ref.en", ["Two dogs play.", "A woman stands."] * 2)
+    report_file = tmp_path / "grid.json"
+    args = ["--checkpoint", run_dir, "--src", src, "--ref", ref]
+    grid = ["--beams", 2, 1, "--alphas", 0, 1, "--output", report_file]
+    code, out, err = call(["tune-search", *args, *grid], capsys)
+    assert code == 0, err
+    assert out.splitlines()[1].split()[-2:] == ["0.00", "1.00"] and "best: --beam" in out
+    report = json.loads(report_file.read_text())
+    assert [(p["beam"], p["alpha"]) for p in report["grid"]] == [(1, 0.0), (2, 0.0), (2, 1.0)]
+    best = report["best"]
+    assert best["bleu"] == max(p["bleu"] for p in report["grid"])
+    code, out, err = call(
+        ["evaluate", *args, "--beam", best["beam"], "--alpha", best["alpha"], "--json"], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["bleu"] == pytest.approx(best["bleu"])
+
+
+def test_tune_search_refuses_a_negative_alpha(run_dir, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["tune-search", "--checkpoint", str(run_dir), "--alphas", "0", "-0.5"])
+    assert exit.value.code == 2 and "-0.5 is invalid: use 0 or more" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------- bad input
 def test_not_a_checkpoint(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
