@@ -8,6 +8,7 @@ trained checkpoints.
     dist-lstm tune-search --checkpoint outputs/RUN --beams 1 5 10 --alphas 0 0.5 1
     dist-lstm average --run outputs/RUN --last 3 --output averaged.pt
     dist-lstm export outputs/RUN/checkpoints/last model.pt
+    dist-lstm serve --checkpoint outputs/RUN --port 8080      # web page and JSON API
 
 `python -m dist_lstm ...` is the same program. Training is `python train.py` (Hydra).
 """
@@ -30,9 +31,9 @@ from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
 from dist_lstm.inference import (
+    LoadedModel,
     SearchOptions,
     Translator,
-    LoadedModel,
     dataset_split_files,
     load_models,
     resolve_checkpoint_path,
@@ -187,10 +188,34 @@ def cmd_translate(args: argparse.Namespace) -> int:
         # At a terminal, answer each line as it is typed; otherwise batch for speed.
         chunk = 1 if source.isatty() else STREAM_CHUNK
         for first, lines in read_text_lines(source, name, chunk):
-            for translation in translator.translate(lines, first_line=first):
-                out.write(translation + "\n")
+            if args.alignments or args.attention_plot:
+                _write_with_attention(translator, lines, first, out, args)
+            else:
+                for translation in translator.translate(lines, first_line=first):
+                    out.write(translation + "\n")
             out.flush()
     return 0
+
+
+def _write_with_attention(
+    translator: Translator, lines: List[str], first: int, out: IO[str], args: argparse.Namespace
+) -> None:
+    """Translations with a tab and their word alignment (--alignments), and heatmaps of
+    the first --plot-lines lines (--attention-plot DIR)."""
+    from dist_lstm.attention_plot import save_attention_heatmap  # matplotlib: only when used
+
+    for number, item in enumerate(
+        translator.translate_detailed(lines, with_attention=True, first_line=first), start=first
+    ):
+        out.write(item.translation + (f"\t{item.alignment}" if args.alignments else "") + "\n")
+        if args.attention_plot and number <= args.plot_lines and item.target_pieces:
+            save_attention_heatmap(
+                Path(args.attention_plot) / f"line_{number:05d}.png",
+                item.attention,
+                item.source_pieces,
+                item.target_pieces,
+                title=f"line {number}",
+            )
 
 
 # ------------------------------------------------------------------------ evaluate
@@ -245,6 +270,44 @@ def cmd_tune_search(args: argparse.Namespace) -> int:
         f"(BLEU {best.bleu:.2f}, chrF {best.chrf:.2f})"
     )
     return 0
+
+
+# --------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from dist_lstm.serve import ServeLimits, TranslationService, create_app
+
+    options = SearchOptions(
+        beam=args.beam, alpha=args.alpha, batch_size=args.batch_size, precision=args.precision
+    )
+    options.validate()
+    limits = ServeLimits(
+        max_chars=args.max_chars,
+        max_texts=args.max_texts,
+        max_beam=max(args.max_beam, args.beam),
+        queue_size=args.queue_size,
+        batch_texts=args.batch_size,
+    )
+    service = TranslationService(args.checkpoint, options, _device(args.device))
+    _check_port_free(args.host, args.port)
+    log.info("serving %s on http://%s:%d", ", ".join(service.names), args.host, args.port)
+    uvicorn.run(create_app(service, limits), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port, or "
+                "stop what is using it."
+            ) from None
 
 
 # ------------------------------------------------------------------------- average
@@ -325,6 +388,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(translate)
     translate.add_argument("--input", help="source text file (default: stdin)")
     translate.add_argument("--output", help="where translations go (default: stdout)")
+    translate.add_argument(
+        "--alignments",
+        action="store_true",
+        help="after each translation, a tab and its word alignment from the attention, "
+        "Pharaoh format: 'i-j' = source word i, output word j (0-based)",
+    )
+    translate.add_argument(
+        "--attention-plot",
+        metavar="DIR",
+        help="write an attention heatmap (PNG) per sentence into DIR, for the first "
+        "--plot-lines lines",
+    )
+    translate.add_argument(
+        "--plot-lines",
+        type=_positive_int,
+        default=10,
+        help="how many lines --attention-plot draws (default 10)",
+    )
     translate.set_defaults(func=cmd_translate)
 
     evaluate = commands.add_parser(
@@ -368,13 +449,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     held_out = tune.add_mutually_exclusive_group()
     held_out.add_argument(
-        "--split", choices=("valid", "test"), default="valid", help="the run's split (default valid)"
+        "--split",
+        choices=("valid", "test"),
+        default="valid",
+        help="the run's split (default valid)",
     )
     held_out.add_argument("--src", help="source file (with --ref) instead of a split")
     tune.add_argument("--ref", help="reference translations, line-aligned with --src")
     tune.add_argument("--output", help="also write the JSON report to this file")
     tune.add_argument("--json", action="store_true", help="print the JSON report")
     tune.set_defaults(func=cmd_tune_search, beam=1, alpha=0.0)
+
+    serve = commands.add_parser(
+        "serve",
+        help="a translation web page and JSON API with attention heatmaps",
+        description="Serve checkpoints over HTTP: GET / is a page that translates and draws "
+        "the attention; POST /translate, GET /health and GET /info are the JSON API. "
+        "Several --checkpoint are shown side by side.",
+    )
+    serve.add_argument(
+        "--checkpoint",
+        required=True,
+        action="append",
+        help="a checkpoint folder or file, or a run directory; repeat to compare models",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument(
+        "--beam", type=_positive_int, default=5, help="default beam size (default 5)"
+    )
+    serve.add_argument("--alpha", type=_non_negative_float, default=0.0, help="length penalty")
+    serve.add_argument(
+        "--batch-size", type=_positive_int, default=32, help="texts decoded together (default 32)"
+    )
+    serve.add_argument("--max-chars", type=_positive_int, default=1000, help="characters per text")
+    serve.add_argument("--max-texts", type=_positive_int, default=64, help="texts per request")
+    serve.add_argument(
+        "--max-beam", type=_positive_int, default=20, help="largest beam a request may ask"
+    )
+    serve.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=32,
+        help="requests that may wait; more are answered 503 (default 32)",
+    )
+    serve.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    serve.add_argument("--precision", choices=PRECISIONS, default="32")
+    serve.set_defaults(func=cmd_serve)
 
     average = commands.add_parser(
         "average",

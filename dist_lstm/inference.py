@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
+from dist_lstm.alignment import pharaoh, word_alignment
 from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import is_checkpoint_folder, load_checkpoint, load_model_weights
 from dist_lstm.config import register_configs
@@ -23,7 +24,7 @@ from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Ensemble, Seq2Seq, build_model
 from dist_lstm.precision import PRECISIONS, autocast, check_precision
-from dist_lstm.search import best_hypotheses, decodes_greedily
+from dist_lstm.search import Hypothesis, beam_search, best_hypotheses, decodes_greedily
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,19 @@ class SearchOptions:
             )
 
 
+@dataclass
+class DetailedTranslation:
+    """One sentence as `serve` and `translate --alignments` show it."""
+
+    source: str
+    translation: str
+    score: float  # the best hypothesis's length-normalized log-probability
+    source_pieces: List[str]
+    target_pieces: List[str]
+    attention: Optional[List[List[float]]] = None  # (target pieces, source pieces)
+    alignment: Optional[str] = None  # Pharaoh word alignment "i-j ..."
+
+
 class Translator:
     """Raw sentences in, detokenized translations out, in input order."""
 
@@ -162,6 +176,41 @@ class Translator:
 
         `first_line` numbers the input lines in warnings about truncated sentences.
         """
+        hypotheses = self.translate_ids(self.source_ids(sentences, first_line))
+        return self.loaded.tokenizer.decode("tgt", hypotheses)
+
+    def translate_detailed(
+        self, sentences: Sequence[str], with_attention: bool = False, first_line: int = 1
+    ) -> List["DetailedTranslation"]:
+        """Translations with their scores and pieces and, `with_attention`, the attention
+        matrix over pieces and the word alignment. Always beam search (width 1 is what
+        greedy search gives), since only it keeps scores and attention per hypothesis."""
+        tokenizer = self.loaded.tokenizer
+        sources = self.source_ids(sentences, first_line)
+        best = self._best_with_details(sources, with_attention)
+        texts = tokenizer.decode("tgt", [[] if h is None else h.tokens for h in best])
+        out = []
+        for sentence, ids, hyp, text in zip(sentences, sources, best, texts):
+            src_pieces = tokenizer.pieces("src", ids)
+            tgt_pieces = tokenizer.pieces("tgt", hyp.tokens) if hyp is not None else []
+            item = DetailedTranslation(
+                source=sentence,
+                translation=text,
+                score=hyp.score if hyp is not None else 0.0,
+                source_pieces=src_pieces,
+                target_pieces=tgt_pieces,
+            )
+            if with_attention and hyp is not None and hyp.attention is not None:
+                weights = hyp.attention.numpy()
+                item.attention = weights.astype(float).round(4).tolist()
+                item.alignment = pharaoh(word_alignment(weights, src_pieces, tgt_pieces))
+            elif with_attention:
+                item.attention, item.alignment = [], ""
+            out.append(item)
+        return out
+
+    def source_ids(self, sentences: Sequence[str], first_line: int = 1) -> List[List[int]]:
+        """Subword ids of each sentence, cut to the model's maximum source length."""
         ids = self.loaded.tokenizer.encode("src", sentences)
         for offset, seq in enumerate(ids):
             if len(seq) > self.max_source_len:
@@ -172,8 +221,7 @@ class Translator:
                     self.max_source_len,
                 )
                 ids[offset] = seq[: self.max_source_len]
-        hypotheses = self.translate_ids(ids)
-        return self.loaded.tokenizer.decode("tgt", hypotheses)
+        return ids
 
     @torch.no_grad()
     def translate_ids(self, sources: Sequence[Sequence[int]]) -> List[List[int]]:
@@ -194,12 +242,44 @@ class Translator:
                     out[row] = hyp
         return out
 
-    def _decode(self, batch: Sequence[Sequence[int]]) -> List[List[int]]:
+    @torch.no_grad()
+    def _best_with_details(
+        self, sources: Sequence[Sequence[int]], with_attention: bool
+    ) -> List[Optional[Hypothesis]]:
+        """The best beam-search hypothesis per source (None for an empty one)."""
+        out: List[Optional[Hypothesis]] = [None for _ in sources]
+        todo = sorted((i for i, s in enumerate(sources) if s), key=lambda i: len(sources[i]))
         opts = self.options
+        with autocast(opts.precision, self.device):
+            for start in range(0, len(todo), opts.batch_size):
+                rows = todo[start : start + opts.batch_size]
+                src, lengths = self._padded([sources[i] for i in rows])
+                found = beam_search(
+                    self.loaded.model,
+                    src,
+                    lengths,
+                    opts.beam,
+                    opts.max_len_a,
+                    opts.max_len_b,
+                    opts.alpha,
+                    opts.min_len,
+                    with_attention=with_attention,
+                )
+                for row, hyps in zip(rows, found):
+                    out[row] = hyps[0]
+        return out
+
+    def _padded(self, batch: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Source ids (B, S) padded, on the model's device, and lengths (B,) on the host."""
         lengths = torch.tensor([len(s) for s in batch])
         src = torch.nn.utils.rnn.pad_sequence(
             [torch.tensor(s) for s in batch], batch_first=True, padding_value=PAD_ID
         ).to(self.device)
+        return src, lengths
+
+    def _decode(self, batch: Sequence[Sequence[int]]) -> List[List[int]]:
+        opts = self.options
+        src, lengths = self._padded(batch)
         return best_hypotheses(
             self.loaded.model,
             src,

@@ -24,6 +24,10 @@ class SearchState(Protocol):
         self, rows: torch.Tensor, sources: Optional[torch.Tensor] = None
     ) -> "SearchState": ...
 
+    @property
+    def attention(self) -> Optional[torch.Tensor]:
+        """(B, S) attention weights of the step that made this state."""
+
 
 class StepwiseModel(Protocol):
     """What search calls: a Seq2Seq, or an Ensemble of them."""
@@ -50,6 +54,9 @@ class Hypothesis:
     tokens: List[int]
     score: float
     log_prob: float
+    # (len(tokens), source length): the attention each output token was produced with,
+    # when the search was asked for it.
+    attention: Optional[torch.Tensor] = None
 
 
 def max_output_lengths(src_lengths: torch.Tensor, a: float, b: int) -> torch.Tensor:
@@ -180,6 +187,7 @@ def beam_search(
     min_len: int = 0,
     n_best: int = 1,
     encoded: Optional[Any] = None,
+    with_attention: bool = False,
 ) -> List[List[Hypothesis]]:
     """Batched beam search; returns the n_best hypotheses per sentence, best first.
 
@@ -190,7 +198,9 @@ def beam_search(
     (log-probabilities only fall, so a live score divided by the largest length penalty
     is a bound); stopping at K finished hypotheses instead would miss better, longer ones.
     At a sentence's length limit only EOS may follow. With beam_size=1 and alpha=0 this
-    reproduces greedy_search exactly.
+    reproduces greedy_search exactly. `with_attention` also returns, per hypothesis, the
+    attention weights of every output token (kept per live hypothesis like its tokens;
+    without it nothing of the kind is kept).
     """
     if beam_size < 1 or n_best < 1 or n_best > beam_size:
         raise ValueError(f"need 1 <= n_best ({n_best}) <= beam_size ({beam_size})")
@@ -203,6 +213,7 @@ def beam_search(
     scores = torch.full((batch, k), float("-inf"), device=device)  # (A, K) summed log-probs
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
     history = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (A*K, t)
+    aligned: Optional[torch.Tensor] = None  # (A*K, t, S) attention of each history token
     tokens = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: List[List[Hypothesis]] = [[] for _ in range(batch)]
     # (B, n_best) best finished scores per sentence, -inf while fewer than n_best exist.
@@ -212,6 +223,10 @@ def beam_search(
     for t in range(int(limits.max()) + 1):
         live = sentence.numel()
         log_probs, state = model.step(tokens, state)
+        if with_attention:
+            step_attention = state.attention  # (A*K, S) for the token chosen now
+            if aligned is None:
+                aligned = step_attention.new_zeros(live * k, 0, step_attention.size(1))
         vocab = log_probs.size(-1)
         log_probs = _constrain(log_probs.view(live, k, vocab), t, min_len, t >= limits[sentence])
         candidates = (scores.unsqueeze(2) + log_probs).view(live, k * vocab)
@@ -221,10 +236,13 @@ def beam_search(
         is_eos = token == EOS_ID
         ends = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])  # (A, K)
         for row, col in ends.nonzero().tolist():  # finished hypotheses, not sentences
-            prefix = history[row * k + int(origin[row, col])].tolist()
+            parent = row * k + int(origin[row, col])
+            prefix = history[parent].tolist()
             total = float(top_scores[row, col])
             hyp = Hypothesis(prefix, total / length_penalty(len(prefix) + 1, alpha), total)
             index = int(sentence[row])
+            if aligned is not None:
+                hyp.attention = aligned[parent, :, : int(src_lengths[index])].float().cpu()
             finished[index].append(hyp)
             if hyp.score > kept[index, -1]:
                 kept[index] = torch.sort(
@@ -244,6 +262,8 @@ def beam_search(
         sentence = sentence[keep]
         state = state.select_hypotheses(rows, keep.nonzero().squeeze(1) if dropped else None)
         history = torch.cat([history[rows], next_tokens.unsqueeze(1)], dim=1)
+        if aligned is not None:
+            aligned = torch.cat([aligned[rows], step_attention[rows].unsqueeze(1)], dim=1)
         tokens = next_tokens
 
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]

@@ -27,6 +27,17 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """A run directory of the smoke experiment (150 steps), trained once for every test
+    that uses a trained model (translate, evaluate, serve). Tests must not change it."""
+    from dist_lstm.run import train
+
+    path = tmp_path_factory.mktemp("smoke")
+    train(compose_config(["experiment=smoke", "trainer.progress_bar=false"]), run_dir=path)
+    return path
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """conf/config.yaml with `overrides`, exactly as `python train.py ...` would see it."""
     register_configs()

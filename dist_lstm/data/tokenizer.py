@@ -159,6 +159,13 @@ class Tokenizer:
             ids = [[pieces[i] for i in seq] for seq in ids]
         return self._sp[role].decode([[i for i in seq if i not in specials] for seq in ids])
 
+    def pieces(self, role: str, ids: Sequence[int]) -> List[str]:
+        """The subword pieces of one sentence's ids ("▁" starts a word), as the model saw
+        them: what attention weights are over."""
+        if role == "tgt" and self.tgt_pieces is not None:
+            ids = [self.tgt_pieces[i] for i in ids]
+        return [self._sp[role].id_to_piece(int(i)) for i in ids]
+
     def save(self, directory: str | Path) -> Path:
         """Write the model file(s) and a small index into `directory` (a run's tokenizer/)."""
         directory = Path(directory)

@@ -37,6 +37,9 @@ class DecoderState:
     keys: torch.Tensor  # (N, S, H) attention keys, projected once
     memory: torch.Tensor  # (N, S, M) encoder outputs
     mask: torch.Tensor  # (N, S) True at real source tokens
+    # (B, S) attention weights of the step that made this state (its last position); only
+    # search reads it, right after the step, so selecting rows does not carry it along.
+    attention: Optional[torch.Tensor] = None
 
     def select(self, rows: torch.Tensor) -> "DecoderState":
         """Keep/reorder rows of a state with one row per sentence (greedy search)."""
@@ -188,10 +191,11 @@ class Decoder(nn.Module):
         output, (h, c) = self.lstm(inputs, (state.h, state.c))  # (B, T, H)
         # A sentence's rows attend to its memory together: (N, B / N * T, H) queries.
         query = output.reshape(state.keys.size(0), -1, output.size(-1))
-        context, _ = self.attention(query, state.keys, state.memory, state.mask)
+        context, weights = self.attention(query, state.keys, state.memory, state.mask)
         context = context.reshape(output.size(0), output.size(1), -1)  # (B, T, M)
         hidden = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=2))))
-        return hidden, replace(state, h=h, c=c, feed=hidden[:, -1])
+        last_weights = weights.reshape(output.size(0), output.size(1), -1)[:, -1]  # (B, S)
+        return hidden, replace(state, h=h, c=c, feed=hidden[:, -1], attention=last_weights)
 
     def features(self, tgt_in: torch.Tensor, enc: EncoderOutput) -> torch.Tensor:
         """Teacher forcing: tgt_in (B, T) ids (BOS first) -> attentional states (B, T, H)."""

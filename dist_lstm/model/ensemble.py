@@ -26,6 +26,14 @@ class EnsembleState:
 
     members: List[DecoderState]
 
+    @property
+    def attention(self) -> Optional[torch.Tensor]:
+        """(B, S) the members' attention weights of the last step, averaged."""
+        weights = [state.attention for state in self.members]
+        if any(w is None for w in weights):
+            return None
+        return torch.stack(weights).mean(dim=0)
+
     def select(self, rows: torch.Tensor) -> "EnsembleState":
         return EnsembleState([state.select(rows) for state in self.members])
 
@@ -56,9 +64,7 @@ class Ensemble(nn.Module):
         return [model.encode(src, src_lengths) for model in self.members]
 
     def init_state(self, encoded: List[EncoderOutput]) -> EnsembleState:
-        return EnsembleState(
-            [model.init_state(enc) for model, enc in zip(self.members, encoded)]
-        )
+        return EnsembleState([model.init_state(enc) for model, enc in zip(self.members, encoded)])
 
     def step(
         self, prev_tokens: torch.Tensor, state: EnsembleState

@@ -16,8 +16,7 @@ from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.errors import ConfigError
 from dist_lstm.inference import SearchOptions, Translator, load_model
-from dist_lstm.run import train
-from tests.conftest import ROOT, compose_config, needs_bf16, write_lines
+from tests.conftest import ROOT, needs_bf16, write_lines
 
 SENTENCES = [
     "Ein Mann fährt Fahrrad.",
@@ -28,10 +27,8 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("smoke")
-    train(compose_config(["experiment=smoke", "trainer.progress_bar=false"]), run_dir=path)
-    return path
+def run_dir(smoke_run):
+    return smoke_run
 
 
 def call(args, capsys):
@@ -234,6 +231,28 @@ def test_tune_search_refuses_a_negative_alpha(run_dir, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["tune-search", "--checkpoint", str(run_dir), "--alphas", "0", "-0.5"])
     assert exit.value.code == 2 and "-0.5 is invalid: use 0 or more" in capsys.readouterr().err
+
+
+def test_translate_alignments_and_attention_plots(run_dir, tmp_path, capsys):
+    src = write_lines(tmp_path / "in.de", SENTENCES)
+    plain, aligned, plots = tmp_path / "plain.en", tmp_path / "aligned.en", tmp_path / "plots"
+    base = ["translate", "--checkpoint", run_dir, "--input", src, "--beam", 1]
+    assert call([*base, "--output", plain], capsys)[0] == 0
+    code, _, err = call(
+        [*base, "--output", aligned, "--alignments", "--attention-plot", plots, "--plot-lines", 3],
+        capsys,
+    )
+    assert code == 0, err
+    translations = plain.read_text(encoding="utf-8").splitlines()
+    lines = aligned.read_text(encoding="utf-8").split("\n")[:-1]
+    assert [line.split("\t")[0] for line in lines] == translations  # same search, beam 1
+    for source, line in zip(SENTENCES, lines):
+        text, alignment = line.split("\t")
+        pairs = [tuple(map(int, p.split("-"))) for p in alignment.split()]
+        assert sorted(j for _, j in pairs) == list(range(len(pairs)))  # each output word once
+        assert all(i < max(len(source.split()), 1) for i, _ in pairs)
+    assert lines[1] == "\t"  # an empty line stays empty, with no alignment
+    assert sorted(p.name for p in plots.iterdir()) == ["line_00001.png", "line_00003.png"]
 
 
 # --------------------------------------------------------------------- bad input

@@ -30,7 +30,11 @@ def test_readme_commands_work_as_written(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len((tmp_path / "sample.en").read_text().splitlines()) == 20
-    assert proc.stdout.count("BLEU = ") == 2 and '"bleu_signature"' in proc.stdout
+    assert proc.stdout.count("BLEU = ") == 3 and '"bleu_signature"' in proc.stdout
+    assert "best: --beam" in proc.stdout  # tune-search
+    aligned = (tmp_path / "aligned.en").read_text().splitlines()
+    assert len(aligned) == 20 and all("\t" in line for line in aligned)
+    assert len(list((tmp_path / "plots").glob("line_*.png"))) == 10
     assert (tmp_path / "outputs" / "smoke" / "averaged.pt").is_file()
     assert "'config', 'data_config'" in proc.stdout and "'model'" in proc.stdout  # export
     assert "'tokenizer'" in proc.stdout

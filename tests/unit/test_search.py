@@ -164,3 +164,26 @@ def test_beam_search_of_a_batch_equals_each_sentence_alone(attention):
         alone = beam_search(model, *padded([source]), 3, 2.0, 4, n_best=2)[0]
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_beam_search_returns_the_attention_each_token_was_produced_with(input_feeding):
+    """The kept attention rows follow their hypotheses through reordering and pruning:
+    replaying a hypothesis's tokens alone gives the same weights, and asking for them
+    changes nothing else."""
+    model, sources = source_dependent_model(5, input_feeding=input_feeding)
+    src, lengths = padded(sources)
+    plain = beam_search(model, src, lengths, 3, 2.0, 4, n_best=2)
+    found = beam_search(model, src, lengths, 3, 2.0, 4, n_best=2, with_attention=True)
+    for source, hyps, without in zip(sources, found, plain):
+        assert [h.tokens for h in hyps] == [h.tokens for h in without]
+        for hyp in hyps:
+            assert hyp.attention.shape == (len(hyp.tokens), len(source))
+            one, length = padded([source])
+            with torch.no_grad():
+                state = model.init_state(model.encode(one, length))
+                prev = torch.tensor([2])
+                for t, token in enumerate(hyp.tokens):
+                    _, state = model.step(prev, state)
+                    torch.testing.assert_close(hyp.attention[t], state.attention[0], atol=1e-5, rtol=0)
+                    prev = torch.tensor([token])

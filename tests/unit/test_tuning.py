@@ -14,9 +14,7 @@ def point(beam, alpha, bleu):
 def test_best_is_the_highest_bleu_and_ties_go_to_the_cheaper_search():
     result = GridResult([point(1, 0.0, 30.0), point(5, 0.0, 31.0), point(5, 0.6, 31.5)], "sig")
     assert (result.best.beam, result.best.alpha) == (5, 0.6)
-    tied = GridResult(
-        [point(10, 0.2, 31.5), point(5, 0.6, 31.501), point(5, 0.4, 31.499)], "sig"
-    )
+    tied = GridResult([point(10, 0.2, 31.5), point(5, 0.6, 31.501), point(5, 0.4, 31.499)], "sig")
     assert (tied.best.beam, tied.best.alpha) == (5, 0.4)
 
 
