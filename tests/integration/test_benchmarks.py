@@ -64,3 +64,15 @@ def test_data_scale_smoke_prepares_and_measures_every_run():
     assert len(report["runs"]["large_2rank"]["peak_rss_mb_per_rank"]) == 2
     assert report["runs"]["large_1rank"]["seconds_to_first_step"] > 0
     assert report["loader_batches_per_sec"] > 0 and "projection_40M" in report
+
+
+def test_serve_load_smoke_measures_both_phases(smoke_run):
+    report = run_benchmark("serve_load.py", "--checkpoint", str(smoke_run), "--smoke")
+    for phase in ("plain", "alignments"):
+        figures = report["phases"][phase]
+        assert figures["requests"] == 16 and figures["not_200"] == 0
+        assert (
+            figures["requests_per_sec"] > 0
+            and figures["latency_p99_ms"] >= figures["latency_p50_ms"]
+        )
+        assert figures["server_peak_rss_mb"] > 0
