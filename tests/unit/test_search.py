@@ -92,8 +92,6 @@ class ScriptedState:
         return ScriptedState(self.rows[rows])
 
 
-
-
 def test_length_penalty_changes_the_ranking():
     # From BOS: EOS at once (0.45) or token 5 (0.55) then EOS (0.8).
     # Plain scores: log .45 = -0.80 beats log .55 + log .8 = -0.82 (short wins).
@@ -185,5 +183,7 @@ def test_beam_search_returns_the_attention_each_token_was_produced_with(input_fe
                 prev = torch.tensor([2])
                 for t, token in enumerate(hyp.tokens):
                     _, state = model.step(prev, state)
-                    torch.testing.assert_close(hyp.attention[t], state.attention[0], atol=1e-5, rtol=0)
+                    torch.testing.assert_close(
+                        hyp.attention[t], state.attention[0], atol=1e-5, rtol=0
+                    )
                     prev = torch.tensor([token])
