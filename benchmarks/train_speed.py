@@ -48,6 +48,8 @@ SMOKE = ["experiment=smoke"]
 def _sustained_gflops(product, flops: int, device: torch.device, seconds: float) -> float:
     for _ in range(3):
         product()
+    if device.type == "cuda":  # the warm-up's kernels must not count in the timed part
+        torch.cuda.synchronize()
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         product()
@@ -83,6 +85,26 @@ def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional
     weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k))
     product = lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")  # noqa: E731
     return _sustained_gflops(product, 2 * m * k * n, torch.device("cpu"), seconds)
+
+
+def tf32_gemm_rates(
+    device: torch.device, shapes: Dict[str, Tuple], seconds: float
+) -> Optional[Dict[str, Dict[str, Optional[float]]]]:
+    """fp32 GEMM rates with TF32 off and on, on a GPU that has TF32 (compute capability
+    8.0+); None elsewhere. Leaves the TF32 switch as it found it."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return None
+    before = torch.backends.cuda.matmul.allow_tf32
+    rates = {}
+    try:
+        for name, allowed in (("tf32_off", False), ("tf32_on", True)):
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+            rates[name] = rates_at_shapes(
+                lambda m, k, n: gemm_gflops(m, k, n, device, seconds), shapes
+            )
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    return rates
 
 
 def rates_at_shapes(
@@ -198,6 +220,10 @@ def trainer_throughput(
         "windows": len(windows),
         "peak_rss_mb": usage.ru_maxrss / 1024,  # the training process; KiB on Linux
         "peak_tree_rss_mb": tree.peak_mb,  # with every process it started, sampled
+        # the run's own memory_mb: peak allocated CUDA memory on a GPU
+        "peak_cuda_memory_mb": max(r.get("memory_mb", 0.0) for r in windows)
+        if torch.cuda.is_available()
+        else None,
     }
 
 
@@ -293,8 +319,13 @@ def main() -> None:
         model_cfg, vocab, round(breakdown["mean_sentences"]), round(breakdown["mean_tgt_tokens"])
     )
     gemm = rates_at_shapes(lambda m, k, n: gemm_gflops(m, k, n, device, seconds), shapes)
-    onednn = rates_at_shapes(lambda m, k, n: onednn_gemm_gflops(m, k, n, seconds), shapes)
-    uses_onednn = device.type == "cpu" and onednn["2048^3"] is not None
+    tf32 = tf32_gemm_rates(device, shapes, seconds)
+    uses_onednn = device.type == "cpu" and onednn_gemm_gflops(8, 8, 8, 0.0) is not None
+    onednn = (  # CPU only: search's oneDNN products do not run on a GPU
+        rates_at_shapes(lambda m, k, n: onednn_gemm_gflops(m, k, n, seconds), shapes)
+        if uses_onednn
+        else None
+    )
 
     log_every = 2 if args.smoke else 10
     throughput = trainer_throughput(overrides, args.steps, args.warmup, log_every)
@@ -317,6 +348,9 @@ def main() -> None:
         "onednn_gemm_gflops": onednn if uses_onednn else None,
         "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if uses_onednn else None,
         "breakdown_per_step": breakdown,
+        # GPUs: fp32 products with TF32 off and on (trainer.tf32), and peak device memory
+        "gemm_gflops_tf32": tf32,
+        "peak_cuda_memory_mb": throughput.get("peak_cuda_memory_mb"),
     }
     if args.precision != "32":  # MFU against the 16-bit rate the products ran at, too
         dtype = DTYPES[args.precision]

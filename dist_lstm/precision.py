@@ -21,6 +21,17 @@ PRECISIONS = ("32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def configure_tf32(enabled: bool, device: torch.device) -> bool:
+    """Let fp32 matrix products and cuDNN run as TF32 on GPUs that have it (compute
+    capability 8.0+): several times the fp32 rate, 10-bit mantissas in the products only.
+    Returns whether TF32 is in use; CPUs and older GPUs are left as they are."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return enabled
+
+
 def autocast(precision: str, device: torch.device) -> ContextManager:
     """The autocast context for a forward pass at `precision` (none for 32)."""
     if precision == "32":

@@ -35,6 +35,7 @@ from dist_lstm.logging.run_dir import adopt_main_run_dir
 from dist_lstm.logging.wandb import WandbLogger
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_schedule
+from dist_lstm.precision import configure_tf32
 from dist_lstm.signals import exit_status
 from dist_lstm.strategy import Strategy, build_strategy
 from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
@@ -100,12 +101,14 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     topology = strategy.topology
+    tf32 = configure_tf32(cfg.trainer.tf32, topology.device)
     log.info(
-        "run directory: %s | %s on %s, world size %d",
+        "run directory: %s | %s on %s, world size %d%s",
         run_dir,
         type(strategy).__name__,
         topology.device,
         topology.world_size,
+        ", TF32 products" if tf32 else "",
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     checkpoints = CheckpointManager(

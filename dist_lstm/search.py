@@ -93,8 +93,9 @@ def greedy_search(
     device, batch = src.device, src.size(0)
     in_flight = batch if rows_in_flight is None else max(1, min(rows_in_flight, batch))
     refill_at = max(1, in_flight // 8)  # free places worth an encoder call and a state merge
-    limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
-    outputs = torch.full((batch, int(limits.max())), PAD_ID, dtype=torch.long, device=device)
+    limits_host = max_output_lengths(src_lengths.cpu(), max_len_a, max_len_b)  # (B,)
+    limits = limits_host.to(device)
+    outputs = torch.full((batch, int(limits_host.max())), PAD_ID, dtype=torch.long, device=device)
     waiting = _EncodedSentences(model, src, src_lengths, in_flight, encoded)
 
     live = torch.empty(0, dtype=torch.long, device=device)  # (A,) row in src of each
@@ -121,7 +122,7 @@ def greedy_search(
             live, position, tokens = live[remaining], position[remaining], tokens[remaining]
             state = state.select(remaining)
     rows = outputs.tolist()
-    return [_until_eos(row[: int(limit)]) for row, limit in zip(rows, limits)]
+    return [_until_eos(row[:limit]) for row, limit in zip(rows, limits_host.tolist())]
 
 
 class _EncodedSentences:
@@ -205,22 +206,29 @@ def beam_search(
     if beam_size < 1 or n_best < 1 or n_best > beam_size:
         raise ValueError(f"need 1 <= n_best ({n_best}) <= beam_size ({beam_size})")
     device, batch, k = src.device, src.size(0), beam_size
-    limits = max_output_lengths(src_lengths, max_len_a, max_len_b).to(device)  # (B,)
+    # Host copies of what each step's bookkeeping reads, so a GPU is synchronized a
+    # couple of times per step, not once per finished hypothesis.
+    src_lengths = src_lengths.cpu()
+    limits_host = max_output_lengths(src_lengths, max_len_a, max_len_b)  # (B,)
+    limits = limits_host.to(device)
     state = model.init_state(encoded if encoded is not None else model.encode(src, src_lengths))
     # k rows per sentence, sharing its encoder outputs
     state = state.select_hypotheses(torch.arange(batch, device=device).repeat_interleave(k))
     sentence = torch.arange(batch, device=device)  # (A,) original index of each live sentence
+    sentence_host = torch.arange(batch)  # the same, on the host
     scores = torch.full((batch, k), float("-inf"), device=device)  # (A, K) summed log-probs
     scores[:, 0] = 0.0  # all beams start identical: expand only the first at step 0
     history = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (A*K, t)
     aligned: Optional[torch.Tensor] = None  # (A*K, t, S) attention of each history token
     tokens = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: List[List[Hypothesis]] = [[] for _ in range(batch)]
-    # (B, n_best) best finished scores per sentence, -inf while fewer than n_best exist.
-    kept = torch.full((batch, n_best), float("-inf"), device=device)
+    # Per sentence its n_best best finished scores, best first, -inf while fewer exist;
+    # the device holds the worst of them, the bar a live hypothesis must clear.
+    kept = [[float("-inf")] * n_best for _ in range(batch)]
+    bar = torch.full((batch,), float("-inf"), device=device)  # (B,)
     best_reachable_divisor = length_penalty(limits.float() + 1, alpha)  # (B,)
 
-    for t in range(int(limits.max()) + 1):
+    for t in range(int(limits_host.max()) + 1):
         live = sentence.numel()
         log_probs, state = model.step(tokens, state)
         if with_attention:
@@ -228,38 +236,45 @@ def beam_search(
             if aligned is None:
                 aligned = step_attention.new_zeros(live * k, 0, step_attention.size(1))
         vocab = log_probs.size(-1)
-        log_probs = _constrain(log_probs.view(live, k, vocab), t, min_len, t >= limits[sentence])
+        any_at_limit = bool((limits_host[sentence_host] <= t).any())  # host only
+        log_probs = _constrain(
+            log_probs.view(live, k, vocab), t, min_len, t >= limits[sentence], any_at_limit
+        )
         candidates = (scores.unsqueeze(2) + log_probs).view(live, k * vocab)
         # 2K candidates hold at least K that do not end in EOS.
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (A, 2K)
         origin, token = top_index // vocab, top_index % vocab  # beam of origin, next token
         is_eos = token == EOS_ID
-        ends = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])  # (A, K)
-        for row, col in ends.nonzero().tolist():  # finished hypotheses, not sentences
-            parent = row * k + int(origin[row, col])
-            prefix = history[parent].tolist()
-            total = float(top_scores[row, col])
-            hyp = Hypothesis(prefix, total / length_penalty(len(prefix) + 1, alpha), total)
-            index = int(sentence[row])
-            if aligned is not None:
-                hyp.attention = aligned[parent, :, : int(src_lengths[index])].float().cpu()
-            finished[index].append(hyp)
-            if hyp.score > kept[index, -1]:
-                kept[index] = torch.sort(
-                    torch.cat([kept[index, :-1], kept.new_tensor([hyp.score])]), descending=True
-                ).values
+        ends = (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero()  # (F, 2)
+        if ends.numel():  # finished hypotheses (not sentences): copied to the host at once
+            end_rows, end_cols = ends[:, 0], ends[:, 1]
+            parents = end_rows * k + origin[end_rows, end_cols]  # (F,) rows of history
+            owners = sentence_host[end_rows.cpu()].tolist()
+            totals = top_scores[end_rows, end_cols].tolist()
+            prefixes = history[parents].tolist()
+            weights = aligned[parents].float().cpu() if aligned is not None else None
+            for number, (index, total, prefix) in enumerate(zip(owners, totals, prefixes)):
+                hyp = Hypothesis(prefix, total / length_penalty(len(prefix) + 1, alpha), total)
+                if weights is not None:
+                    hyp.attention = weights[number, :, : int(src_lengths[index])]
+                finished[index].append(hyp)
+                kept[index] = sorted([*kept[index], hyp.score], reverse=True)[:n_best]
+            bar = torch.tensor([best[-1] for best in kept], device=device)
 
         # The best K candidates that do not end continue.
         scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (A, K)
         rows = torch.arange(live, device=device).unsqueeze(1) * k + origin.gather(1, pick)
         next_tokens = token.gather(1, pick)  # (A, K)
         reachable = scores[:, 0] / best_reachable_divisor[sentence]  # (A,) scores <= 0
-        keep = kept[sentence, -1] < reachable  # (A,) a live hypothesis could still rank
-        if not bool(keep.any()):
+        keep = bar[sentence] < reachable  # (A,) a live hypothesis could still rank
+        survivors = int(keep.sum())
+        if survivors == 0:
             break
-        dropped = not bool(keep.all())
+        dropped = survivors < live
         rows, next_tokens, scores = rows[keep].view(-1), next_tokens[keep].view(-1), scores[keep]
         sentence = sentence[keep]
+        if dropped:
+            sentence_host = sentence_host[keep.cpu()]
         state = state.select_hypotheses(rows, keep.nonzero().squeeze(1) if dropped else None)
         history = torch.cat([history[rows], next_tokens.unsqueeze(1)], dim=1)
         if aligned is not None:
@@ -298,16 +313,17 @@ def best_hypotheses(
 
 
 def _constrain(
-    log_probs: torch.Tensor, t: int, min_len: int, at_limit: torch.Tensor
+    log_probs: torch.Tensor, t: int, min_len: int, at_limit: torch.Tensor, any_at_limit: bool
 ) -> torch.Tensor:
-    """log_probs (A, K, V): no EOS before min_len; only EOS at the length limit (A,).
+    """log_probs (A, K, V): no EOS before min_len; only EOS at the length limit (A,);
+    `any_at_limit`: whether any sentence is there, known on the host.
 
     The limit wins over min_len, so every sentence finishes.
     """
     eos = log_probs[:, :, EOS_ID].clone()  # (A, K)
     if t < min_len:
         log_probs[:, :, EOS_ID] = float("-inf")
-    if bool(at_limit.any()):
+    if any_at_limit:
         log_probs[at_limit] = float("-inf")
         log_probs[:, :, EOS_ID] = torch.where(at_limit.unsqueeze(1), eos, log_probs[:, :, EOS_ID])
     return log_probs

@@ -130,14 +130,22 @@ DEVICES = ("auto", "cpu", "cuda")  # trainer.device
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks this process's GPU (cuda:LOCAL_RANK) when CUDA is present, else the CPU."""
+    """`auto` picks this process's GPU (cuda:LOCAL_RANK) when CUDA is present, else the CPU;
+    one GPU per process, so more local ranks than GPUs are refused."""
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "trainer.device='cuda' is invalid: CUDA is not available on this machine; "
             "use trainer.device=cpu or auto."
         )
     if preference in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:  # two ranks on one GPU: NCCL fails at its first collective
+            raise ConfigError(
+                f"LOCAL_RANK={local_rank} but this machine has {gpus} GPU(s): run at most "
+                f"{gpus} process(es) per node (torchrun --nproc_per_node={gpus}), or train on "
+                "the CPU with trainer.device=cpu."
+            )
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 

@@ -1,4 +1,10 @@
-"""Shared fixtures: the real Hydra config composed from conf/, shrunk for tests."""
+"""Shared fixtures: the real Hydra config composed from conf/, shrunk for tests.
+
+The suite runs on the CPU on every machine: GPUs are hidden from it (and from every
+process it starts), because its exact-resume and multi-rank tests compare bitwise and
+place two ranks per machine. The tests marked `cuda` (tests/gpu/) run on a GPU when
+DIST_LSTM_TEST_CUDA=1 leaves it visible, as benchmarks/gpu_check.sh does.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,28 @@ import random
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+if os.environ.get("DIST_LSTM_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch looks for GPUs
 
-from dist_lstm.config import register_configs
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from dist_lstm.config import register_configs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda need a visible GPU: skipped, saying so, everywhere else."""
+    if torch.cuda.is_available():
+        return
+    reason = "needs a CUDA GPU and DIST_LSTM_TEST_CUDA=1 (benchmarks/gpu_check.sh)"
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True, scope="session")

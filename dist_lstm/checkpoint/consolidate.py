@@ -56,7 +56,9 @@ def _deepspeed_model_weights(state: Path) -> Dict[str, torch.Tensor]:
 
         weights = get_fp32_state_dict_from_zero_checkpoint(str(state), tag=DEEPSPEED_TAG)
     else:  # ZeRO stage 0: the model file holds the full weights
-        module = torch.load(tag_dir / "mp_rank_00_model_states.pt", weights_only=False)
+        module = torch.load(
+            tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
         weights = module["module"]
     return {k: v.detach().float().cpu().contiguous() for k, v in weights.items()}
 

@@ -272,11 +272,11 @@ class CheckpointManager:
 
         try:
             self._model_state.load_state(folder / STATE)
-            shared = torch.load(folder / SHARED, weights_only=True)
+            shared = torch.load(folder / SHARED, map_location="cpu", weights_only=True)
             for name, part in self._shared.items():
                 part.load_state_dict(shared[name])
             own = rank_file(folder, self.rank)
-            mine = torch.load(own, weights_only=True) if own.is_file() else {}
+            mine = torch.load(own, map_location="cpu", weights_only=True) if own.is_file() else {}
         except UserError:
             raise
         except (Exception, CheckpointException) as exc:  # DCP's is a BaseException

@@ -29,8 +29,9 @@ def capture() -> Dict[str, Any]:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's GPU only: a resume may see fewer GPUs (one per rank)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -49,7 +50,13 @@ def restore(state: Dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state["cuda"]
+        if isinstance(saved, (list, tuple)):  # older checkpoints: every visible GPU
+            device = torch.cuda.current_device()
+            if device >= len(saved):
+                return
+            saved = saved[device]
+        torch.cuda.set_rng_state(saved)
 
 
 def reseed(seed: int, step: int, rank: int) -> None:

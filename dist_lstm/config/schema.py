@@ -137,6 +137,8 @@ class TrainerConfig:
     decode_max_len_a: float = 1.5
     decode_max_len_b: int = 10
     device: str = "auto"  # topology.py DEVICES
+    # fp32 products as TF32 on GPUs that have it (Ampere and later); no effect on CPUs.
+    tf32: bool = True
     progress_bar: bool = True
     precision: Optional[str] = None  # moved to strategy.precision (named if set)
 

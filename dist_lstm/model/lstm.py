@@ -6,7 +6,7 @@ nn.LSTM, so checkpoints and cuDNN are unaffected.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,54 @@ def run_packed_direction(
     return torch.cat(outputs), finals_h, finals_c
 
 
-class EncoderLSTM(nn.LSTM):
+# (device type, autocast dtype) -> the dtype nn.LSTM outputs under that autocast.
+_AUTOCAST_RNN_DTYPES: Dict[Tuple[str, torch.dtype], torch.dtype] = {}
+
+
+def probe_autocast_rnn_dtype(device: torch.device) -> torch.dtype:
+    """Run a tiny nn.LSTM under the current autocast on `device` and report its output
+    dtype. Why: autocast's cuDNN RNN wrapper has cast to float16 whatever the autocast
+    dtype (cuDNN took bfloat16 RNNs only from 9.13), and float16 without a grad scaler
+    underflows."""
+    probe = nn.LSTM(4, 4).to(device)
+    with torch.no_grad():
+        output, _ = probe(torch.zeros(2, 1, 4, device=device))
+    return output.dtype
+
+
+def lstm_outside_autocast(device: torch.device) -> bool:
+    """Whether nn.LSTM must run in fp32 outside autocast: bf16 autocast is on for
+    `device` and would run the LSTM in float16. Probed once per device type and dtype."""
+    if not torch.is_autocast_enabled(device.type):
+        return False
+    wanted = torch.get_autocast_dtype(device.type)
+    key = (device.type, wanted)
+    if key not in _AUTOCAST_RNN_DTYPES:
+        _AUTOCAST_RNN_DTYPES[key] = probe_autocast_rnn_dtype(device)
+    return wanted == torch.bfloat16 and _AUTOCAST_RNN_DTYPES[key] not in (
+        torch.bfloat16,
+        torch.float32,
+    )
+
+
+class _AutocastSafeLSTM(nn.LSTM):
+    def _lstm_forward(self, input, hx=None):
+        """nn.LSTM's own forward; in fp32 outside autocast where bf16 autocast would make
+        it float16 (see lstm_outside_autocast)."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not lstm_outside_autocast(data.device):
+            return nn.LSTM.forward(self, input, hx)
+        if isinstance(input, PackedSequence):
+            input = input._replace(data=input.data.float())
+        else:
+            input = input.float()
+        if hx is not None:
+            hx = tuple(state.float() for state in hx)
+        with torch.autocast(data.device.type, enabled=False):
+            return nn.LSTM.forward(self, input, hx)
+
+
+class EncoderLSTM(_AutocastSafeLSTM):
     """nn.LSTM (same parameters and state-dict keys) that runs its own recurrence over a
     packed sequence when it trains on CPU.
 
@@ -72,7 +119,7 @@ class EncoderLSTM(nn.LSTM):
 
     def forward(self, input, hx=None):
         if not self._runs_own_recurrence(input, hx):
-            return super().forward(input, hx)
+            return self._lstm_forward(input, hx)
         return self._packed_forward(input)
 
     def _runs_own_recurrence(self, input, hx) -> bool:
@@ -114,7 +161,7 @@ class EncoderLSTM(nn.LSTM):
         return packed._replace(data=data), (h, c)
 
 
-class DecoderLSTM(nn.LSTM):
+class DecoderLSTM(_AutocastSafeLSTM):
     """nn.LSTM (same parameters and state-dict keys) whose one-position calls run layer by
     layer here rather than through nn.LSTM's fused CPU kernel.
 
@@ -134,13 +181,13 @@ class DecoderLSTM(nn.LSTM):
     def forward(self, input, hx=None):
         single_step = input.dim() == 3 and input.size(1) == 1 and self.batch_first
         if not (single_step and hx is not None):
-            return super().forward(input, hx)
+            return self._lstm_forward(input, hx)
         if torch.is_grad_enabled() or (
             input.device.type == "cpu"
             and (ONEDNN_LINEAR or input.size(0) <= self.SEARCH_CELL_MAX_ROWS)
         ):
             return self._cells(input, hx)
-        return super().forward(input, hx)
+        return self._lstm_forward(input, hx)
 
     # Without oneDNN copies, above this many rows nn.LSTM's own call (and its per-call
     # weight reorder) is as fast.

@@ -70,6 +70,8 @@ def init_process_group(topology: Topology, backend: str, timeout_s: float) -> No
         world_size=topology.world_size,
         timeout=timedelta(seconds=timeout_s),
         store=elastic_store(topology, timeout_s),
+        # NCCL binds its communicator to this rank's GPU at once, not at a first guess
+        device_id=topology.device if backend == "nccl" else None,
     )
     log.info("process group: %s, rank %d of %d", backend, topology.rank, topology.world_size)
 

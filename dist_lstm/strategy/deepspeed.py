@@ -118,8 +118,12 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
     def align_batch(self, batch: Batch) -> Batch:
         if self.zero_stage != 3:
             return batch
-        length = torch.tensor([batch.tgt_in.size(1)], device=self.device)
-        torch.distributed.all_reduce(length, op=torch.distributed.ReduceOp.MAX)
+        # The length is known on the host: agree on it over the gloo group, so the device
+        # is neither synchronized nor given a collective per micro-batch.
+        length = torch.tensor([batch.tgt_in.size(1)], dtype=torch.int64)
+        torch.distributed.all_reduce(
+            length, op=torch.distributed.ReduceOp.MAX, group=self._host_process_group()
+        )
         return batch.with_target_length(int(length))
 
     def eval_model(self) -> torch.nn.Module:

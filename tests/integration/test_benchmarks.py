@@ -76,3 +76,20 @@ def test_serve_load_smoke_measures_both_phases(smoke_run):
             and figures["latency_p99_ms"] >= figures["latency_p50_ms"]
         )
         assert figures["server_peak_rss_mb"] > 0
+
+
+def test_gpu_check_without_a_gpu_says_so_and_runs_nothing(tmp_path):
+    result_file = ROOT / "benchmarks" / "results" / "gpu_check.json"
+    before = result_file.stat().st_mtime if result_file.exists() else None
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"],
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA GPU on this machine" in proc.stdout and "nothing to check" in proc.stdout
+    assert proc.stdout.count("\n") == 1  # no check ran
+    assert (result_file.stat().st_mtime if result_file.exists() else None) == before

@@ -72,3 +72,30 @@ def test_the_probe_also_works_where_gradients_are_off():
     """A Translator may be built under no_grad; its --precision bf16 check must not fail."""
     with torch.no_grad():
         prec.check_precision("bf16", CPU)
+
+
+def test_tf32_is_left_alone_on_a_cpu():
+    from dist_lstm.precision import configure_tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert configure_tf32(True, torch.device("cpu")) is False
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+@pytest.mark.parametrize(
+    "capability, enabled, used",
+    [((8, 0), True, True), ((8, 0), False, False), ((7, 0), True, False)],
+)
+def test_tf32_follows_the_key_on_gpus_that_have_it(monkeypatch, capability, enabled, used):
+    from dist_lstm.precision import configure_tf32
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not enabled
+        assert configure_tf32(enabled, torch.device("cuda", 0)) is used
+        if capability >= (8, 0):
+            assert torch.backends.cuda.matmul.allow_tf32 is enabled
+            assert torch.backends.cudnn.allow_tf32 is enabled
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

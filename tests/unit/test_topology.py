@@ -157,3 +157,47 @@ def test_srun_tasks_without_submitit_are_refused_not_run_alone(clean_env):
         from_environment("cpu")
     clean_env.setenv("SLURM_NTASKS", "1")  # one task is a plain process
     assert from_environment("cpu").world_size == 1
+
+
+# ------------------------------------------------------------------ GPUs, read on CPU
+def pretend_gpus(monkeypatch, count):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_each_local_rank_gets_its_own_gpu(monkeypatch):
+    from dist_lstm.topology import resolve_device
+
+    pretend_gpus(monkeypatch, 2)
+    assert resolve_device("auto", 1) == torch.device("cuda", 1)
+
+
+def test_more_local_ranks_than_gpus_are_refused_naming_the_fix(monkeypatch):
+    from dist_lstm.topology import resolve_device
+
+    pretend_gpus(monkeypatch, 1)
+    with pytest.raises(ConfigError, match="LOCAL_RANK=1 but this machine has 1 GPU") as info:
+        resolve_device("auto", 1)
+    assert "--nproc_per_node=1" in str(info.value) and "trainer.device=cpu" in str(info.value)
+    assert resolve_device("cpu", 1) == torch.device("cpu")  # the fix it names works
+
+
+@pytest.mark.parametrize(
+    "backend, device, expected",
+    [
+        ("nccl", torch.device("cuda", 1), torch.device("cuda", 1)),
+        ("gloo", torch.device("cpu"), None),
+    ],
+)
+def test_nccl_process_groups_are_bound_to_the_ranks_gpu(monkeypatch, backend, device, expected):
+    from dist_lstm.strategy import ddp
+    from dist_lstm.topology import Topology
+
+    seen = {}
+    monkeypatch.setattr(ddp.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(ddp.dist, "init_process_group", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(ddp, "elastic_store", lambda topology, timeout: None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: seen.update(set_device=device))
+    topology = Topology(1, 2, 1, device, master_addr="127.0.0.1", master_port=29500)
+    ddp.init_process_group(topology, backend, 60)
+    assert seen["device_id"] == expected and seen["backend"] == backend

@@ -167,3 +167,22 @@ def test_deepspeed_zero_folder_gives_the_models_weights(tmp_path, stage):
     has_optimizer_partitions = any(f.endswith("optim_states.pt") for f in result["files"])
     assert has_optimizer_partitions == (stage > 0)  # each stage takes its own branch
     assert result["same"]
+
+
+def test_a_zero_stage_0_model_file_is_read_onto_the_cpu(tmp_path, monkeypatch):
+    """A GPU-trained run's weights must load where there is no GPU: map_location='cpu'."""
+    from dist_lstm.checkpoint import consolidate
+
+    zero = tmp_path / "state" / "zero"
+    zero.mkdir(parents=True)
+    torch.save({"module": {"w": torch.ones(2)}}, zero / "mp_rank_00_model_states.pt")
+    real_load, seen = torch.load, []
+    monkeypatch.setattr(
+        consolidate.torch,
+        "load",
+        lambda *args, **kwargs: (
+            seen.append(kwargs.get("map_location")) or real_load(*args, **kwargs)
+        ),
+    )
+    weights = consolidate._deepspeed_model_weights(tmp_path / "state")
+    assert seen == ["cpu"] and torch.equal(weights["w"], torch.ones(2))

@@ -81,3 +81,40 @@ def test_start_fresh_is_reproducible_for_seed_step_and_rank():
         streams = fresh(**other)
         # each stream on its own differs: no rank replays another rank's dropout masks
         assert all(mine != theirs for mine, theirs in zip(streams, reference)), other
+
+
+class FakeCuda:
+    """torch.cuda's RNG calls on a machine with GPUs, recorded."""
+
+    def __init__(self, monkeypatch, device=0):
+        self.set = []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: device)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.tensor([7, device]))
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: self.set.append(state))
+
+        def every_device(*args):
+            raise AssertionError("only this process's GPU is saved and restored")
+
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_device)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_device)
+
+
+def test_only_this_processs_gpu_generator_is_saved_and_restored(monkeypatch):
+    cuda = FakeCuda(monkeypatch, device=0)
+    state = rng.capture()
+    assert torch.equal(state["cuda"], torch.tensor([7, 0]))
+    rng.restore(state)
+    assert len(cuda.set) == 1 and torch.equal(cuda.set[0], torch.tensor([7, 0]))
+
+
+def test_an_older_all_gpu_state_restores_this_gpus_entry_or_nothing(monkeypatch):
+    cuda = FakeCuda(monkeypatch, device=1)
+    state = rng.capture()
+    state["cuda"] = [torch.tensor([1]), torch.tensor([2])]  # saved with two visible GPUs
+    rng.restore(state)
+    assert torch.equal(cuda.set[-1], torch.tensor([2]))
+    state["cuda"] = [torch.tensor([1])]  # fewer GPUs then than this rank's index
+    rng.restore(state)
+    assert len(cuda.set) == 1

@@ -106,8 +106,11 @@ def test_parse_duration(text, seconds):
 
 
 @pytest.mark.parametrize(
-    "old, new", [("trainer.precision=bf16", "strategy.precision=bf16"),
-                 ("optim.clip_grad_norm=5.0", "strategy.clip_grad_norm=5.0")]
+    "old, new",
+    [
+        ("trainer.precision=bf16", "strategy.precision=bf16"),
+        ("optim.clip_grad_norm=5.0", "strategy.clip_grad_norm=5.0"),
+    ],
 )
 def test_a_moved_key_stops_with_the_new_key(old, new):
     with pytest.raises(ConfigError, match=f"has moved to .*set {new}"):
@@ -181,6 +184,6 @@ def test_a_worker_types_the_composed_config_again_with_its_strategy_schema(strat
 
 
 def test_a_corpus_weight_of_zero_names_the_corpus():
-    corpora = '[{src: a.de, tgt: a.en, weight: 0}]'
+    corpora = "[{src: a.de, tgt: a.en, weight: 0}]"
     with pytest.raises(ConfigError, match=r"data.corpora\[0\].weight=0.*leave a corpus out"):
         validate_config(compose_config([f"data.corpora={corpora}"]))
