@@ -93,3 +93,11 @@ def test_gpu_check_without_a_gpu_says_so_and_runs_nothing(tmp_path):
     assert "no CUDA GPU on this machine" in proc.stdout and "nothing to check" in proc.stdout
     assert proc.stdout.count("\n") == 1  # no check ran
     assert (result_file.stat().st_mtime if result_file.exists() else None) == before
+
+
+def test_decode_choices_smoke_scores_tuning_averaging_and_an_ensemble(smoke_run):
+    report = run_benchmark("decode_choices.py", "--run-dir", str(smoke_run), "--smoke")
+    assert len(report["tune_search_valid"]["grid"]) == 3  # greedy once, beam 2 twice
+    assert report["test_with_tuned_search"]["beam"] == report["tune_search_valid"]["best"]["beam"]
+    assert len(report["averaged"]["last_2"]["averaged"]) == 2
+    assert len(report["ensemble"]["checkpoints"]) == 2
