@@ -101,3 +101,10 @@ def test_decode_choices_smoke_scores_tuning_averaging_and_an_ensemble(smoke_run)
     assert report["test_with_tuned_search"]["beam"] == report["tune_search_valid"]["best"]["beam"]
     assert len(report["averaged"]["last_2"]["averaged"]) == 2
     assert len(report["ensemble"]["checkpoints"]) == 2
+
+
+def test_resume_identity_smoke_compares_an_interrupted_run_with_a_whole_one():
+    report = run_benchmark("resume_identity.py", "--smoke")
+    assert report["sigterm_exit_status"] == 143 and 25 <= report["stopped_after_step"] < 60
+    assert report["weights_identical"] and report["logged_losses_identical"]
+    assert report["logged_losses_compared"] >= 5
