@@ -108,3 +108,22 @@ def test_resume_identity_smoke_compares_an_interrupted_run_with_a_whole_one():
     assert report["sigterm_exit_status"] == 143 and 25 <= report["stopped_after_step"] < 60
     assert report["weights_identical"] and report["logged_losses_identical"]
     assert report["logged_losses_compared"] >= 5
+
+
+def test_translate_speed_checkouts_smoke_runs_a_commit_from_its_own_worktree(smoke_run):
+    report = run_benchmark(
+        "translate_speed_checkouts.py",
+        "--checkpoint",
+        str(smoke_run),
+        "--commits",
+        "HEAD",
+        "--smoke",
+    )
+    assert list(report["rounds"][0]) == ["HEAD"] and report["commits"]["HEAD"]
+    assert report["rounds"][0]["HEAD"]["greedy"]["sentences_per_sec"] > 0
+    assert report["median_sentences_per_sec"]["HEAD"]["greedy"] > 0
+    assert report["same_translations"] == {"greedy": True}  # one commit agrees with itself
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert "speed-checkouts-" not in worktrees.stdout  # removed afterwards
