@@ -16,6 +16,7 @@ trained checkpoints.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import sys
@@ -119,12 +120,12 @@ def _model_and_options(args: argparse.Namespace) -> Tuple[LoadedModel, SearchOpt
         alpha=args.alpha,
         batch_size=args.batch_size,
         precision=args.precision,
-        max_len_a=args.max_len_a
-        if args.max_len_a is not None
-        else trainer.get("decode_max_len_a", 1.5),
-        max_len_b=args.max_len_b
-        if args.max_len_b is not None
-        else trainer.get("decode_max_len_b", 10),
+        max_len_a=(
+            args.max_len_a if args.max_len_a is not None else trainer.get("decode_max_len_a", 1.5)
+        ),
+        max_len_b=(
+            args.max_len_b if args.max_len_b is not None else trainer.get("decode_max_len_b", 10)
+        ),
     )
     options.validate()
     return loaded, options
@@ -152,11 +153,19 @@ def _sources_and_references(
 
 
 # ----------------------------------------------------------------------- translate
+def _lines_of(stream: IO[bytes], name: str) -> Iterator[bytes]:
+    """The stream's lines; a damaged gzip file is named instead of raising a traceback."""
+    try:
+        yield from stream
+    except (OSError, EOFError) as exc:
+        raise UserError(f"cannot read {name}: {exc}. Is it a complete gzip file?") from None
+
+
 def read_text_lines(stream: IO[bytes], name: str, chunk: int) -> Iterator[Tuple[int, List[str]]]:
     """(first line number, lines) chunks of a byte stream; invalid UTF-8 names its line."""
     lines: List[str] = []
     first = 1
-    for number, raw in enumerate(stream, start=1):
+    for number, raw in enumerate(_lines_of(stream, name), start=1):
         try:
             lines.append(raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -177,7 +186,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if args.input:
             if not Path(args.input).is_file():
                 raise UserError(f"--input {args.input}: no such file.")
-            source, name = stack.enter_context(open(args.input, "rb")), args.input
+            # gzip by name, as the training data's paths are read (the shipped splits are .gz)
+            opener = gzip.open if args.input.endswith(".gz") else open
+            source, name = stack.enter_context(opener(args.input, "rb")), args.input
         else:
             source, name = sys.stdin.buffer, "<stdin>"
         out = (
@@ -386,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
         "line by line; one output line per input line.",
     )
     _add_search_args(translate)
-    translate.add_argument("--input", help="source text file (default: stdin)")
+    translate.add_argument(
+        "--input", help="source text file, gzip if it ends in .gz (default: stdin)"
+    )
     translate.add_argument("--output", help="where translations go (default: stdout)")
     translate.add_argument(
         "--alignments",

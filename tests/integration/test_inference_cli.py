@@ -1,5 +1,6 @@
 """`dist-lstm translate | evaluate | average` on a checkpoint trained by the smoke experiment."""
 
+import gzip
 import io
 import json
 import os
@@ -69,6 +70,21 @@ def test_translate_keeps_line_count_order_and_empty_lines(run_dir, tmp_path, cap
     # Order: each line equals its translation alone.
     alone = Translator(load_model(run_dir), SearchOptions(beam=3)).translate([SENTENCES[3]])
     assert lines[3] == alone[0]
+
+
+def test_translate_reads_gzip_input_and_names_a_damaged_one(run_dir, tmp_path, capsys):
+    plain = write_lines(tmp_path / "in.de", SENTENCES)
+    packed = tmp_path / "in.de.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    outputs = []
+    for source in (plain, packed):
+        code, out, err = call(["translate", "--checkpoint", run_dir, "--input", source], capsys)
+        assert code == 0, err
+        outputs.append(out)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") == len(SENTENCES)
+    packed.write_bytes(packed.read_bytes()[:-12])  # cut inside the gzip trailer
+    code, out, err = call(["translate", "--checkpoint", run_dir, "--input", packed], capsys)
+    assert code == 2 and f"cannot read {packed}" in err and "Traceback" not in err
 
 
 def test_translate_reads_stdin(run_dir, capsys, monkeypatch):
