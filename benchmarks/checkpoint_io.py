@@ -14,7 +14,6 @@ plus a load. Writes benchmarks/results/checkpoint_io_<device>.json (committed).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
@@ -90,10 +89,7 @@ def main() -> None:
         "repeats": args.repeats,
         "device": "cpu",
     }
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
-    write_result(f"checkpoint_io_{args.experiment or 'default'}_cpu", report)
+    write_result(f"checkpoint_io_{args.experiment or 'default'}_cpu", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":

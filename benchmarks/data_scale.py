@@ -263,10 +263,7 @@ def main() -> None:
             "code": str(args.old_code),
             **run_training(corpus, 1, env, work / "run_old", code=args.old_code),
         }
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-    else:
-        write_result(f"data_scale_{pairs}", report)
+    write_result(f"data_scale_{pairs}", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ that reproduce each figure.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -108,10 +107,7 @@ def main() -> None:
     ][: args.ensemble - 1]
     report["ensemble"] = score(members, "test", chosen.beam, chosen.alpha)
     report["command"] = "python benchmarks/decode_choices.py " + " ".join(sys.argv[1:])
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
-    write_result(f"decode_choices_{run_dir.name}", report)
+    write_result(f"decode_choices_{run_dir.name}", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":

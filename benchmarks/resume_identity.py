@@ -105,10 +105,7 @@ def main() -> None:
             "uninterrupted_seconds": round(uninterrupted_s, 1),
             "command": "python benchmarks/resume_identity.py " + " ".join(sys.argv[1:]),
         }
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
-    write_result(f"resume_identity_{args.experiment}", report)
+    write_result(f"resume_identity_{args.experiment}", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -167,10 +167,7 @@ def main() -> None:
     report["allreduce_share_of_ddp_step"] = round(
         report["gradient_allreduce_ms_per_step"] / ddp_step_ms, 4
     )
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
-    write_result(f"scaling_{report['device']}", report)
+    write_result(f"scaling_{report['device']}", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":

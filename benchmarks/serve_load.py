@@ -168,10 +168,9 @@ def main() -> None:
         "phases": phases,
         "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
     }
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
-    write_result(f"serve_load_{args.label}" if args.label else "serve_load", report)
+    write_result(
+        f"serve_load_{args.label}" if args.label else "serve_load", report, smoke=args.smoke
+    )
 
 
 if __name__ == "__main__":

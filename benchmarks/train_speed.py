@@ -83,7 +83,10 @@ def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional
         return None
     x = torch.randn(m, k)
     weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, k))
-    product = lambda: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")  # noqa: E731
+
+    def product() -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
     return _sustained_gflops(product, 2 * m * k * n, torch.device("cpu"), seconds)
 
 
@@ -221,9 +224,9 @@ def trainer_throughput(
         "peak_rss_mb": usage.ru_maxrss / 1024,  # the training process; KiB on Linux
         "peak_tree_rss_mb": tree.peak_mb,  # with every process it started, sampled
         # the run's own memory_mb: peak allocated CUDA memory on a GPU
-        "peak_cuda_memory_mb": max(r.get("memory_mb", 0.0) for r in windows)
-        if torch.cuda.is_available()
-        else None,
+        "peak_cuda_memory_mb": (
+            max(r.get("memory_mb", 0.0) for r in windows) if torch.cuda.is_available() else None
+        ),
     }
 
 
@@ -358,11 +361,8 @@ def main() -> None:
         report[f"gemm_gflops_{args.precision}"] = low
         report[f"mfu_vs_2048_gemm_{args.precision}"] = achieved / low["2048^3"]
         report[f"mfu_vs_model_shape_gemm_{args.precision}"] = achieved / mean_shape_rate(low)
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
     suffix = "" if args.precision == "32" else f"_{args.precision}"
-    write_result(f"train_speed_{device.type}{suffix}", report)
+    write_result(f"train_speed_{device.type}{suffix}", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":

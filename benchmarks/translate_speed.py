@@ -13,7 +13,6 @@ benchmarks/results/translate_speed_<device>.json (committed).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Optional
@@ -100,12 +99,11 @@ def main() -> None:
         "onednn_gemm_gflops_2048": onednn_rate_on_cpu(args.device, 0.2 if args.smoke else 2.0),
         "results": results,
     }
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
     label = f"{args.label}_" if args.label else ""
     label += "" if args.precision == "32" else f"{args.precision}_"
-    write_result(f"translate_speed_{label}{torch.device(args.device).type}", report)
+    write_result(
+        f"translate_speed_{label}{torch.device(args.device).type}", report, smoke=args.smoke
+    )
 
 
 if __name__ == "__main__":

@@ -163,10 +163,7 @@ def main() -> None:
         "same_translations": same,
         "command": "python benchmarks/translate_speed_checkouts.py " + " ".join(sys.argv[1:]),
     }
-    if args.smoke:
-        print(json.dumps(report, indent=2))
-        return
-    write_result(f"translate_speed_checkouts_{args.label}", report)
+    write_result(f"translate_speed_checkouts_{args.label}", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":
