@@ -113,7 +113,10 @@ def main() -> None:
     if args.smoke:
         args.rounds, args.repeats, args.beams = 1, 1, [1]
     checkpoint = str(Path(args.checkpoint).resolve())
-    shas = {commit: git("rev-parse", "--short", commit) for commit in args.commits}
+    try:
+        shas = {commit: git("rev-parse", "--short", commit) for commit in args.commits}
+    except subprocess.CalledProcessError as failure:
+        parser.error(f"--commits: git does not know {failure.cmd[-1]!r} in {ROOT}")
     if len(set(shas.values())) < len(shas):
         parser.error(f"--commits name the same commit twice: {shas}")
     with tempfile.TemporaryDirectory(prefix="speed-checkouts-") as scratch:
