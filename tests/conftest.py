@@ -97,6 +97,7 @@ def model_config(**overrides) -> Dict[str, object]:
         "attention": "general",
         "input_feeding": True,
         "dropout": 0.0,
+        "word_dropout": 0.0,
         "tie_embeddings": False,
         **overrides,
     }

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Protocol, Tuple
 from dist_lstm.checkpoint.consolidate import is_checkpoint_folder
 from dist_lstm.checkpoint.manager import STATE, CheckpointManager, is_complete, read_meta
 from dist_lstm.errors import UserError
+from dist_lstm.model import with_added_keys
 from dist_lstm.strategy.formats import DEEPSPEED_TAG
 
 
@@ -77,11 +78,12 @@ def check_resumable(folder: Path, config: Dict[str, Any], state_format: str) -> 
     """The checkpoint's meta, after checking that this run's model and strategy fit it."""
     meta = read_meta(folder)
     saved = meta.get("config", {})
-    if saved.get("model") != config["model"]:
+    saved_model = with_added_keys(saved.get("model", {}))
+    if saved_model != config["model"]:
         changed = sorted(
             key
-            for key in set(saved.get("model", {})) | set(config["model"])
-            if saved.get("model", {}).get(key) != config["model"].get(key)
+            for key in set(saved_model) | set(config["model"])
+            if saved_model.get(key) != config["model"].get(key)
         )
         raise UserError(
             f"resume: {folder} holds another model (model.{', model.'.join(changed)} "

@@ -93,6 +93,9 @@ class ModelConfig:
     attention: str = "general"  # model/attention.py ATTENTIONS
     input_feeding: bool = True
     dropout: float = 0.3
+    # Fraction of whole input tokens (source, and the target prefix fed back) dropped
+    # while training: model/word_dropout.py.
+    word_dropout: float = 0.0
     # Share the target embedding matrix with the output projection.
     tie_embeddings: bool = False
 

@@ -29,6 +29,7 @@ MOVED_KEYS = {
     "optim.clip_grad_norm": "strategy.clip_grad_norm",
 }
 
+
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: {fix}")
@@ -106,7 +107,8 @@ def validate_model(model: DictConfig) -> None:
             "a bidirectional encoder splits it between two directions; use an even size.",
         )
     _choice("model.attention", model.attention, ATTENTIONS)
-    _require(0.0 <= model.dropout < 1.0, "model.dropout", model.dropout, "use a value in [0, 1).")
+    for key in ("dropout", "word_dropout"):
+        _require(0.0 <= model[key] < 1.0, f"model.{key}", model[key], "use a value in [0, 1).")
 
 
 def validate_optim(optim: DictConfig, trainer: DictConfig) -> None:

@@ -20,6 +20,7 @@ from dist_lstm.model.encoder import EncoderOutput
 from dist_lstm.model.loss import linear_cross_entropy
 from dist_lstm.model.lstm import DecoderLSTM
 from dist_lstm.model.onednn_weights import Linear, ReorderedWeight, linear
+from dist_lstm.model.word_dropout import WordDropout
 
 
 @dataclass
@@ -118,6 +119,7 @@ class Decoder(nn.Module):
         dropout: float,
         tie_embeddings: bool,
         padding_idx: int,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         self.input_feeding = input_feeding
@@ -125,6 +127,7 @@ class Decoder(nn.Module):
         self.hidden_size = hidden_size
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=padding_idx)
         self.dropout = nn.Dropout(dropout)
+        self.word_dropout = WordDropout(word_dropout)  # of the gold prefix fed back in
         self.lstm = DecoderLSTM(
             emb_dim + (hidden_size if input_feeding else 0),
             hidden_size,
@@ -200,7 +203,7 @@ class Decoder(nn.Module):
     def features(self, tgt_in: torch.Tensor, enc: EncoderOutput) -> torch.Tensor:
         """Teacher forcing: tgt_in (B, T) ids (BOS first) -> attentional states (B, T, H)."""
         state = self.init_state(enc)
-        embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
+        embedded = self.dropout(self.word_dropout(self.embedding(tgt_in)))  # (B, T, E)
         if not self.input_feeding:
             hidden, _ = self._decode(embedded, state)
             return hidden

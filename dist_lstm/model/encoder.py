@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dist_lstm.model.lstm import EncoderLSTM
+from dist_lstm.model.word_dropout import WordDropout
 
 
 @dataclass
@@ -37,11 +38,13 @@ class Encoder(nn.Module):
         bidirectional: bool,
         dropout: float,
         padding_idx: int,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         directions = 2 if bidirectional else 1
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=padding_idx)
         self.dropout = nn.Dropout(dropout)
+        self.word_dropout = WordDropout(word_dropout)
         self.lstm = EncoderLSTM(
             emb_dim,
             hidden_size // directions,
@@ -55,7 +58,7 @@ class Encoder(nn.Module):
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         """src: (B, S) ids; src_lengths: (B,) on CPU, every length >= 1."""
-        embedded = self.dropout(self.embedding(src))  # (B, S, E)
+        embedded = self.dropout(self.word_dropout(self.embedding(src)))  # (B, S, E)
         packed = pack_padded_sequence(
             embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False
         )

@@ -11,6 +11,15 @@ from dist_lstm.model.decoder import Decoder, DecoderState
 from dist_lstm.model.encoder import Encoder, EncoderOutput
 from dist_lstm.model.onednn_weights import invalidate_reordered_weights, track_weight_changes
 
+# Model keys added after checkpoints were first written, with the value that older
+# checkpoints (whose saved config lacks the key) were trained with.
+ADDED_MODEL_KEYS = {"word_dropout": 0.0}
+
+
+def with_added_keys(model: Mapping[str, Any]) -> dict:
+    """A model config with the keys older checkpoints lack filled in."""
+    return {**ADDED_MODEL_KEYS, **model}
+
 
 class Seq2Seq(nn.Module):
     """Source ids -> target logits. Pure torch.nn: no ranks, devices or checkpoint formats."""
@@ -64,6 +73,7 @@ def build_model(
     model: Mapping[str, Any], src_vocab_size: int, tgt_vocab_size: int, padding_idx: int = 0
 ) -> Seq2Seq:
     """Build from a `model` config group (any mapping with the ModelConfig keys)."""
+    model = with_added_keys(model)
     encoder = Encoder(
         vocab_size=src_vocab_size,
         emb_dim=model["emb_dim"],
@@ -72,6 +82,7 @@ def build_model(
         bidirectional=model["bidirectional"],
         dropout=model["dropout"],
         padding_idx=padding_idx,
+        word_dropout=model["word_dropout"],
     )
     decoder = Decoder(
         vocab_size=tgt_vocab_size,
@@ -84,5 +95,6 @@ def build_model(
         dropout=model["dropout"],
         tie_embeddings=model["tie_embeddings"],
         padding_idx=padding_idx,
+        word_dropout=model["word_dropout"],
     )
     return Seq2Seq(encoder, decoder)

@@ -130,6 +130,20 @@ def test_bad_resume_requests_fail_clearly_and_keep_the_checkpoints(corpus, tmp_p
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
+def test_checkpoints_from_before_a_model_key_existed_still_resume(corpus, tmp_path):
+    """A checkpoint whose saved config lacks model.word_dropout (written before the key
+    was added) resumes under today's default and refuses another value by name."""
+    run(tmp_path, corpus, "trainer.max_steps=4")
+    meta_file = tmp_path / "checkpoints" / "last" / "meta.pt"
+    meta = torch.load(meta_file, weights_only=True)
+    del meta["config"]["model"]["word_dropout"]
+    torch.save(meta, meta_file)
+    with pytest.raises(UserError, match="model.word_dropout"):
+        run(tmp_path, corpus, "trainer.max_steps=6", "resume=auto", "model.word_dropout=0.1")
+    records = run(tmp_path, corpus, "trainer.max_steps=6", "resume=auto")
+    assert [s for s, _ in losses(records)][-2:] == [5, 6]
+
+
 def test_resume_auto_without_checkpoints_starts_fresh(corpus, tmp_path):
     records = run(tmp_path, corpus, "trainer.max_steps=2", "resume=auto")
     assert [s for s, _ in losses(records)] == [1, 2]

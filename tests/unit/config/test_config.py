@@ -68,6 +68,7 @@ BAD_VALUES = [
     ("model.hidden_size=257", "model.hidden_size"),
     ("model.attention=cosine", "model.attention"),
     ("model.dropout=1.5", "model.dropout"),
+    ("model.word_dropout=1.0", "model.word_dropout"),
     ("model.encoder_layers=0", "model.encoder_layers"),
     ("trainer.max_steps=0", "trainer.max_steps"),
     ("trainer.max_time=soon", "trainer.max_time"),

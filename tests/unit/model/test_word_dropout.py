@@ -1,0 +1,53 @@
+"""Word dropout drops whole tokens while training and nothing at evaluation."""
+
+import pytest
+import torch
+
+from dist_lstm.batch import PAD_ID
+from dist_lstm.model import build_model, with_added_keys
+from dist_lstm.model.word_dropout import WordDropout
+from tests.conftest import model_config
+
+
+def test_training_zeroes_whole_tokens_and_scales_the_rest():
+    torch.manual_seed(0)
+    layer = WordDropout(0.5).train()
+    embedded = torch.randn(8, 50, 6) + 3.0  # (B, T, E), no zero entries
+    dropped = layer(embedded)
+    zeroed = (dropped == 0).all(dim=-1)  # (B, T)
+    kept = ~zeroed
+    assert (dropped == 0).any(dim=-1).eq(zeroed).all()  # a token goes whole or not at all
+    assert 0.35 < zeroed.float().mean() < 0.65
+    assert torch.allclose(dropped[kept], embedded[kept] * 2.0)
+
+
+def test_evaluation_and_zero_rate_change_nothing():
+    embedded = torch.randn(2, 5, 4)
+    assert torch.equal(WordDropout(0.5).eval()(embedded), embedded)
+    assert torch.equal(WordDropout(0.0).train()(embedded), embedded)
+    with pytest.raises(ValueError, match="word dropout"):
+        WordDropout(1.0)
+
+
+def test_model_trains_with_word_dropout_and_evaluates_deterministically():
+    cfg = model_config(emb_dim=8, hidden_size=8, word_dropout=0.3, dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg, 20, 20, PAD_ID)
+    src = torch.randint(3, 20, (4, 7))
+    lengths = torch.full((4,), 7)
+    tgt = torch.randint(3, 20, (4, 6))
+    model.train()
+    torch.manual_seed(1)
+    first = model(src, lengths, tgt)
+    torch.manual_seed(2)
+    assert not torch.equal(first, model(src, lengths, tgt))  # different tokens dropped
+    model.eval()
+    assert torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
+
+
+def test_configs_of_older_checkpoints_build_without_the_key():
+    cfg = dict(model_config())
+    cfg.pop("word_dropout")
+    assert with_added_keys(cfg)["word_dropout"] == 0.0
+    model = build_model(cfg, 20, 20, PAD_ID)
+    assert model.encoder.word_dropout.p == 0.0 and model.decoder.word_dropout.p == 0.0
