@@ -4,7 +4,8 @@
 
 1. beam size and length penalty chosen on the validation split (`dist-lstm tune-search`),
    then test BLEU with that choice;
-2. checkpoint averaging: the parameter mean of the last N validation checkpoints;
+2. checkpoint averaging: the parameter mean of the last N validation checkpoints, and of
+   the N up to the best one (after an early stop the last N all come after the peak);
 3. ensembles: the best checkpoint with the last ones, log-probabilities averaged per step.
 Writes benchmarks/results/decode_choices_<experiment>.json (committed) with the commands
 that reproduce each figure.
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from dist_lstm.checkpoint import write_atomically  # noqa: E402
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints  # noqa: E402
+from dist_lstm.checkpoint.manager import CheckpointManager  # noqa: E402
 from dist_lstm.data.corpus import read_lines  # noqa: E402
 from dist_lstm.evaluation import sacrebleu_scores  # noqa: E402
 from dist_lstm.inference import (  # noqa: E402
@@ -60,6 +62,13 @@ def score(paths, split: str, beam: int, alpha: float) -> dict:
     }
 
 
+def checkpoints_up_to(run_dir: Path, best: Path, count: int) -> list:
+    """`best` and the count-1 complete checkpoints before it, oldest first."""
+    every = CheckpointManager(run_dir, keep_last=1, is_main=False).completed()
+    upto = [p for p in every if p.resolve().name <= best.resolve().name]  # step_%08d names
+    return upto[-count:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,11 +77,16 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     parser.add_argument("--average", type=int, nargs="+", default=[3, 5], help="last N to average")
+    parser.add_argument(
+        "--average-to-best", type=int, nargs="+", default=[3, 5], help="N up to the best to average"
+    )
     parser.add_argument("--ensemble", type=int, default=3, help="best + the last N-1")
+    parser.add_argument("--label", help="names the file: decode_choices_<run>_LABEL.json")
     parser.add_argument("--smoke", action="store_true", help="tiny grid, no file")
     args = parser.parse_args()
     if args.smoke:
         args.beams, args.alphas, args.average, args.ensemble = [1, 2], [0.0, 1.0], [2], 2
+        args.average_to_best = [2]
     run_dir = Path(args.run_dir)
     best = resolve_checkpoint_path(run_dir)
     loaded = load_models([best])
@@ -93,11 +107,14 @@ def main() -> None:
         "averaged": {},
         "ensemble": None,
     }
+    groups = {f"last_{n}": last_step_checkpoints(run_dir, n) for n in args.average}
+    groups.update(
+        {f"to_best_{n}": checkpoints_up_to(run_dir, best, n) for n in args.average_to_best}
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        for count in args.average:
-            paths = last_step_checkpoints(run_dir, count)
-            out = write_atomically(average_checkpoints(paths), Path(scratch) / f"avg{count}.pt")
-            report["averaged"][f"last_{count}"] = {
+        for name, paths in groups.items():
+            out = write_atomically(average_checkpoints(paths), Path(scratch) / f"{name}.pt")
+            report["averaged"][name] = {
                 "valid_tuned": score([out], "valid", chosen.beam, chosen.alpha),
                 "test_tuned": score([out], "test", chosen.beam, chosen.alpha),
                 "averaged": [p.name for p in paths],
@@ -107,7 +124,8 @@ def main() -> None:
     ][: args.ensemble - 1]
     report["ensemble"] = score(members, "test", chosen.beam, chosen.alpha)
     report["command"] = "python benchmarks/decode_choices.py " + " ".join(sys.argv[1:])
-    write_result(f"decode_choices_{run_dir.name}", report, smoke=args.smoke)
+    label = f"_{args.label}" if args.label else ""
+    write_result(f"decode_choices_{run_dir.name}{label}", report, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,21 @@ def test_decode_choices_smoke_scores_tuning_averaging_and_an_ensemble(smoke_run)
     assert len(report["tune_search_valid"]["grid"]) == 3  # greedy once, beam 2 twice
     assert report["test_with_tuned_search"]["beam"] == report["tune_search_valid"]["best"]["beam"]
     assert len(report["averaged"]["last_2"]["averaged"]) == 2
+    assert report["averaged"]["to_best_2"]["averaged"][-1] == report["best_checkpoint"]
     assert len(report["ensemble"]["checkpoints"]) == 2
+
+
+def test_ablations_smoke_trains_each_variant_and_skips_finished_ones(tmp_path):
+    args = ("ablations.py", "--smoke", "--run-root", str(tmp_path), "--parallel", "2")
+    report = run_benchmark(*args)
+    assert set(report["variants"]) == {"baseline", "word_dropout_0.1"}
+    assert "model.word_dropout=0.1" in report["commands"]["word_dropout_0.1"]
+    for variant in report["variants"].values():
+        assert variant["steps"] == 6 and {"bleu", "chrf"} <= set(variant["test_beam2"])
+    scores = tmp_path / "baseline" / "ablation_scores.json"
+    written = scores.stat().st_mtime_ns
+    assert run_benchmark(*args)["variants"] == report["variants"]  # nothing trained again
+    assert scores.stat().st_mtime_ns == written
 
 
 def test_resume_identity_smoke_compares_an_interrupted_run_with_a_whole_one():
