@@ -95,7 +95,11 @@ def run_variants(args, variants: Dict[str, List[str]]) -> Dict[str, dict]:
                 continue
             del running[name]
             if proc.returncode != 0:
-                sys.exit(f"{name} failed (exit {proc.returncode}): see {args.run_root / name}")
+                for other in running.values():
+                    other.terminate()  # SIGTERM: each saves a checkpoint to resume from
+                    other.wait()
+                log = args.run_root / name / "ablation.log"
+                sys.exit(f"{name} failed (exit {proc.returncode}): see {log}")
             scores = scores_of(args.run_root / name, variants[name], args.beam)
             (args.run_root / name / SCORES).write_text(json.dumps(scores, indent=2))
             print(f"{time.strftime('%H:%M:%S')} {name}: {json.dumps(scores)}", flush=True)
