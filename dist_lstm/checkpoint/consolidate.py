@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 import torch
 
-from dist_lstm.checkpoint.manager import STATE, read_meta
+from dist_lstm.checkpoint.manager import STATE, read_meta, with_current_model_keys
 from dist_lstm.errors import UserError
 from dist_lstm.extras import require
 from dist_lstm.strategy.formats import DCP_METADATA, DEEPSPEED_TAG, MODEL_KEY
@@ -80,4 +80,4 @@ def load_checkpoint(path: str | Path) -> Dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or MODEL_KEY not in payload:
         raise UserError(f"{path} is not a dist-lstm checkpoint (no model weights inside).")
-    return payload
+    return with_current_model_keys(payload)

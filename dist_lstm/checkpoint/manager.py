@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 import torch
 
 from dist_lstm.errors import UserError
+from dist_lstm.model import with_added_keys
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,16 @@ def read_meta(folder: Path) -> Dict[str, Any]:
             f"{folder} is not a complete checkpoint (no {COMPLETE} marker): its save was "
             "interrupted. Use another checkpoint of the run, e.g. RUN_DIR/checkpoints/last."
         )
-    return torch.load(folder / META, map_location="cpu", weights_only=True)
+    return with_current_model_keys(torch.load(folder / META, map_location="cpu", weights_only=True))
+
+
+def with_current_model_keys(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved payload whose config.model has the keys added since it was written, so
+    resuming, averaging and building a model all see one config shape."""
+    config = payload.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return payload
+    return {**payload, "config": {**config, "model": with_added_keys(config["model"])}}
 
 
 def load_model_weights(

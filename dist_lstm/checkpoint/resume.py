@@ -12,7 +12,6 @@ from typing import Any, Dict, Optional, Protocol, Tuple
 from dist_lstm.checkpoint.consolidate import is_checkpoint_folder
 from dist_lstm.checkpoint.manager import STATE, CheckpointManager, is_complete, read_meta
 from dist_lstm.errors import UserError
-from dist_lstm.model import with_added_keys
 from dist_lstm.strategy.formats import DEEPSPEED_TAG
 
 
@@ -78,7 +77,7 @@ def check_resumable(folder: Path, config: Dict[str, Any], state_format: str) -> 
     """The checkpoint's meta, after checking that this run's model and strategy fit it."""
     meta = read_meta(folder)
     saved = meta.get("config", {})
-    saved_model = with_added_keys(saved.get("model", {}))
+    saved_model = saved.get("model", {})  # read_meta filled in keys added since the save
     if saved_model != config["model"]:
         changed = sorted(
             key

@@ -72,8 +72,8 @@ class Seq2Seq(nn.Module):
 def build_model(
     model: Mapping[str, Any], src_vocab_size: int, tgt_vocab_size: int, padding_idx: int = 0
 ) -> Seq2Seq:
-    """Build from a `model` config group (any mapping with the ModelConfig keys)."""
-    model = with_added_keys(model)
+    """Build from a `model` config group (any mapping with the ModelConfig keys; a saved
+    one comes through checkpoint loading, which fills in keys added since)."""
     encoder = Encoder(
         vocab_size=src_vocab_size,
         emb_dim=model["emb_dim"],

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from dist_lstm.batch import PAD_ID
+from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.checkpoint.average import average_checkpoints
 from dist_lstm.model import build_model, with_added_keys
 from dist_lstm.model.word_dropout import WordDropout
 from tests.conftest import model_config
@@ -45,9 +47,17 @@ def test_model_trains_with_word_dropout_and_evaluates_deterministically():
     assert torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
 
 
-def test_configs_of_older_checkpoints_build_without_the_key():
+def test_checkpoints_saved_before_the_key_load_with_it_filled_in(tmp_path):
+    """Loading fills model.word_dropout into an older checkpoint's config, so building,
+    averaging and resuming (tests/unit/checkpoint/test_resume.py) all accept it."""
     cfg = dict(model_config())
-    cfg.pop("word_dropout")
-    assert with_added_keys(cfg)["word_dropout"] == 0.0
     model = build_model(cfg, 20, 20, PAD_ID)
-    assert model.encoder.word_dropout.p == 0.0 and model.decoder.word_dropout.p == 0.0
+    old_cfg = {k: v for k, v in cfg.items() if k != "word_dropout"}
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": old_cfg}}, old)
+    torch.save({"model": model.state_dict(), "config": {"model": cfg}}, new)
+    loaded = load_checkpoint(old)
+    assert loaded["config"]["model"] == with_added_keys(old_cfg) == cfg
+    rebuilt = build_model(loaded["config"]["model"], 20, 20, PAD_ID)
+    assert rebuilt.encoder.word_dropout.p == 0.0 and rebuilt.decoder.word_dropout.p == 0.0
+    assert average_checkpoints([old, new])["config"]["model"] == cfg  # same model after all
