@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from quality import machine, test_scores
+from quality import machine, read_run_metrics, test_scores
 from results_file import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +59,7 @@ def train_command(experiment: str, run_dir: Path, epochs: int, overrides: List[s
 
 def scores_of(run_dir: Path, overrides: List[str], beam: int) -> dict:
     """Best validation, and test BLEU/chrF of the best checkpoint (greedy, beam)."""
-    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-    validations = [r for r in records if "val_bleu" in r]
-    best = max(validations, key=lambda r: r["val_bleu"])
-    test = next(r for r in reversed(records) if "test_bleu" in r)
+    validations, best, test, _ = read_run_metrics(run_dir)
     return {
         "overrides": overrides,
         "steps": validations[-1]["step"],

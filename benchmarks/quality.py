@@ -70,6 +70,16 @@ def test_scores(checkpoint: Path, beam: int) -> dict:
     }
 
 
+def read_run_metrics(run_dir: Path) -> tuple:
+    """(validation records, the best of them, the final test record, training logs)
+    from a finished run's metrics.jsonl."""
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    validations = [r for r in records if "val_bleu" in r]
+    best = max(validations, key=lambda r: r["val_bleu"])
+    test = next(r for r in reversed(records) if "test_bleu" in r)
+    return validations, best, test, [r for r in records if "loss" in r]
+
+
 def time_to_bleu(run_dir: Path, validations: list, target: float) -> dict:
     """The first validation checkpoint whose greedy test BLEU reaches `target`."""
     from dist_lstm.checkpoint import CheckpointManager
@@ -127,11 +137,7 @@ def main() -> None:
     wall = time.monotonic() - started
 
     beam = test_scores(run_dir, args.beam)
-    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
-    test = next(r for r in reversed(records) if "test_bleu" in r)
-    validations = [r for r in records if "val_bleu" in r]
-    train_logs = [r for r in records if "loss" in r]
-    best = max(validations, key=lambda r: r["val_bleu"])
+    validations, best, test, train_logs = read_run_metrics(run_dir)
     result = {
         "experiment": args.experiment,
         "command": " ".join(["python", "train.py", *command[2:3], *args.overrides]),
