@@ -23,6 +23,30 @@ def test_every_experiment_composes_and_validates(experiment):
     assert Path(cfg.data.train_src).is_file()
 
 
+def header_train_overrides(experiment: str) -> list[str]:
+    """The overrides of the `python train.py ...` command an experiment file's header shows."""
+    lines = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text().splitlines()
+    commands = [line.lstrip("# ").split() for line in lines if "python train.py" in line]
+    assert commands, f"{experiment}.yaml: its header shows no `python train.py` command"
+    return [word for word in commands[0][2:] if "=" in word and not word.startswith("hydra.")]
+
+
+@pytest.mark.parametrize("experiment", option_names("experiment"))
+def test_every_experiment_header_command_composes(experiment):
+    overrides = header_train_overrides(experiment)
+    assert f"experiment={experiment}" in overrides
+    validate_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize("experiment", ["en_de", "fr_en", "en_fr"])
+def test_pair_recipes_train_their_pair_to_convergence(experiment):
+    src, tgt = experiment.split("_")
+    cfg = compose_config([f"experiment={experiment}"])
+    assert cfg.data.train_src.endswith(f"train.{src}.gz")
+    assert cfg.data.test_tgt.endswith(f"test_2016_flickr.{tgt}.gz")
+    assert cfg.trainer.max_time is None and cfg.trainer.early_stopping_patience > 0
+
+
 @pytest.mark.parametrize("group", ["model", "optim", "trainer"])
 def test_every_group_option_validates(group):
     for name in option_names(group):
