@@ -2,17 +2,18 @@
 
     python benchmarks/data_scale.py                    # 4.5M pairs (WMT14 en-de size)
     python benchmarks/data_scale.py --pairs 1000000
-    python benchmarks/data_scale.py --smoke            # 3,000 pairs, seconds, no file
+    python benchmarks/data_scale.py --ranks 1 8        # memory per rank at 1 and 8 ranks
+    python benchmarks/data_scale.py --smoke            # 3,000 pairs, 2 ranks, no file
     python benchmarks/data_scale.py --old-code DIR     # also the in-memory path of an
                                                        # older checkout DIR, at --old-pairs
 
 Writes a deterministic synthetic corpus (two embedded Multi30k sentences joined per line,
 ~24 words a side, like WMT14's ~30 subwords), prepares it with `dist-lstm prepare` and
 records: prepare wall time and pairs/s, disk bytes per token and per pair, seconds from
-`python train.py` to the first optimizer step, peak RSS per rank at 1 and 2 ranks with
-`model=tiny` (and the same runs on 30k pairs: their difference is the data's memory),
-and the batches per second of the data loader alone against the steps per second
-training consumed. Writes benchmarks/results/data_scale_<pairs>.json (committed).
+`python train.py` to the first optimizer step, peak RSS per rank at 1 and 2 ranks
+(`--ranks`) with `model=tiny` (and the same runs on 30k pairs: their difference is the
+data's memory), and the batches per second of the data loader alone against the steps
+per second training consumed. Writes benchmarks/results/data_scale_<pairs>.json (committed).
 """
 
 from __future__ import annotations
@@ -202,12 +203,16 @@ def prepare(overrides: List[str], env: Dict[str, str]) -> Dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=4_500_000)
-    parser.add_argument("--smoke", action="store_true", help="3,000 pairs, no result file")
+    parser.add_argument(
+        "--ranks", type=int, nargs="+", default=[1, 2], help="processes per training run"
+    )
+    parser.add_argument("--smoke", action="store_true", help="3,000 pairs, 2 ranks, no file")
     parser.add_argument("--old-code", type=Path, help="a checkout with the in-memory path")
     parser.add_argument("--old-pairs", type=int, default=1_000_000)
     args = parser.parse_args()
     pairs = 3_000 if args.smoke else args.pairs
     baseline_pairs = 1_000 if args.smoke else BASELINE_PAIRS
+    ranks = [2] if args.smoke else sorted(set(args.ranks))
     work = Path(tempfile.mkdtemp(prefix="data-scale-"))
     os.environ["DIST_LSTM_CACHE"] = str(work / "cache")  # also for the loader timed here
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -222,7 +227,7 @@ def main() -> None:
     for label, n in (("baseline", baseline_pairs), ("large", pairs)):
         corpus = overrides_of(write_corpus(work / label, n), tokenizer)
         report[f"prepare_{label}"] = prepare(corpus, env)
-        for nproc in (1, 2):
+        for nproc in ranks:
             runs[f"{label}_{nproc}rank"] = run_training(
                 corpus, nproc, env, work / f"run_{label}_{nproc}"
             )
@@ -232,7 +237,7 @@ def main() -> None:
             )
     report["runs"] = runs
     large = report["prepare_large"]
-    for nproc in (1, 2):
+    for nproc in ranks:
         extra = [
             a - b
             for a, b in zip(
@@ -241,13 +246,11 @@ def main() -> None:
             )
         ]
         report[f"data_memory_mb_per_rank_{nproc}rank"] = extra
-    extra_mb = max(
-        report["data_memory_mb_per_rank_1rank"] + report["data_memory_mb_per_rank_2rank"]
-    )
+    extra_mb = max(mb for n in ranks for mb in report[f"data_memory_mb_per_rank_{n}rank"])
     per_pair = extra_mb * 2**20 / max(pairs - baseline_pairs, 1)
     report["data_memory_bytes_per_pair"] = round(per_pair, 1)
     report["loader_vs_training"] = round(
-        report["loader_batches_per_sec"] / runs["large_1rank"]["steps_per_sec"], 1
+        report["loader_batches_per_sec"] / runs[f"large_{ranks[0]}rank"]["steps_per_sec"], 1
     )
     report["projection_40M"] = {
         "prepare_minutes": round(PROJECTED_PAIRS / large["pairs_per_sec"] / 60, 1),

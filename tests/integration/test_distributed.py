@@ -148,17 +148,16 @@ def ddp_reference(corpus, tmp_path_factory):
 DS_STEPS = ["trainer.max_steps=6", "trainer.val_every_steps=6", "trainer.accumulate_grad_batches=2"]
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_deepspeed_zero_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
+def test_deepspeed_zero1_tracks_ddp(corpus, ddp_reference, tmp_path):
     """Same data, same steps (with gradient accumulation): ZeRO's losses and final weights
-    follow DDP's."""
-    run_dir = tmp_path / f"zero{stage}"
+    follow DDP's. Stages 2 and 3 are held to the same reference across a resume, below."""
+    run_dir = tmp_path / "zero1"
     run(
         torchrun(
             *corpus,
             *DS_STEPS,
             "strategy=deepspeed",
-            f"strategy.zero_stage={stage}",
+            "strategy.zero_stage=1",
             f"hydra.run.dir={run_dir}",
         )
     )
@@ -431,6 +430,7 @@ def test_ddp_run_resumed_midway_matches_the_uninterrupted_one(
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_run_resumed_midway_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
+    """Every step, before the stop and after the resume, follows uninterrupted DDP."""
     run_dir = tmp_path / f"zero{stage}_resumed"
     first = [
         *corpus,
@@ -443,6 +443,7 @@ def test_deepspeed_run_resumed_midway_tracks_ddp(corpus, ddp_reference, tmp_path
     run(torchrun(*first, "trainer.max_steps=6", "resume=auto"))
     assert train_losses(run_dir) == pytest.approx(train_losses(ddp_reference), rel=1e-3)
     reference, resumed = last_params(ddp_reference), last_params(run_dir)
+    assert resumed.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(resumed[name], reference[name], rtol=1e-3, atol=1e-4)
 
