@@ -34,7 +34,7 @@ PY
 }
 
 SMOKE="experiment=smoke trainer.progress_bar=false trainer.device=cuda trainer.max_steps=60"
-check cuda_tests 240 env DIST_LSTM_TEST_CUDA=1 python -m pytest -q -m cuda tests/gpu -s
+check cuda_tests 240 env DIST_LSTM_TEST_CUDA=1 python -m pytest -q -n 0 -m cuda tests/gpu -s
 for precision in 32 bf16 fp16; do
     check "train_$precision" 120 python train.py $SMOKE strategy.precision=$precision hydra.run.dir=$WORK/train_$precision
 done
