@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
 
 
 def save_attention_heatmap(
@@ -24,20 +21,18 @@ def save_attention_heatmap(
     weights = np.asarray(attention, dtype=float).reshape(len(tgt_pieces), len(src_pieces))
     width = 1.5 + 0.42 * max(len(src_pieces), 4)
     height = 1.2 + 0.32 * max(len(tgt_pieces), 4)
-    figure, axes = plt.subplots(figsize=(width, height), dpi=100)
-    try:
-        image = axes.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-        axes.set_xticks(range(len(src_pieces)), labels=list(src_pieces), rotation=60, ha="right")
-        axes.set_yticks(range(len(tgt_pieces)), labels=list(tgt_pieces))
-        axes.set_xlabel("source")
-        axes.set_ylabel("translation")
-        if title:
-            axes.set_title(title, fontsize=9)
-        figure.colorbar(image, ax=axes, fraction=0.04)
-        figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
-    finally:
-        plt.close(figure)
+    figure = Figure(figsize=(width, height), dpi=100)
+    axes = figure.subplots()
+    image = axes.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(src_pieces)), labels=list(src_pieces), rotation=60, ha="right")
+    axes.set_yticks(range(len(tgt_pieces)), labels=list(tgt_pieces))
+    axes.set_xlabel("source")
+    axes.set_ylabel("translation")
+    if title:
+        axes.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes, fraction=0.04)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
     return path

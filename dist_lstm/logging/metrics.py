@@ -7,11 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import matplotlib
 import torch
-
-matplotlib.use("Agg")  # headless: runs on clusters and CI without a display
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 class MetricsWriter:
@@ -81,7 +77,12 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
     valid = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    # Imported here: matplotlib costs every rank half a second at start-up and only rank
+    # 0 draws. A Figure without pyplot needs no display and keeps no global state.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss (label-smoothed)", color="tab:blue")
     if valid:
@@ -93,5 +94,4 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_path)
-    plt.close(fig)
     return Path(out_path)
