@@ -258,6 +258,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- tune-search
 def cmd_tune_search(args: argparse.Namespace) -> int:
+    if args.split == "test":
+        # options chosen on the test split make every later test score meaningless
+        raise UserError(
+            "tune-search chooses search options, and choosing them on the test split would "
+            "leave no unseen data to score them on: use --split valid (the default), or "
+            "--src/--ref with another held-out set."
+        )
     loaded, base = _model_and_options(args)
     src_path, sources, ref_path, references = _sources_and_references(args, loaded)
     result = search_grid(loaded, base, sources, references, args.beams, args.alphas)
@@ -465,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         choices=("valid", "test"),
         default="valid",
-        help="the run's split (default valid)",
+        help="the run's split (default valid; test is refused: it must stay unseen)",
     )
     held_out.add_argument("--src", help="source file (with --ref) instead of a split")
     tune.add_argument("--ref", help="reference translations, line-aligned with --src")

@@ -96,13 +96,25 @@ def test_gpu_check_without_a_gpu_says_so_and_runs_nothing(tmp_path):
     assert (result_file.stat().st_mtime if result_file.exists() else None) == before
 
 
-def test_decode_choices_smoke_scores_tuning_averaging_and_an_ensemble(smoke_run):
+def test_decode_choices_smoke_chooses_on_validation_then_decodes_test_once(smoke_run):
     report = run_benchmark("decode_choices.py", "--run-dir", str(smoke_run), "--smoke")
     assert len(report["tune_search_valid"]["grid"]) == 3  # greedy once, beam 2 twice
-    assert report["test_with_tuned_search"]["beam"] == report["tune_search_valid"]["best"]["beam"]
-    assert len(report["averaged"]["last_2"]["averaged"]) == 2
-    assert report["averaged"]["to_best_2"]["averaged"][-1] == report["best_checkpoint"]
-    assert len(report["ensemble"]["checkpoints"]) == 2
+    tuned = report["tune_search_valid"]["best"]
+    assert report["search"] == {"beam": tuned["beam"], "alpha": tuned["alpha"]}
+    by_name = {c["name"]: c for c in report["candidates"]}
+    assert list(by_name) == ["best_checkpoint", "last_2", "to_best_2", "ensemble_2"]
+    assert by_name["best_checkpoint"]["checkpoints"] == [report["best_checkpoint"]]
+    assert by_name["to_best_2"]["checkpoints"][-1] == report["best_checkpoint"]
+    assert all(c["valid_bleu"] is not None for c in report["candidates"])
+    chosen = report["chosen"]
+    top = max(round(c["valid_bleu"], 2) for c in report["candidates"])
+    assert round(chosen["valid_bleu"], 2) == top and report["rule"]
+    # the test split is decoded for the chosen candidate only, with the tuned search
+    assert chosen["test"]["checkpoints"] and chosen["test"]["beam"] == tuned["beam"]
+    keys = {"name", "kind", "checkpoints", "valid_bleu", "valid_chrf"}
+    assert all(set(c) == keys for c in report["candidates"])  # no test score among them
+    reference = report["reference_points_not_used_for_any_choice"]
+    assert (reference["test_greedy"]["beam"], reference["test_beam5"]["beam"]) == (1, 5)
 
 
 def test_ablations_smoke_trains_each_variant_and_skips_finished_ones(tmp_path):

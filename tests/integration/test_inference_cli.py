@@ -249,6 +249,12 @@ def test_tune_search_refuses_a_negative_alpha(run_dir, capsys):
     assert exit.value.code == 2 and "-0.5 is invalid: use 0 or more" in capsys.readouterr().err
 
 
+def test_tune_search_refuses_to_choose_on_the_test_split(run_dir, capsys):
+    code, out, err = call(["tune-search", "--checkpoint", run_dir, "--split", "test"], capsys)
+    assert code == 2 and out == ""
+    assert "--split valid" in err and "Traceback" not in err
+
+
 def test_translate_alignments_and_attention_plots(run_dir, tmp_path, capsys):
     src = write_lines(tmp_path / "in.de", SENTENCES)
     plain, aligned, plots = tmp_path / "plain.en", tmp_path / "aligned.en", tmp_path / "plots"
