@@ -94,3 +94,10 @@ def test_recipe_headers_recommend_the_decoding_the_rule_chose(experiment):
     else:
         assert chosen["kind"] == "single" and not averages
     assert f"{chosen['test']['bleu']:.2f} BLEU" in header.replace("\n#", "")
+
+
+def test_the_readme_quotes_each_recipes_chosen_decoding():
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if "`de_en`" in line)
+    for name in RECIPE_RESULTS.values():
+        chosen = json.loads((ROOT / "benchmarks" / "results" / name).read_text())["chosen"]
+        assert f"{chosen['test']['bleu']:.2f}" in row, name
