@@ -153,6 +153,10 @@ def main() -> None:
             "bleu": round(best["val_bleu"], 2),
             "loss": round(best["val_loss"], 4),
         },
+        "validations": [
+            {"step": v["step"], "epoch": v["epoch"], "val_bleu": round(v["val_bleu"], 2)}
+            for v in validations
+        ],  # every validation, so a claim about any of them has a file behind it
         "time_to_bleu": time_to_bleu(run_dir, validations, args.bleu_target),
         "steps": train_logs[-1]["step"],
         "epochs_completed": validations[-1]["epoch"],
