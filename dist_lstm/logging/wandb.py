@@ -13,8 +13,9 @@ import logging
 import netrc
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -90,7 +91,8 @@ class WandbLogger:
         if self.run is None:
             return
         values = {k: v for k, v in record.items() if k != "step" and v is not None}
-        self.run.log(values, step=int(record["step"]))
+        with self._service_may_be_gone("log"):
+            self.run.log(values, step=int(record["step"]))
 
     def log_samples(self, step: int, rows: List[List[Any]]) -> None:
         if self.run is None:
@@ -98,16 +100,51 @@ class WandbLogger:
         import wandb
 
         table = wandb.Table(columns=["index", "hypothesis", "reference"], data=rows)
-        self.run.log({"val_samples": table}, step=step)
+        with self._service_may_be_gone("log samples"):
+            self.run.log({"val_samples": table}, step=step)
 
     def summarize(self, values: Dict[str, Any]) -> None:
         if self.run is None:
             return
-        for key, value in values.items():
-            if value is not None:
-                self.run.summary[key] = value
+        with self._service_may_be_gone("summarize"):
+            for key, value in values.items():
+                if value is not None:
+                    self.run.summary[key] = value
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
-            self.run.finish(exit_code=exit_code)
+            with self._service_may_be_gone("finish"):
+                self.run.finish(exit_code=exit_code)
             self.run = None
+
+    @contextmanager
+    def _service_may_be_gone(self, action: str) -> Iterator[None]:
+        """W&B's service is a child process, and a signal sent to every process of a job
+        (SLURM's preemption, scancel of a step) stops it with the trainer. Logging must
+        then never cost the checkpoint or the exit status: warn once, stop logging to
+        W&B in this process, and let a resumed run continue the same W&B run."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - any failure of the service ends W&B here
+            log.warning(
+                "W&B: could not %s (%s: %s); its service process has probably been "
+                "stopped. W&B logging stops for this process; metrics.jsonl keeps every "
+                "record, and a resumed run continues W&B run %s.",
+                action,
+                type(exc).__name__,
+                exc,
+                self.run_id,
+            )
+            self.run = None
+            _forget_service()
+
+
+def _forget_service() -> None:
+    """Drop W&B's connection to its dead service, which also withdraws the exit hook that
+    would otherwise print a second traceback when the process ends."""
+    import wandb
+
+    try:
+        wandb.teardown()
+    except Exception:  # noqa: BLE001 - the service is gone; there is nothing to tear down
+        pass

@@ -1,6 +1,9 @@
 """W&B logging: offline runs hold the config and the metrics at global steps, a resumed
 run keeps its id, and the mode never waits for a login."""
 
+import subprocess
+import sys
+
 import pytest
 
 from dist_lstm.checkpoint import read_meta
@@ -57,3 +60,41 @@ def test_mode_resolution_never_waits_for_a_login(wandb_on, monkeypatch):
 def test_unknown_mode_is_refused(corpus, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="logger.wandb.mode"):
         run(tmp_path, corpus, "trainer.max_steps=1", "logger.wandb.mode=sometimes")
+
+
+SERVICE_STOPPED_MID_RUN = """
+import logging, signal, sys
+from pathlib import Path
+import psutil
+from omegaconf import OmegaConf
+from dist_lstm.config.schema import WandbConfig
+from dist_lstm.logging.wandb import WandbLogger
+
+logging.basicConfig(level=logging.WARNING)
+cfg = OmegaConf.structured(WandbConfig(mode="offline"))
+logger = WandbLogger(cfg, Path(sys.argv[1]), {"a": 1})
+logger.log({"step": 1, "loss": 1.0})
+service = psutil.Process().children(recursive=True)
+assert service, "W&B started no service process"
+for process in service:  # what SLURM's preemption does to every process of a job step
+    process.send_signal(signal.SIGTERM)
+psutil.wait_procs(service, timeout=30)
+logger.log({"step": 2, "loss": 0.5})
+logger.summarize({"best": 1.0})
+logger.finish(exit_code=143)
+print("the run went on")
+sys.exit(143)
+"""
+
+
+def test_a_stopped_wandb_service_costs_neither_the_exit_status_nor_a_traceback(tmp_path, wandb_on):
+    proc = subprocess.run(
+        [sys.executable, "-c", SERVICE_STOPPED_MID_RUN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "the run went on" in proc.stdout
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.stderr.count("W&B: could not log") == 1  # warned once, then W&B is off
