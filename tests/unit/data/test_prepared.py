@@ -164,3 +164,26 @@ def test_weighted_corpora_are_prepared_together_and_planned_by_weight(tmp_path):
     before = prepared_location(data)
     data.corpora[0].weight = 0.5  # weights act at planning: the same prepared files
     assert prepared_location(data) == before
+
+
+# Bad corpora on the streamed path training takes (build_data, as run.train calls it):
+# each stops naming the file, and nothing that looks prepared is left behind.
+def fails_to_prepare(data, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        build_data(data)
+    assert not prepared_location(data).exists()
+
+
+@pytest.mark.parametrize(
+    "shorter, lines, longer",
+    [("train_tgt", 9, "train_src"), ("train_src", 11, "train_tgt"), ("valid_tgt", 2, "valid_src")],
+)
+def test_files_of_different_length_name_the_line_where_they_part(tmp_path, shorter, lines, longer):
+    data = corpus(tmp_path, SRC * 4, TGT * 4)  # 12 training pairs, 4 validation pairs
+    path = Path(data[shorter])
+    write_lines(path, path.read_text().splitlines()[:lines])
+    fails_to_prepare(
+        data,
+        rf"part at line {lines + 1}, which {data[longer]} has and {path} does not "
+        rf"\(it ends after {lines} lines\)",
+    )
