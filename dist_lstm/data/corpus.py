@@ -104,12 +104,15 @@ def count_lines(path: str | Path, limit: Optional[int] = None) -> int:
     _check_file(path)
     opener = gzip.open if path.suffix == ".gz" else open
     count, last = 0, b"\n"
-    with opener(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            count += block.count(b"\n")
-            last = block[-1:]
-            if limit is not None and count >= limit:
-                return limit
+    try:
+        with opener(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                count += block.count(b"\n")
+                last = block[-1:]
+                if limit is not None and count >= limit:
+                    return limit
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}. Is it a valid (gzip) text file?") from None
     count += last != b"\n"  # a last line without its newline
     return count if limit is None else min(count, limit)
 

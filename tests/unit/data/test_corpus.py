@@ -97,3 +97,11 @@ def test_line_counts_for_the_progress_bar(tmp_path):
         f.write("x\n" * 5)
     assert count_lines(tmp_path / "a.txt") == 3 and count_lines(tmp_path / "b.gz") == 5
     assert count_lines(tmp_path / "b.gz", limit=2) == 2
+
+
+def test_a_damaged_gzip_is_named_when_counting_its_lines(tmp_path):
+    from dist_lstm.data.corpus import count_lines
+
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all\n")
+    with pytest.raises(DataError, match=r"cannot read \S*bad\.gz.*valid \(gzip\) text file"):
+        count_lines(tmp_path / "bad.gz")
