@@ -175,6 +175,21 @@ def fails_to_prepare(data, message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "key, name, line",
+    [
+        ("train_tgt", "train.en", 7),  # read by SentencePiece while it trains
+        ("valid_tgt", "valid.en", 3),  # read only when the split is tokenized
+    ],
+)
+def test_invalid_utf8_names_file_and_line(tmp_path, key, name, line):
+    data = corpus(tmp_path, SRC * 4, TGT * 4)
+    good = Path(data[key]).read_bytes().splitlines(keepends=True)
+    good[line - 1] = b"kaputt \xff\xfe\n"
+    Path(data[key]).write_bytes(b"".join(good))
+    fails_to_prepare(data, rf"{name} line {line} is not valid UTF-8.*iconv")
+
+
+@pytest.mark.parametrize(
     "shorter, lines, longer",
     [("train_tgt", 9, "train_src"), ("train_src", 11, "train_tgt"), ("valid_tgt", 2, "valid_src")],
 )
