@@ -382,12 +382,7 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     """Tokenize the train and valid splits of `data` into `target`, atomically: written
     in a scratch folder beside it and renamed into place; the manifest comes last."""
     started = time.monotonic()
-    for key, path in input_files(data).items():
-        if not path.is_file():
-            raise DataError(
-                f"data file not found: {path} ({key}). Check the data.* paths in your "
-                "config (or the command-line override that set them)."
-            )
+    _check_inputs(data)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.parent / f".incomplete-{target.name}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -411,6 +406,21 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     seconds = time.monotonic() - started
     log.info("prepared %s in %.1f s (%.0f training pairs/s)", target, seconds, pairs / seconds)
     return manifest
+
+
+def _check_inputs(data: DictConfig) -> None:
+    """Every raw file exists and has a line: stop before training a tokenizer on them."""
+    for key, path in input_files(data).items():
+        if not path.is_file():
+            raise DataError(
+                f"data file not found: {path} ({key}). Check the data.* paths in your "
+                "config (or the command-line override that set them)."
+            )
+        if count_lines(path, limit=1) == 0:
+            raise DataError(
+                f"empty corpus: {path} ({key}) contains no lines. Point {key} at the "
+                "corpus file (one sentence per line)."
+            )
 
 
 def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:

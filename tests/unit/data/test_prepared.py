@@ -189,6 +189,15 @@ def test_invalid_utf8_names_file_and_line(tmp_path, key, name, line):
     fails_to_prepare(data, rf"{name} line {line} is not valid UTF-8.*iconv")
 
 
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_an_empty_corpus_is_named_with_its_key(tmp_path, split):
+    data = corpus(tmp_path, SRC * 4, TGT * 4)
+    for side in ("src", "tgt"):
+        write_lines(Path(data[f"{split}_{side}"]), [])
+    key = f"{split}_src"  # the first of the two empty files
+    fails_to_prepare(data, rf"empty corpus: {data[key]} \(data\.{key}\) contains no lines")
+
+
 @pytest.mark.parametrize(
     "shorter, lines, longer",
     [("train_tgt", 9, "train_src"), ("train_src", 11, "train_tgt"), ("valid_tgt", 2, "valid_src")],
