@@ -1,16 +1,25 @@
 """`dist-lstm prepare` ahead of training: train.py with the same overrides maps the
-prepared files instead of tokenizing again."""
+prepared files instead of tokenizing again; a folder that cannot be created is named,
+without a traceback."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, SHORT_SMOKE_RUN
+import pytest
+
+from tests.conftest import ROOT, SHORT_SMOKE_RUN, write_lines
 
 
 def run(args, tmp_path):
-    env = {**os.environ, "DIST_LSTM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    # COLUMNS: the console log must not wrap a long path across lines.
+    env = {
+        **os.environ,
+        "DIST_LSTM_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "COLUMNS": "500",
+    }
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
@@ -29,3 +38,27 @@ def test_prepare_then_train_maps_the_prepared_files(tmp_path):
     assert f"data: {folder}" in log and "prepared " not in log  # mapped, not prepared again
     again = run(["-m", "dist_lstm", "prepare", *overrides], tmp_path)
     assert again.returncode == 0 and "tokenizer: " not in again.stderr  # nothing redone
+
+
+def assert_named_without_traceback(result, folder) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert f"cannot create {folder}" in output and "Set data.prepared_dir to a folder" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_prepare_into_a_folder_that_cannot_be_created_names_it(tmp_path):
+    folder = "/proc/forbidden/prep"  # nothing can be made in /proc, not even by root
+    overrides = [*SHORT_SMOKE_RUN, f"data.prepared_dir={folder}"]
+    assert_named_without_traceback(
+        run(["-m", "dist_lstm", "prepare", *overrides], tmp_path), folder
+    )
+
+
+def test_training_into_a_folder_that_cannot_be_created_names_it(tmp_path):
+    folder = write_lines(tmp_path / "a-file", []) / "prep"  # under a file, even for root
+    overrides = [*SHORT_SMOKE_RUN, f"data.prepared_dir={folder}", f"hydra.run.dir={tmp_path}/run"]
+    result = run(["train.py", *overrides], tmp_path)
+    assert_named_without_traceback(result, folder)
+    assert f"({folder.parent} is a file)" in (tmp_path / "run" / "train.log").read_text()

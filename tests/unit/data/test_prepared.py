@@ -211,3 +211,13 @@ def test_files_of_different_length_name_the_line_where_they_part(tmp_path, short
         rf"part at line {lines + 1}, which {data[longer]} has and {path} does not "
         rf"\(it ends after {lines} lines\)",
     )
+
+
+def test_a_cache_folder_that_cannot_be_created_is_named_with_its_key(data, tmp_path):
+    blocker = write_lines(tmp_path / "a-file", [])
+    data.cache_dir = str(blocker / "cache")  # under a file: not even root can create it
+    with pytest.raises(
+        DataError,
+        match=rf"cannot create {blocker}/cache \({blocker} is a file\)\. Set data\.cache_dir",
+    ):
+        build_data(data)
