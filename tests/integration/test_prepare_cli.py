@@ -1,7 +1,8 @@
 """`dist-lstm prepare` ahead of training: train.py with the same overrides maps the
-prepared files instead of tokenizing again; a folder that cannot be created is named,
-without a traceback."""
+prepared files instead of tokenizing again; `--force` rewrites an explicit folder that no
+longer fits; a folder that cannot be created is named, without a traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SHORT_SMOKE_RUN, write_lines
+from dist_lstm import cli
+from dist_lstm.data import prepared
+from dist_lstm.data.build import build_data
+from dist_lstm.data.corpus import sha256_of
+from tests.conftest import (
+    ROOT,
+    SHORT_SMOKE_RUN,
+    TINY_RUN,
+    compose_config,
+    reversal_corpus,
+    write_lines,
+)
 
 
 def run(args, tmp_path):
@@ -38,6 +50,40 @@ def test_prepare_then_train_maps_the_prepared_files(tmp_path):
     assert f"data: {folder}" in log and "prepared " not in log  # mapped, not prepared again
     again = run(["-m", "dist_lstm", "prepare", *overrides], tmp_path)
     assert again.returncode == 0 and "tokenizer: " not in again.stderr  # nothing redone
+
+
+def prepare_command(args, capsys):
+    """`dist-lstm prepare ARGS` in this process: its exit status and stderr."""
+    code = cli.main(["prepare", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_force_rewrites_an_explicit_folder_that_no_longer_fits(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "prep"
+    overrides = [
+        *reversal_corpus(tmp_path, 0, {"train": 40, "valid": 6}, "abcde", 4),
+        *TINY_RUN,
+        "data.tokenizer.vocab_size=30",
+        f"data.prepared_dir={folder}",
+    ]
+    assert prepare_command(overrides, capsys)[0] == 0
+    written = (folder / "manifest.json").read_bytes()
+    targets = tmp_path / "train.tgt"
+    write_lines(targets, [line.upper() for line in targets.read_text().splitlines()])
+
+    code, err = prepare_command(overrides, capsys)
+    assert code == 2
+    assert f"data.train_tgt={targets} changed since it was prepared" in err and "--force" in err
+    assert (folder / "manifest.json").read_bytes() == written  # left as it was
+
+    assert prepare_command(["--force", *overrides], capsys)[0] == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["inputs"]["data.train_tgt"]["sha256"] == sha256_of(targets)
+
+    # Now it fits: prepare and training's data path take the folder as it is.
+    monkeypatch.setattr(prepared, "prepare", lambda *a: pytest.fail("prepared again"))
+    assert prepare_command(overrides, capsys)[0] == 0
+    assert len(build_data(compose_config(overrides).data).train) == 40
 
 
 def assert_named_without_traceback(result, folder) -> None:
