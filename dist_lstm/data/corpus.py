@@ -104,12 +104,15 @@ def count_lines(path: str | Path, limit: Optional[int] = None) -> int:
     _check_file(path)
     opener = gzip.open if path.suffix == ".gz" else open
     count, last = 0, b"\n"
-    with opener(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            count += block.count(b"\n")
-            last = block[-1:]
-            if limit is not None and count >= limit:
-                return limit
+    try:
+        with opener(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                count += block.count(b"\n")
+                last = block[-1:]
+                if limit is not None and count >= limit:
+                    return limit
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}. Is it a valid (gzip) text file?") from None
     count += last != b"\n"  # a last line without its newline
     return count if limit is None else min(count, limit)
 
@@ -118,28 +121,31 @@ def stream_pairs(
     src_path: str | Path, tgt_path: str | Path, limit: Optional[int] = None, chunk: int = 100_000
 ) -> Iterator[Tuple[List[str], List[str]]]:
     """Aligned chunks of source and target lines (the first `limit` pairs when given);
-    files of different length stop with both names and where they part."""
+    files of different length stop with both names and the line where they part."""
     seen = 0
     sources, targets = stream_lines(src_path, chunk), stream_lines(tgt_path, chunk)
     for src in sources:
         tgt = next(targets, [])
         if len(tgt) != len(src):
-            shorter = tgt_path if len(tgt) < len(src) else src_path
-            raise DataError(
-                f"source and target differ in length: {shorter} ends near line "
-                f"{seen + min(len(src), len(tgt)) + 1} ({src_path} / {tgt_path}). Parallel "
-                "files must be line-aligned; fix or regenerate the shorter one."
-            )
+            # Chunks are full until a file ends, so the shorter chunk's file ends here.
+            shorter, longer = (tgt_path, src_path) if len(tgt) < len(src) else (src_path, tgt_path)
+            raise _parted(longer, shorter, seen + min(len(src), len(tgt)))
         if limit is not None and seen + len(src) >= limit:
             yield src[: limit - seen], tgt[: limit - seen]
             return
         seen += len(src)
         yield src, tgt
     if next(targets, None) is not None:
-        raise DataError(
-            f"source and target differ in length: {tgt_path} has more lines than the "
-            f"{seen} of {src_path}. Parallel files must be line-aligned."
-        )
+        raise _parted(tgt_path, src_path, seen)
+
+
+def _parted(longer: str | Path, shorter: str | Path, common: int) -> DataError:
+    """Parallel files of different length: the first line one has and the other lacks."""
+    return DataError(
+        f"source and target differ in length: they part at line {common + 1}, which {longer} "
+        f"has and {shorter} does not (it ends after {common} lines). Parallel files must be "
+        "line-aligned; fix or regenerate the shorter one."
+    )
 
 
 def sha256_of(path: str | Path) -> str:
@@ -193,11 +199,8 @@ def load_parallel(
             verify_checksum(path, checksums)
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
-        raise DataError(
-            f"source and target differ in length: {src_path} has {len(src)} lines, "
-            f"{tgt_path} has {len(tgt)}. Parallel files must be line-aligned; fix or "
-            "regenerate the shorter one."
-        )
+        longer, shorter = (src_path, tgt_path) if len(src) > len(tgt) else (tgt_path, src_path)
+        raise _parted(longer, shorter, min(len(src), len(tgt)))
     if not src:
         raise DataError(f"empty corpus: {src_path} and {tgt_path} contain no lines.")
     if limit is not None:

@@ -382,17 +382,15 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     """Tokenize the train and valid splits of `data` into `target`, atomically: written
     in a scratch folder beside it and renamed into place; the manifest comes last."""
     started = time.monotonic()
-    for key, path in input_files(data).items():
-        if not path.is_file():
-            raise DataError(
-                f"data file not found: {path} ({key}). Check the data.* paths in your "
-                "config (or the command-line override that set them)."
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_inputs(data)
+    cache, cache_key = Path(data.cache_dir).expanduser(), "data.cache_dir (or $DIST_LSTM_CACHE)"
+    _make_folder(cache, cache, cache_key)  # the tokenizer is cached there
+    target_key = "data.prepared_dir" if data.prepared_dir else cache_key
+    _make_folder(target.parent, target, target_key)
     scratch = target.parent / f".incomplete-{target.name}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
+    _make_folder(scratch, target, target_key)  # written beside its place, then renamed
     try:
-        scratch.mkdir()
         manifest = _prepare_into(data, scratch)
         _replace(scratch, target)
     except OSError as exc:
@@ -411,6 +409,38 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     seconds = time.monotonic() - started
     log.info("prepared %s in %.1f s (%.0f training pairs/s)", target, seconds, pairs / seconds)
     return manifest
+
+
+def _check_inputs(data: DictConfig) -> None:
+    """Every raw file exists and has a line: stop before training a tokenizer on them."""
+    for key, path in input_files(data).items():
+        if not path.is_file():
+            raise DataError(
+                f"data file not found: {path} ({key}). Check the data.* paths in your "
+                "config (or the command-line override that set them)."
+            )
+        if count_lines(path, limit=1) == 0:
+            raise DataError(
+                f"empty corpus: {path} ({key}) contains no lines. Point {key} at the "
+                "corpus file (one sentence per line)."
+            )
+
+
+def _make_folder(folder: Path, shown: Path, key: str) -> None:
+    """Create `folder` (and its parents) for `shown`, the folder the user chose; one that
+    cannot be created (no such parent, a file in the way, no permission) names `key`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        existing = next(path for path in (folder, *folder.parents) if path.exists())
+        reason = (
+            f"{existing} is a file"
+            if not existing.is_dir()
+            else f"{exc.strerror or exc}: {exc.filename or folder}"
+        )
+        raise DataError(
+            f"cannot create {shown} ({reason}). Set {key} to a folder you can write to."
+        ) from None
 
 
 def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:

@@ -226,6 +226,22 @@ def _sentences(paths: Sequence[str], limit: Optional[int]) -> Iterator[str]:
                 break
 
 
+class _WatchedSentences:
+    """The sentences SentencePiece trains on, remembering a DataError raised while it reads
+    them: SentencePiece wraps it in a RuntimeError whose text is not for the user."""
+
+    def __init__(self, sentences: Iterator[str]):
+        self.sentences = sentences
+        self.error: Optional[DataError] = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self.sentences
+        except DataError as exc:
+            self.error = exc
+            raise
+
+
 def _train_model(paths: Sequence[str], limit: Optional[int], prefix: Path, options) -> None:
     sentences = _sentences(paths, limit)
     first = next(sentences, None)
@@ -233,23 +249,29 @@ def _train_model(paths: Sequence[str], limit: Optional[int], prefix: Path, optio
         raise DataError(
             f"cannot train a tokenizer: {', '.join(map(str, paths))} has no non-empty line."
         )
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=itertools.chain([first], sentences),
-        model_prefix=str(prefix),
-        model_type=options.type,
-        vocab_size=options.vocab_size,
-        character_coverage=options.character_coverage,
-        input_sentence_size=options.input_sentence_size,
-        shuffle_input_sentence=True,
-        # Small corpora may not support the requested size; take what they support.
-        hard_vocab_limit=False,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        num_threads=max(1, min(4, os.cpu_count() or 1)),
-        minloglevel=2,
-    )
+    watched = _WatchedSentences(itertools.chain([first], sentences))
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(watched),
+            model_prefix=str(prefix),
+            model_type=options.type,
+            vocab_size=options.vocab_size,
+            character_coverage=options.character_coverage,
+            input_sentence_size=options.input_sentence_size,
+            shuffle_input_sentence=True,
+            # Small corpora may not support the requested size; take what they support.
+            hard_vocab_limit=False,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            num_threads=max(1, min(4, os.cpu_count() or 1)),
+            minloglevel=2,
+        )
+    except RuntimeError:
+        if watched.error is not None:  # e.g. invalid UTF-8 on some line: name it plainly
+            raise watched.error from None
+        raise
 
 
 def train_or_load(

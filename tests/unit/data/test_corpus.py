@@ -19,10 +19,10 @@ def test_missing_file_is_named(tmp_path):
         read_lines(tmp_path / "nope.de")
 
 
-def test_line_count_mismatch_gives_both_counts(tmp_path):
+def test_line_count_mismatch_names_the_line_where_they_part(tmp_path):
     src = write_lines(tmp_path / "s", ["a", "b", "c"])
     tgt = write_lines(tmp_path / "t", ["a", "b"])
-    with pytest.raises(DataError, match=r"has 3 lines.*has 2"):
+    with pytest.raises(DataError, match=rf"part at line 3, which {src} has and {tgt} does not"):
         load_parallel(str(src), str(tgt))
 
 
@@ -69,13 +69,23 @@ def test_streamed_pairs_come_in_chunks_and_stop_at_the_limit(tmp_path):
     assert chunks[-1] == (["s6"], ["t6"])
 
 
-@pytest.mark.parametrize("longer", ["s", "t"])
-def test_streamed_files_of_different_length_are_named(tmp_path, longer):
+# Chunks of 2: the files part inside a chunk, at a chunk's start, after the last full
+# chunk of either side, and before the first line.
+@pytest.mark.parametrize("src_lines, tgt_lines", [(5, 4), (3, 4), (4, 5), (5, 2), (0, 3)])
+def test_streamed_files_of_different_length_name_the_line_where_they_part(
+    tmp_path, src_lines, tgt_lines
+):
     from dist_lstm.data.corpus import stream_pairs
 
-    src = write_lines(tmp_path / "s", ["a"] * (5 if longer == "s" else 4))
-    tgt = write_lines(tmp_path / "t", ["b"] * (5 if longer == "t" else 4))
-    with pytest.raises(DataError, match="differ in length.*line-aligned"):
+    src = write_lines(tmp_path / "s", ["a"] * src_lines)
+    tgt = write_lines(tmp_path / "t", ["b"] * tgt_lines)
+    common = min(src_lines, tgt_lines)
+    longer, shorter = (src, tgt) if src_lines > tgt_lines else (tgt, src)
+    with pytest.raises(
+        DataError,
+        match=rf"part at line {common + 1}, which {longer} has and {shorter} does not "
+        rf"\(it ends after {common} lines\).*line-aligned",
+    ):
         list(stream_pairs(src, tgt, chunk=2))
 
 
@@ -87,3 +97,11 @@ def test_line_counts_for_the_progress_bar(tmp_path):
         f.write("x\n" * 5)
     assert count_lines(tmp_path / "a.txt") == 3 and count_lines(tmp_path / "b.gz") == 5
     assert count_lines(tmp_path / "b.gz", limit=2) == 2
+
+
+def test_a_damaged_gzip_is_named_when_counting_its_lines(tmp_path):
+    from dist_lstm.data.corpus import count_lines
+
+    (tmp_path / "bad.gz").write_bytes(b"not gzip at all\n")
+    with pytest.raises(DataError, match=r"cannot read \S*bad\.gz.*valid \(gzip\) text file"):
+        count_lines(tmp_path / "bad.gz")

@@ -164,3 +164,60 @@ def test_weighted_corpora_are_prepared_together_and_planned_by_weight(tmp_path):
     before = prepared_location(data)
     data.corpora[0].weight = 0.5  # weights act at planning: the same prepared files
     assert prepared_location(data) == before
+
+
+# Bad corpora on the streamed path training takes (build_data, as run.train calls it):
+# each stops naming the file, and nothing that looks prepared is left behind.
+def fails_to_prepare(data, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        build_data(data)
+    assert not prepared_location(data).exists()
+
+
+@pytest.mark.parametrize(
+    "key, name, line",
+    [
+        ("train_tgt", "train.en", 7),  # read by SentencePiece while it trains
+        ("valid_tgt", "valid.en", 3),  # read only when the split is tokenized
+    ],
+)
+def test_invalid_utf8_names_file_and_line(tmp_path, key, name, line):
+    data = corpus(tmp_path, SRC * 4, TGT * 4)
+    good = Path(data[key]).read_bytes().splitlines(keepends=True)
+    good[line - 1] = b"kaputt \xff\xfe\n"
+    Path(data[key]).write_bytes(b"".join(good))
+    fails_to_prepare(data, rf"{name} line {line} is not valid UTF-8.*iconv")
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_an_empty_corpus_is_named_with_its_key(tmp_path, split):
+    data = corpus(tmp_path, SRC * 4, TGT * 4)
+    for side in ("src", "tgt"):
+        write_lines(Path(data[f"{split}_{side}"]), [])
+    key = f"{split}_src"  # the first of the two empty files
+    fails_to_prepare(data, rf"empty corpus: {data[key]} \(data\.{key}\) contains no lines")
+
+
+@pytest.mark.parametrize(
+    "shorter, lines, longer",
+    [("train_tgt", 9, "train_src"), ("train_src", 11, "train_tgt"), ("valid_tgt", 2, "valid_src")],
+)
+def test_files_of_different_length_name_the_line_where_they_part(tmp_path, shorter, lines, longer):
+    data = corpus(tmp_path, SRC * 4, TGT * 4)  # 12 training pairs, 4 validation pairs
+    path = Path(data[shorter])
+    write_lines(path, path.read_text().splitlines()[:lines])
+    fails_to_prepare(
+        data,
+        rf"part at line {lines + 1}, which {data[longer]} has and {path} does not "
+        rf"\(it ends after {lines} lines\)",
+    )
+
+
+def test_a_cache_folder_that_cannot_be_created_is_named_with_its_key(data, tmp_path):
+    blocker = write_lines(tmp_path / "a-file", [])
+    data.cache_dir = str(blocker / "cache")  # under a file: not even root can create it
+    with pytest.raises(
+        DataError,
+        match=rf"cannot create {blocker}/cache \({blocker} is a file\)\. Set data\.cache_dir",
+    ):
+        build_data(data)
