@@ -38,6 +38,7 @@ from dist_lstm.optim import build_optimizer, build_schedule
 from dist_lstm.precision import configure_tf32
 from dist_lstm.signals import exit_status
 from dist_lstm.strategy import Strategy, build_strategy
+from dist_lstm.strategy.base import peer_lost
 from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
 from dist_lstm.trainer import Trainer
 
@@ -66,17 +67,29 @@ def user_errors() -> Iterator[None]:
 
     In a distributed job any other failure is logged with its traceback and the rank it
     happened on, then the process exits with status 1: the launcher sees the failed rank
-    and stops the others instead of leaving them waiting in a collective.
+    and stops the others instead of leaving them waiting in a collective. A rank that
+    only lost another rank (its process or node died) says so in one line instead.
     """
     try:
         yield
     except UserError as exc:
         log.error("%s", exc)
         sys.exit(2)
-    except Exception:
+    except Exception as exc:
         if launcher_world_size() <= 1:
             raise
-        log.exception("rank %d of %d failed", launcher_rank(), launcher_world_size())
+        if peer_lost(exc):
+            log.error(
+                "rank %d of %d lost contact with the rest of the job (%s): another process "
+                "or node of it has died or become unreachable. The checkpoints already "
+                "complete are intact; once every node is back, start the job again with "
+                "resume=auto (a SLURM job with --requeue is requeued by SLURM itself).",
+                launcher_rank(),
+                launcher_world_size(),
+                str(exc).splitlines()[0][:300],
+            )
+        else:
+            log.exception("rank %d of %d failed", launcher_rank(), launcher_world_size())
         sys.exit(1)
 
 

@@ -20,6 +20,23 @@ from dist_lstm.precision import autocast, grad_scaler
 from dist_lstm.strategy.formats import DCP_METADATA, MODEL_KEY, OPTIM_KEY
 from dist_lstm.topology import Topology
 
+# What gloo and NCCL say when a collective loses a rank whose process or node is gone.
+_PEER_LOST_SIGNS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "remote process exited",
+    "NCCL communicator was aborted",
+)
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another rank of the job is gone,
+    as opposed to a fault of this rank's own work."""
+    if isinstance(exc, torch.distributed.DistNetworkError):
+        return True
+    return any(sign in str(exc) for sign in _PEER_LOST_SIGNS)
+
 
 class Strategy(ABC):
     state_format = "dcp"  # what save_state writes (checkpoint/resume.py checks it)

@@ -1,6 +1,8 @@
 """Topology from the launcher's environment and the strategy each config picks."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -131,3 +133,34 @@ def test_loopback_rendezvous_leaves_a_launched_process_alone():
     assert loopback_rendezvous(launched) == launched
     plain = loopback_rendezvous(from_environment("cpu", env={}))
     assert plain.master_addr == "127.0.0.1" and 0 < plain.master_port < 65536
+
+
+LOSES_ITS_PEER = """
+import os, sys
+import torch
+import torch.distributed as dist
+from dist_lstm.strategy.base import peer_lost
+
+rank = int(sys.argv[2])
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=rank, world_size=2)
+dist.barrier()
+if rank == 1:
+    os._exit(0)  # the process is gone, as when its node dies
+try:
+    dist.all_reduce(torch.ones(4))
+except Exception as exc:
+    print("peer lost:", peer_lost(exc))
+print("own fault:", peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied")))
+"""
+
+
+def test_a_collective_that_loses_its_peer_is_told_apart_from_a_fault_of_its_own(tmp_path):
+    args = [sys.executable, "-c", LOSES_ITS_PEER, str(tmp_path / "store")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = [
+        subprocess.Popen([*args, str(r)], env=env, stdout=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    out = ranks[0].communicate(timeout=120)[0]
+    ranks[1].wait(timeout=120)
+    assert "peer lost: True" in out and "own fault: False" in out
