@@ -15,8 +15,9 @@ import torch
 from dist_lstm import cli
 from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import ConfigError
-from dist_lstm.inference import SearchOptions, Translator, load_model
+from dist_lstm.inference import SearchOptions, Translator, load_model, load_models
 from tests.conftest import ROOT, needs_bf16, write_lines
 
 SENTENCES = [
@@ -93,10 +94,17 @@ def test_translate_reads_stdin(run_dir, capsys, monkeypatch):
         ["translate", "--checkpoint", run_dir / "checkpoints" / "best", "--beam", 1], capsys
     )
     assert code == 0, err
-    assert len(out.split("\n")) == len(SENTENCES) + 1
+    greedy = Translator(load_model(run_dir), SearchOptions(beam=1))
+    assert out.split("\n") == [*each_alone(greedy, SENTENCES), ""]
+
+
+def each_alone(translator: Translator, lines) -> list:
+    """Each line's translation when it is translated by itself."""
+    return [translator.translate([line])[0] for line in lines]
 
 
 def test_python_dash_m_translates_stdin(run_dir):
+    lines = ["Ein Hund läuft.", "", "Ein Kind lacht."]
     proc = subprocess.run(
         [
             sys.executable,
@@ -108,7 +116,7 @@ def test_python_dash_m_translates_stdin(run_dir):
             "--beam",
             "2",
         ],
-        input="Ein Hund läuft.\n\nEin Kind lacht.\n",
+        input="".join(line + "\n" for line in lines),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -116,7 +124,8 @@ def test_python_dash_m_translates_stdin(run_dir):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("\n") == 3 and proc.stdout.split("\n")[1] == ""
+    beam2 = Translator(load_model(run_dir), SearchOptions(beam=2))
+    assert proc.stdout.split("\n") == [*each_alone(beam2, lines), ""]
 
 
 def test_evaluate_json_matches_sacrebleu_on_written_hypotheses(run_dir, tmp_path, capsys):
@@ -200,15 +209,23 @@ def test_ensemble_of_a_model_with_itself_translates_like_it(run_dir, tmp_path, c
     assert outputs["two"] == outputs["one"] and outputs["one"].strip()
 
 
-def test_evaluate_an_ensemble_of_two_checkpoints(run_dir, capsys):
+def test_evaluate_an_ensemble_of_two_checkpoints(run_dir, tmp_path, capsys):
+    """The test split decoded by both models together, and scored as sacreBLEU scores
+    the hypotheses it wrote."""
     ckpts = run_dir / "checkpoints"
     a, b = ckpts / "step_00000075", ckpts / "step_00000150"
-    args = ["evaluate", "--split", "test", "--beam", 2, "--json"]
+    hyp = tmp_path / "hyp.en"
+    args = ["evaluate", "--split", "test", "--beam", 2, "--json", "--output", hyp]
     code, out, err = call([*args, "--checkpoint", a, "--checkpoint", b], capsys)
     assert code == 0, err
     report = json.loads(out)
     assert report["checkpoints"] == [str(a.resolve()), str(b.resolve())]
-    assert report["sentences"] == 1000 and report["bleu"] >= 0.0
+    ensemble = load_models([a, b])
+    sources, references = (read_lines(path) for path in (report["source"], report["reference"]))
+    hyps = hyp.read_text(encoding="utf-8").splitlines()
+    assert report["sentences"] == len(hyps) == len(sources) == 1000
+    assert hyps == Translator(ensemble, SearchOptions(beam=2)).translate(sources)
+    assert report["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [references]).score)
 
 
 def test_ensemble_with_another_tokenizer_is_refused(run_dir, tmp_path, capsys):
@@ -354,5 +371,18 @@ def test_precision_bf16_translates_with_bf16_products(run_dir, capsys):
     assert json.loads(out)["precision"] == "bf16"
 
 
-def test_padding_id_is_zero():
-    assert PAD_ID == 0  # translate pads batches with 0; the model's padding_idx must agree
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_sentence_padded_in_a_batch_translates_as_it_does_alone(run_dir, beam):
+    """Translate pads a batch's shorter sentences with PAD_ID; the model must take those
+    places for padding (the embeddings' padding index, the attention mask)."""
+    loaded = load_model(run_dir)
+    assert loaded.model.encoder.embedding.padding_idx == PAD_ID
+    short, long = SENTENCES[0], SENTENCES[3]
+    translator = Translator(loaded, SearchOptions(beam=beam, batch_size=2))
+    ids = translator.source_ids([short, long])
+    assert len(ids[0]) < len(ids[1])  # the short one is padded in their batch
+    assert translator.translate([short, long])[0] == translator.translate([short])[0]
+    padded = translator.translate_detailed([short, long])[0]
+    alone = translator.translate_detailed([short])[0]
+    assert padded.translation == alone.translation
+    assert padded.score == pytest.approx(alone.score, abs=1e-5)  # no weight on padding
