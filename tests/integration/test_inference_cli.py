@@ -17,7 +17,7 @@ from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import ConfigError
-from dist_lstm.inference import SearchOptions, Translator, load_model, load_models
+from dist_lstm.inference import MAX_BEAM, SearchOptions, Translator, load_model, load_models
 from tests.conftest import ROOT, needs_bf16, write_lines
 
 SENTENCES = [
@@ -343,6 +343,68 @@ def test_beam_below_one_is_rejected(run_dir, capsys):
     assert "--beam: 0 is invalid" in capsys.readouterr().err
     with pytest.raises(Exception, match="--beam 0 is invalid"):
         Translator(load_model(run_dir), SearchOptions(beam=0))
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate", "tune-search"])
+def test_a_beam_wider_than_search_holds_is_refused_before_decoding(
+    run_dir, tmp_path, capsys, caplog, command
+):
+    """--beam 100000 was killed by the kernel for memory (exit 137) after loading and
+    decoding; now it is one message naming the limit, before anything is decoded."""
+    caplog.set_level("INFO")  # tune-search logs each grid point it decodes
+    too_wide = MAX_BEAM + 1
+    src = write_lines(tmp_path / "in.de", SENTENCES[:1])
+    kept = write_lines(tmp_path / "kept.en", ["earlier output"])
+    args = {
+        "translate": ["--beam", too_wide, "--input", src],
+        "evaluate": ["--beam", too_wide, "--src", src, "--ref", src],
+        "tune-search": ["--beams", 1, too_wide, "--src", src, "--ref", src],
+    }[command]
+    code, out, err = call([command, "--checkpoint", run_dir, *args, "--output", kept], capsys)
+    assert code == 2 and "Traceback" not in err and out == ""
+    assert f"--beam {too_wide} is too wide: the largest beam is {MAX_BEAM}" in err
+    assert kept.read_text() == "earlier output\n"
+    assert not [r for r in caplog.records if "BLEU" in r.getMessage()]  # no grid point ran
+
+
+def test_max_len_a_and_b_limit_the_output_at_the_command_line(run_dir, tmp_path, capsys):
+    """a x source_length + b output pieces at most: b alone with translate, a with evaluate
+    (a piece is at most one word, so words are bounded too)."""
+    long_line = SENTENCES[3]
+    src = write_lines(tmp_path / "in.de", [long_line, SENTENCES[0]])
+    loaded = load_model(run_dir)
+    unlimited = Translator(loaded, SearchOptions(beam=2)).translate([long_line])[0]
+    assert len(unlimited.split()) > 4  # long enough for the limits below to cut it
+    out = tmp_path / "out.en"
+    limit_b = ["--max-len-a", 0, "--max-len-b", 2]
+    base = ["--checkpoint", run_dir, "--beam", 2]
+    code, _, err = call(["translate", *base, "--input", src, "--output", out, *limit_b], capsys)
+    assert code == 0, err
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert all(len(line.split()) <= 2 for line in lines) and len(lines) == 2
+    options = SearchOptions(beam=2, max_len_a=0, max_len_b=2)
+    assert lines == Translator(loaded, options).translate([long_line, SENTENCES[0]])
+
+    limit_a = ["--max-len-a", 0.25, "--max-len-b", 1]
+    code, _, err = call(
+        ["evaluate", *base, "--src", src, "--ref", src, "--output", out, *limit_a], capsys
+    )
+    assert code == 0, err
+    pieces = Translator(loaded, SearchOptions()).source_ids([long_line, SENTENCES[0]])
+    bounds = [int(0.25 * len(ids)) + 1 for ids in pieces]
+    words = [len(line.split()) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert all(count <= bound for count, bound in zip(words, bounds)) and len(words) == 2
+    assert bounds[0] < len(unlimited.split())  # the limit did cut the long line
+
+
+@pytest.mark.parametrize("limits", [("0", "0"), ("-1", "5")])
+def test_an_output_limit_without_room_for_a_token_is_refused(run_dir, capsys, limits):
+    code, out, err = call(
+        ["translate", "--checkpoint", run_dir, "--max-len-a", limits[0], "--max-len-b", limits[1]],
+        capsys,
+    )
+    assert code == 2 and "Traceback" not in err and out == ""
+    assert "needs room for one token: use a >= 0 and b >= 1" in err
 
 
 def test_precision_fp16_on_cpu_is_refused_with_the_fix(run_dir, capsys):

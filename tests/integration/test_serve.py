@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dist_lstm.inference import SearchOptions, Translator, load_model
+from dist_lstm import cli
+from dist_lstm.inference import MAX_BEAM, SearchOptions, Translator, load_model
 from tests.conftest import ROOT
 
 SENTENCE = "Ein Hund läuft durch den Schnee."
@@ -191,6 +192,13 @@ def test_a_port_in_use_is_named(checkpoints):
             timeout=120,
         )
     assert done.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_a_max_beam_over_what_search_holds_stops_start_up(checkpoints, capsys):
+    too_wide = str(MAX_BEAM + 1)
+    code = cli.main(["serve", "--checkpoint", str(checkpoints[0]), "--max-beam", too_wide])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--max-beam {too_wide} is too wide: the largest beam is {MAX_BEAM}" in err
 
 
 # ------------------------------------------------------------------------ browser
