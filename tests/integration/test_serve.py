@@ -179,6 +179,8 @@ def test_several_texts_keep_their_order_and_each_model_answers(server, checkpoin
         (None, b'{"text": "Hal', 400, None, "not valid JSON"),
         (None, b"\xff\xfe\x00", 400, None, "not UTF-8"),
         (None, b"[1, 2]", 400, None, "JSON object"),
+        (None, b"[" * 5000 + b"]" * 5000, 400, None, "nests JSON arrays or objects too deeply"),
+        (None, b'{"text": ' * 5000 + b"1" + b"}" * 5000, 400, None, "too deeply"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_field(
