@@ -32,9 +32,11 @@ from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
 from dist_lstm.inference import (
+    MAX_BEAM,
     LoadedModel,
     SearchOptions,
     Translator,
+    check_beam,
     dataset_split_files,
     load_models,
     resolve_checkpoint_path,
@@ -82,7 +84,10 @@ def _add_search_args(parser: argparse.ArgumentParser, one_search: bool = True) -
     )
     if one_search:
         parser.add_argument(
-            "--beam", type=_positive_int, default=5, help="beam size; 1 is greedy (default 5)"
+            "--beam",
+            type=_positive_int,
+            default=5,
+            help=f"beam size; 1 is greedy, at most {MAX_BEAM} (default 5)",
         )
         parser.add_argument(
             "--alpha",
@@ -300,6 +305,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         beam=args.beam, alpha=args.alpha, batch_size=args.batch_size, precision=args.precision
     )
     options.validate()
+    check_beam(args.max_beam, "--max-beam")  # a request may ask for it: refuse at start-up
     limits = ServeLimits(
         max_chars=args.max_chars,
         max_texts=args.max_texts,
@@ -507,7 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-chars", type=_positive_int, default=1000, help="characters per text")
     serve.add_argument("--max-texts", type=_positive_int, default=64, help="texts per request")
     serve.add_argument(
-        "--max-beam", type=_positive_int, default=20, help="largest beam a request may ask"
+        "--max-beam",
+        type=_positive_int,
+        default=20,
+        help=f"largest beam a request may ask, at most {MAX_BEAM} (default 20)",
     )
     serve.add_argument(
         "--queue-size",

@@ -32,6 +32,24 @@ log = logging.getLogger(__name__)
 # held at once, while the decoder works on `batch_size` of them at a time.
 GREEDY_BATCHES_PER_CALL = 64
 
+# The widest beam any command accepts (translate, evaluate, tune-search, serve --max-beam):
+# each search step scores beam x batch hypotheses over the whole target vocabulary, so a
+# beam of 100,000 was killed by the kernel for memory, while translations stop improving
+# long before 100 (usually by 5-10).
+MAX_BEAM = 100
+
+
+def check_beam(beam: int, option: str = "--beam") -> None:
+    """Refuse a beam the search cannot hold, naming `option`, the maximum and why."""
+    if beam < 1:
+        raise UserError(f"{option} {beam} is invalid: use 1 (greedy) or more.")
+    if beam > MAX_BEAM:
+        raise UserError(
+            f"{option} {beam} is too wide: the largest beam is {MAX_BEAM}. Each search step "
+            "scores beam x --batch-size hypotheses over the whole target vocabulary, so memory "
+            "grows with the beam; translations stop improving long before (usually by 5-10)."
+        )
+
 
 @dataclass
 class LoadedModel:
@@ -133,8 +151,13 @@ class SearchOptions:
         return decodes_greedily(self.beam, self.min_len)
 
     def validate(self) -> None:
-        if self.beam < 1:
-            raise UserError(f"--beam {self.beam} is invalid: use 1 (greedy) or more.")
+        check_beam(self.beam)
+        # the same rule as trainer.decode_max_len_*: a limit under one token has no output
+        if self.max_len_a < 0 or self.max_len_b < 1:
+            raise UserError(
+                f"--max-len-a {self.max_len_a:g} --max-len-b {self.max_len_b}: the output limit "
+                "a x source_length + b needs room for one token: use a >= 0 and b >= 1."
+            )
         if self.batch_size < 1:
             raise UserError(f"--batch-size {self.batch_size} is invalid: use 1 or more.")
         if self.alpha < 0:

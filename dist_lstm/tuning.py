@@ -76,8 +76,11 @@ def search_grid(
     alphas: Sequence[float],
 ) -> GridResult:
     """Translate `sources` with every (beam, alpha) of the grid and score each."""
+    grid = grid_options(beams, alphas)
+    for beam, alpha in grid:  # a bad beam is refused before the first decode, not after
+        replace(base, beam=beam, alpha=alpha).validate()
     points, signature = [], ""
-    for beam, alpha in grid_options(beams, alphas):
+    for beam, alpha in grid:
         options = replace(base, beam=beam, alpha=alpha)
         started = time.monotonic()
         hypotheses = Translator(loaded, options).translate(sources)

@@ -59,6 +59,13 @@ def parse_translate_request(
         payload = json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", None, 400) from None
+    except RecursionError:  # arrays or objects nested past the parser's recursion limit
+        raise BadRequest(
+            "the request body nests JSON arrays or objects too deeply to parse; send one "
+            'flat object, e.g. {"text": "Ein Hund."}',
+            None,
+            400,
+        ) from None
     if not isinstance(payload, dict):
         raise BadRequest('send a JSON object, e.g. {"text": "Ein Hund."}', None, 400)
     known = {"text", "texts", "beam", "alignments", "model"}

@@ -60,12 +60,20 @@ class Batcher:
 
     async def submit(self, options: JobOptions, texts: List[str]) -> List[Dict[str, Any]]:
         """The request's results, in order; Overloaded when the queue is full."""
+        return await self.enqueue(options, texts)
+
+    def enqueue(
+        self, options: JobOptions, texts: List[str]
+    ) -> "asyncio.Future[List[Dict[str, Any]]]":
+        """Queue a request now, without yielding to the event loop, and return the future
+        of its results; Overloaded when the queue is full. Synchronous so that the queue's
+        state is known the moment it returns (what submit awaits, and tests rely on)."""
         request = _Request(options, texts, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(request)
         except asyncio.QueueFull:
             raise Overloaded(self.queue.maxsize) from None
-        return await request.done
+        return request.done
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

@@ -15,8 +15,9 @@ import torch
 from dist_lstm import cli
 from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import ConfigError
-from dist_lstm.inference import SearchOptions, Translator, load_model
+from dist_lstm.inference import MAX_BEAM, SearchOptions, Translator, load_model, load_models
 from tests.conftest import ROOT, needs_bf16, write_lines
 
 SENTENCES = [
@@ -93,10 +94,17 @@ def test_translate_reads_stdin(run_dir, capsys, monkeypatch):
         ["translate", "--checkpoint", run_dir / "checkpoints" / "best", "--beam", 1], capsys
     )
     assert code == 0, err
-    assert len(out.split("\n")) == len(SENTENCES) + 1
+    greedy = Translator(load_model(run_dir), SearchOptions(beam=1))
+    assert out.split("\n") == [*each_alone(greedy, SENTENCES), ""]
+
+
+def each_alone(translator: Translator, lines) -> list:
+    """Each line's translation when it is translated by itself."""
+    return [translator.translate([line])[0] for line in lines]
 
 
 def test_python_dash_m_translates_stdin(run_dir):
+    lines = ["Ein Hund läuft.", "", "Ein Kind lacht."]
     proc = subprocess.run(
         [
             sys.executable,
@@ -108,7 +116,7 @@ def test_python_dash_m_translates_stdin(run_dir):
             "--beam",
             "2",
         ],
-        input="Ein Hund läuft.\n\nEin Kind lacht.\n",
+        input="".join(line + "\n" for line in lines),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -116,7 +124,8 @@ def test_python_dash_m_translates_stdin(run_dir):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("\n") == 3 and proc.stdout.split("\n")[1] == ""
+    beam2 = Translator(load_model(run_dir), SearchOptions(beam=2))
+    assert proc.stdout.split("\n") == [*each_alone(beam2, lines), ""]
 
 
 def test_evaluate_json_matches_sacrebleu_on_written_hypotheses(run_dir, tmp_path, capsys):
@@ -200,15 +209,23 @@ def test_ensemble_of_a_model_with_itself_translates_like_it(run_dir, tmp_path, c
     assert outputs["two"] == outputs["one"] and outputs["one"].strip()
 
 
-def test_evaluate_an_ensemble_of_two_checkpoints(run_dir, capsys):
+def test_evaluate_an_ensemble_of_two_checkpoints(run_dir, tmp_path, capsys):
+    """The test split decoded by both models together, and scored as sacreBLEU scores
+    the hypotheses it wrote."""
     ckpts = run_dir / "checkpoints"
     a, b = ckpts / "step_00000075", ckpts / "step_00000150"
-    args = ["evaluate", "--split", "test", "--beam", 2, "--json"]
+    hyp = tmp_path / "hyp.en"
+    args = ["evaluate", "--split", "test", "--beam", 2, "--json", "--output", hyp]
     code, out, err = call([*args, "--checkpoint", a, "--checkpoint", b], capsys)
     assert code == 0, err
     report = json.loads(out)
     assert report["checkpoints"] == [str(a.resolve()), str(b.resolve())]
-    assert report["sentences"] == 1000 and report["bleu"] >= 0.0
+    ensemble = load_models([a, b])
+    sources, references = (read_lines(path) for path in (report["source"], report["reference"]))
+    hyps = hyp.read_text(encoding="utf-8").splitlines()
+    assert report["sentences"] == len(hyps) == len(sources) == 1000
+    assert hyps == Translator(ensemble, SearchOptions(beam=2)).translate(sources)
+    assert report["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [references]).score)
 
 
 def test_ensemble_with_another_tokenizer_is_refused(run_dir, tmp_path, capsys):
@@ -334,6 +351,68 @@ def test_beam_below_one_is_rejected(run_dir, capsys):
         Translator(load_model(run_dir), SearchOptions(beam=0))
 
 
+@pytest.mark.parametrize("command", ["translate", "evaluate", "tune-search"])
+def test_a_beam_wider_than_search_holds_is_refused_before_decoding(
+    run_dir, tmp_path, capsys, caplog, command
+):
+    """--beam 100000 was killed by the kernel for memory (exit 137) after loading and
+    decoding; now it is one message naming the limit, before anything is decoded."""
+    caplog.set_level("INFO")  # tune-search logs each grid point it decodes
+    too_wide = MAX_BEAM + 1
+    src = write_lines(tmp_path / "in.de", SENTENCES[:1])
+    kept = write_lines(tmp_path / "kept.en", ["earlier output"])
+    args = {
+        "translate": ["--beam", too_wide, "--input", src],
+        "evaluate": ["--beam", too_wide, "--src", src, "--ref", src],
+        "tune-search": ["--beams", 1, too_wide, "--src", src, "--ref", src],
+    }[command]
+    code, out, err = call([command, "--checkpoint", run_dir, *args, "--output", kept], capsys)
+    assert code == 2 and "Traceback" not in err and out == ""
+    assert f"--beam {too_wide} is too wide: the largest beam is {MAX_BEAM}" in err
+    assert kept.read_text() == "earlier output\n"
+    assert not [r for r in caplog.records if "BLEU" in r.getMessage()]  # no grid point ran
+
+
+def test_max_len_a_and_b_limit_the_output_at_the_command_line(run_dir, tmp_path, capsys):
+    """a x source_length + b output pieces at most: b alone with translate, a with evaluate
+    (a piece is at most one word, so words are bounded too)."""
+    long_line = SENTENCES[3]
+    src = write_lines(tmp_path / "in.de", [long_line, SENTENCES[0]])
+    loaded = load_model(run_dir)
+    unlimited = Translator(loaded, SearchOptions(beam=2)).translate([long_line])[0]
+    assert len(unlimited.split()) > 4  # long enough for the limits below to cut it
+    out = tmp_path / "out.en"
+    limit_b = ["--max-len-a", 0, "--max-len-b", 2]
+    base = ["--checkpoint", run_dir, "--beam", 2]
+    code, _, err = call(["translate", *base, "--input", src, "--output", out, *limit_b], capsys)
+    assert code == 0, err
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert all(len(line.split()) <= 2 for line in lines) and len(lines) == 2
+    options = SearchOptions(beam=2, max_len_a=0, max_len_b=2)
+    assert lines == Translator(loaded, options).translate([long_line, SENTENCES[0]])
+
+    limit_a = ["--max-len-a", 0.25, "--max-len-b", 1]
+    code, _, err = call(
+        ["evaluate", *base, "--src", src, "--ref", src, "--output", out, *limit_a], capsys
+    )
+    assert code == 0, err
+    pieces = Translator(loaded, SearchOptions()).source_ids([long_line, SENTENCES[0]])
+    bounds = [int(0.25 * len(ids)) + 1 for ids in pieces]
+    words = [len(line.split()) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert all(count <= bound for count, bound in zip(words, bounds)) and len(words) == 2
+    assert bounds[0] < len(unlimited.split())  # the limit did cut the long line
+
+
+@pytest.mark.parametrize("limits", [("0", "0"), ("-1", "5")])
+def test_an_output_limit_without_room_for_a_token_is_refused(run_dir, capsys, limits):
+    code, out, err = call(
+        ["translate", "--checkpoint", run_dir, "--max-len-a", limits[0], "--max-len-b", limits[1]],
+        capsys,
+    )
+    assert code == 2 and "Traceback" not in err and out == ""
+    assert "needs room for one token: use a >= 0 and b >= 1" in err
+
+
 def test_precision_fp16_on_cpu_is_refused_with_the_fix(run_dir, capsys):
     with pytest.raises(ConfigError, match="--precision fp16 is invalid on a CPU.*--precision bf16"):
         Translator(load_model(run_dir, "cpu"), SearchOptions(precision="fp16"))
@@ -360,5 +439,18 @@ def test_precision_bf16_translates_with_bf16_products(run_dir, capsys):
     assert json.loads(out)["precision"] == "bf16"
 
 
-def test_padding_id_is_zero():
-    assert PAD_ID == 0  # translate pads batches with 0; the model's padding_idx must agree
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_sentence_padded_in_a_batch_translates_as_it_does_alone(run_dir, beam):
+    """Translate pads a batch's shorter sentences with PAD_ID; the model must take those
+    places for padding (the embeddings' padding index, the attention mask)."""
+    loaded = load_model(run_dir)
+    assert loaded.model.encoder.embedding.padding_idx == PAD_ID
+    short, long = SENTENCES[0], SENTENCES[3]
+    translator = Translator(loaded, SearchOptions(beam=beam, batch_size=2))
+    ids = translator.source_ids([short, long])
+    assert len(ids[0]) < len(ids[1])  # the short one is padded in their batch
+    assert translator.translate([short, long])[0] == translator.translate([short])[0]
+    padded = translator.translate_detailed([short, long])[0]
+    alone = translator.translate_detailed([short])[0]
+    assert padded.translation == alone.translation
+    assert padded.score == pytest.approx(alone.score, abs=1e-5)  # no weight on padding
