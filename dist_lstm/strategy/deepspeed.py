@@ -95,6 +95,7 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
     def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
         import deepspeed
 
+        skip_shared_memory_op()
         model = model.to(self.device)
         if self.zero_stage == 3:
             self._replica = copy.deepcopy(model)  # before DeepSpeed partitions the weights
@@ -179,6 +180,19 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
                 "checkpoint that strategy=deepspeed wrote."
             )
 
+
+
+def skip_shared_memory_op() -> None:
+    """Keep DeepSpeed from JIT-building its CPU shared-memory all-reduce (deepspeed_shm_comm).
+
+    Only inference's tensor parallelism uses that op; training reduces over gloo. Its first
+    build on a machine takes minutes, and a start killed during it leaves torch's extension
+    lock, a file with no owner on which every later DeepSpeed start waits forever, silently.
+    Marked incompatible, the op is never built and its lock never read.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def convert_to_universal(state: Path) -> Path:
