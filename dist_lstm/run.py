@@ -36,7 +36,7 @@ from dist_lstm.logging.wandb import WandbLogger
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_schedule
 from dist_lstm.precision import configure_tf32
-from dist_lstm.signals import exit_status
+from dist_lstm.signals import exit_status, stop_with_launcher
 from dist_lstm.strategy import Strategy, build_strategy
 from dist_lstm.strategy.base import peer_lost
 from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
@@ -100,6 +100,8 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
     """
     validate_config(cfg)
     topology = from_environment(cfg.trainer.device)
+    if topology.distributed:
+        stop_with_launcher()
     strategy = build_strategy(cfg.strategy, topology)
     try:
         return _train(cfg, strategy, run_dir)

@@ -11,8 +11,11 @@ it cannot cut the commit short. `resume=auto` continues the run.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Dict, Optional
@@ -20,6 +23,29 @@ from typing import Dict, Optional
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PARENT_AT_START = os.getppid()  # read at import, before any launcher could have died
+
+
+def stop_with_launcher() -> None:
+    """Have the kernel send this worker SIGTERM when the process that started it dies.
+
+    torchrun's agent (and the elastic launch API behind `launcher.nproc_per_node`) starts
+    every worker in a session of its own, so a launcher killed by SIGKILL or the OOM
+    killer, or lost with its node, left workers training on as orphans, beside whatever
+    job was started next in the same run directory. With this they checkpoint and stop
+    like after any SIGTERM (or end at once if still starting up). Linux only.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning(
+            "could not ask to be stopped with the launcher (prctl errno %d)", ctypes.get_errno()
+        )
+        return
+    if os.getppid() != _PARENT_AT_START:  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def exit_status(signum: int) -> int:

@@ -570,3 +570,24 @@ def test_a_save_killed_midway_is_never_loaded_and_a_second_signal_cannot_cut_one
     log = (run_dir / "train.log").read_text()
     assert f"resumed from {checkpoints / 'step_00000003'}: step 3" in log
     assert torch.load(checkpoints / "last" / "trainer.pt")["trainer"]["step"] == 4
+
+
+def test_workers_stop_with_their_launcher_when_it_is_killed(corpus, tmp_path):
+    """SIGKILL to torchrun (what kill -9 or the OOM killer does) does not
+    reach its workers, which run in sessions of their own: each must still checkpoint
+    and end within seconds instead of training on as an orphan."""
+    import psutil
+
+    run_dir = tmp_path / "orphaned"
+    args = torchrun(*corpus, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}")
+    launcher = start_training([*args, "trainer.max_steps=100000"], run_dir)
+    workers = [p for p in psutil.Process(launcher.pid).children() if "train.py" in p.cmdline()]
+    assert len(workers) == 2
+    launcher.kill()
+    launcher.wait(timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"workers still training without their launcher: {alive}"
+    for log_name in ("train.log", "train.rank1.log"):  # each rank stopped as on SIGTERM
+        assert "stopped by SIGTERM" in " ".join((run_dir / log_name).read_text().split())
+    last = (run_dir / "checkpoints" / "last").resolve()
+    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
