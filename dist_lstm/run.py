@@ -32,6 +32,7 @@ from dist_lstm.evaluation import monitor_mode, sacrebleu_scores
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.logging.metrics import MetricsWriter, plot_losses
 from dist_lstm.logging.run_dir import adopt_main_run_dir
+from dist_lstm.logging.run_lock import RunDirectoryClaim
 from dist_lstm.logging.wandb import WandbLogger
 from dist_lstm.model import build_model
 from dist_lstm.optim import build_optimizer, build_schedule
@@ -39,7 +40,12 @@ from dist_lstm.precision import configure_tf32
 from dist_lstm.signals import exit_status, stop_with_launcher
 from dist_lstm.strategy import Strategy, build_strategy
 from dist_lstm.strategy.base import peer_lost
-from dist_lstm.topology import from_environment, launcher_rank, launcher_world_size
+from dist_lstm.topology import (
+    from_environment,
+    job_identity,
+    launcher_rank,
+    launcher_world_size,
+)
 from dist_lstm.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,34 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
     run_dir = Path(strategy.broadcast_object(str(own_dir.resolve())))
     adopt_main_run_dir(own_dir, run_dir, strategy.topology.rank)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with claimed(run_dir, strategy):
+        return _train_in(cfg, strategy, run_dir)
+
+
+@contextmanager
+def claimed(run_dir: Path, strategy: Strategy) -> Iterator[None]:
+    """Rank 0 claims the run directory for this job (logging/run_lock.py) before anything
+    is written there; a directory another live job writes stops every rank, naming it."""
+    claim = RunDirectoryClaim(run_dir, job_identity()) if strategy.is_main else None
+    refusal = None
+    if claim is not None:
+        try:
+            claim.claim()
+        except UserError as exc:
+            refusal = str(exc)
+    refusal = strategy.broadcast_object(refusal)
+    if refusal is not None:
+        raise UserError(refusal)
+    if claim is not None:
+        claim.start_heartbeat()
+    try:
+        yield
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _train_in(cfg: DictConfig, strategy: Strategy, run_dir: Path) -> Dict[str, Any]:
     seed_everything(cfg.seed)
     topology = strategy.topology
     tf32 = configure_tf32(cfg.trainer.tf32, topology.device)

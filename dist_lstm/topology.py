@@ -209,3 +209,20 @@ def free_local_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def job_identity(env: Optional[Mapping[str, str]] = None) -> str:
+    """A name that every process and every restart of one job shares, and no other job:
+    a requeued SLURM job keeps its id, torchrun's restarts their rendezvous id (given
+    with --rdzv_id; `launcher.nproc_per_node` draws one per job), and other launched
+    workers their launcher's process; a plain process is its own job."""
+    env = os.environ if env is None else env
+    host = socket.gethostname()
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm job {env['SLURM_JOB_ID']}"
+    run_id = env.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id != "none":
+        return f"torchrun run {run_id}"
+    if "WORLD_SIZE" in env:
+        return f"launcher process {os.getppid()} on {host}"
+    return f"process {os.getpid()} on {host}"

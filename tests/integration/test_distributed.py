@@ -591,3 +591,22 @@ def test_workers_stop_with_their_launcher_when_it_is_killed(corpus, tmp_path):
         assert "stopped by SIGTERM" in " ".join((run_dir / log_name).read_text().split())
     last = (run_dir / "checkpoints" / "last").resolve()
     assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
+
+
+def test_a_second_job_in_a_run_directory_in_use_is_refused_naming_the_first(corpus, tmp_path):
+    run_dir = tmp_path / "shared"
+    args = [sys.executable, "train.py", *corpus, "trainer.val_every_steps=0"]
+    first = start_training([*args, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}"], run_dir)
+    try:
+        second = run(
+            [*args, "trainer.max_steps=5", f"hydra.run.dir={run_dir}", "resume=auto"], status=2
+        )
+        said_ = said(second)
+        assert f"is in use by process {first.pid} on" in said_ and "Traceback" not in said_
+        assert first.poll() is None  # the first job trains on, untouched
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 143
+    # the first job's claim ended with it: the next job continues the run
+    step = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["trainer"]["step"]
+    run([*args, f"trainer.max_steps={step + 1}", f"hydra.run.dir={run_dir}", "resume=auto"])
