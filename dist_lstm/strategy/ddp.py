@@ -31,21 +31,23 @@ def default_backend(device: torch.device) -> str:
 
 
 def elastic_store(topology: Topology, timeout_s: float) -> Optional[dist.Store]:
-    """Under torchrun, the rendezvous store with a key prefix of this attempt.
+    """Under torchrun sharing its agent's store, that store with a key prefix of this
+    attempt; otherwise None, for the default env:// initialization.
 
-    After `torchrun --max-restarts` restarts the workers, the store still holds the
-    previous attempt's keys, and a plain re-initialization hung or failed (measured:
-    4 of 5 restarts). Keys under a prefix of the restart count start clean.
-    Outside torchrun (None) the default env:// initialization is used.
+    After `torchrun --max-restarts` restarts the workers, the agent's store still holds
+    the previous attempt's keys, and a plain re-initialization hung or failed (measured:
+    4 of 5 restarts). Keys under a prefix of the restart count start clean. Without a
+    shared store (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, which a node that rejoins needs)
+    rank 0 hosts a new store on a new port every rendezvous round, and the restart counts
+    of the nodes differ after a node was replaced, so no prefix may be used.
     """
-    if topology.restart_attempt is None or topology.master_addr is None:
+    if topology.restart_attempt is None or not topology.agent_hosts_store:
         return None
-    # torchrun hosts the store in its agent; otherwise rank 0 hosts it, as env:// would.
     store = dist.TCPStore(
         topology.master_addr,
         topology.master_port,
         topology.world_size,
-        is_master=not topology.agent_hosts_store and topology.rank == 0,
+        is_master=False,
         timeout=timedelta(seconds=timeout_s),
     )
     return dist.PrefixStore(f"dist_lstm/attempt_{topology.restart_attempt}", store)

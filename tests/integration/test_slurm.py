@@ -18,6 +18,7 @@ import torch
 
 from dist_lstm.checkpoint import read_meta
 from tests.conftest import ROOT
+from tests.helpers.runs import logged, wait_for_step
 from tests.helpers.slurm_cluster import SlurmCluster, why_it_cannot_start
 from tests.helpers.wandb_records import offline_runs
 from tests.integration.test_distributed import corpus, last_params, train_losses  # noqa: F401
@@ -59,24 +60,6 @@ def submit(slurm, tmp_path: Path, name: str, overrides, sbatch_args=(), wandb="d
         cwd=ROOT,
     )
     return job, run_dir
-
-
-def wait_for_step(run_dir: Path, step: int, timeout: float = 180) -> None:
-    """Until metrics.jsonl has logged `step` (so a signal meets training, not start-up)."""
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metrics.exists():
-            steps = [json.loads(x).get("step", 0) for x in metrics.read_text().splitlines()]
-            if steps and max(steps) >= step:
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"{run_dir} did not reach step {step} in {timeout} s")
-
-
-def logged(path: Path) -> str:
-    """A log file with the console's line wrapping undone."""
-    return " ".join(path.read_text().split())
 
 
 def assert_same_training(run_dir: Path, reference: Path) -> None:

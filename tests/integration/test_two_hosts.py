@@ -1,0 +1,101 @@
+"""Two hosts over a shaped link (tests/helpers/two_hosts.py), one torchrun agent each,
+as users run multi-node jobs: a node lost and brought back rejoins and the run continues
+exactly; the node serving the rendezvous lost ends the job, and resume=auto continues it.
+Skipped, with the reason, where network namespaces cannot be made."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.helpers.runs import logged, wait_for_step
+from tests.helpers.two_hosts import TwoHosts, why_they_cannot_start
+from tests.integration.test_distributed import (  # noqa: F401  (corpus is a fixture)
+    corpus,
+    last_params,
+    run,
+    torchrun,
+    train_losses,
+)
+
+STEPS = ["trainer.max_steps=30", "checkpoint.every_steps=5", "trainer.val_every_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    reason = why_they_cannot_start()
+    if reason:
+        pytest.skip(reason)
+    pair = TwoHosts(rate="1gbit")
+    try:
+        pair.create()
+    except RuntimeError as exc:
+        pair.destroy()
+        pytest.skip(str(exc))
+    yield pair
+    pair.destroy()
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory):  # noqa: F811
+    """The same training on one host, never interrupted."""
+    run_dir = tmp_path_factory.mktemp("unbroken")
+    run(torchrun(*corpus, *STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}"))
+    return run_dir
+
+
+def training(corpus, run_dir):  # noqa: F811
+    return ["train.py", *corpus, *STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}", "resume=auto"]
+
+
+def assert_same_training(run_dir, reference):
+    assert train_losses(run_dir) == train_losses(reference)
+    expected, actual = last_params(reference), last_params(run_dir)
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def test_a_node_lost_and_brought_back_rejoins_and_the_run_continues_exactly(
+    hosts,
+    corpus,  # noqa: F811
+    reference,
+    tmp_path,
+):
+    """Everything on host 1 is killed mid-run, then its agent starts again: with
+    --max-restarts, host 0's agent restarts its worker, both rendezvous again and the
+    run resumes from its newest checkpoint, bitwise as if never stopped."""
+    run_dir = tmp_path / "run"
+    args, logs = training(corpus, run_dir), [tmp_path / "host0.log", tmp_path / "host1.log"]
+    host0 = hosts.agent(0, "rejoin", args, ROOT, logs[0])
+    host1 = hosts.agent(1, "rejoin", args, ROOT, logs[1])
+    wait_for_step(run_dir, 12)
+    hosts.kill_host(1)
+    host1.wait(timeout=30)
+    host1 = hosts.agent(1, "rejoin", args, ROOT, logs[1])
+    assert host0.wait(timeout=300) == 0, logged(logs[0])[-3000:]
+    assert host1.wait(timeout=300) == 0, logged(logs[1])[-3000:]
+    said = logged(run_dir / "train.log") + logged(run_dir / "train.rank1.log")
+    assert "lost contact with the rest of the job" in said and "resumed from" in said
+    assert_same_training(run_dir, reference)
+
+
+def test_the_rendezvous_host_lost_ends_the_job_and_resume_continues_it_exactly(
+    hosts,
+    corpus,  # noqa: F811
+    reference,
+    tmp_path,
+):
+    run_dir = tmp_path / "run"
+    args, logs = training(corpus, run_dir), [tmp_path / "host0.log", tmp_path / "host1.log"]
+    hosts.agent(0, "hostlost", args, ROOT, logs[0])
+    host1 = hosts.agent(1, "hostlost", args, ROOT, logs[1])
+    wait_for_step(run_dir, 12)
+    hosts.kill_host(0)
+    assert host1.wait(timeout=60) != 0  # no rendezvous left to rejoin: the job ends
+    said = logged(run_dir / "train.log") + logged(run_dir / "train.rank1.log")
+    assert "lost contact with the rest of the job" in said
+    # the job started again on both hosts continues from the newest checkpoint
+    again = [hosts.agent(i, "hostlost-again", args, ROOT, logs[i]) for i in (0, 1)]
+    assert [agent.wait(timeout=300) for agent in again] == [0, 0], logged(logs[1])[-3000:]
+    assert_same_training(run_dir, reference)
