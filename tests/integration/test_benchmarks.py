@@ -1,11 +1,19 @@
 """Each benchmark script's --smoke mode runs end to end, so the scripts cannot rot.
-The figures themselves are measured by running the scripts, never asserted here."""
+The figures themselves are measured by running the scripts; what is asserted here are the
+relations between them that hold on any machine (a rate is its count over its time, MFU is
+achieved over peak, a size follows from the parameters), so a mistake in how a figure is
+derived fails even though its value is unknown."""
 
+import ast
+import importlib.metadata
 import json
 import os
 import re
 import subprocess
 import sys
+from typing import Set
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -142,3 +150,52 @@ def test_translate_speed_checkouts_smoke_runs_a_commit_from_its_own_worktree(smo
         ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True
     )
     assert "speed-checkouts-" not in worktrees.stdout  # removed afterwards
+
+
+def imported_top_level_modules(path) -> Set[str]:
+    """Every absolute import in a script, module level or inside functions, by top name."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+def base_install_distributions() -> Set[str]:
+    """The distributions `pip install -e .` brings (the README's base install): pyproject's
+    dependencies and theirs, recursively, without any extra."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pending = [Requirement(text) for text in project["dependencies"]]
+    found: Set[str] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in found or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        found.add(name)
+        pending += [Requirement(t) for t in importlib.metadata.requires(requirement.name) or []]
+    return found
+
+
+def test_every_benchmark_imports_only_what_the_base_install_brings():
+    """The README lists `python benchmarks/<script>.py` after `pip install -e .` with no
+    extra: a module only an extra brings (psutil came with deepspeed) fails at import."""
+    from packaging.utils import canonicalize_name
+
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    own = {path.stem for path in scripts} | {"dist_lstm", "__future__"}
+    providers = importlib.metadata.packages_distributions()
+    base = base_install_distributions()
+    missing = {
+        f"{path.name}: {module}"
+        for path in scripts
+        for module in imported_top_level_modules(path) - own - set(sys.stdlib_module_names)
+        if not {canonicalize_name(d) for d in providers.get(module, [])} & base
+    }
+    assert not missing, f"imported by benchmarks but not in the base install: {sorted(missing)}"
