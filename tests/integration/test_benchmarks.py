@@ -127,10 +127,14 @@ def test_ablations_smoke_trains_each_variant_and_skips_finished_ones(tmp_path):
 
 
 def test_resume_identity_smoke_compares_an_interrupted_run_with_a_whole_one():
+    """The stop is asked for at step 25 of 60; the run must say it stopped there and the
+    resumed run that it continued from there (no window of steps: no timing decides)."""
     report = run_benchmark("resume_identity.py", "--smoke")
-    assert report["sigterm_exit_status"] == 143 and 25 <= report["stopped_after_step"] < 60
+    assert report["sigterm_exit_status"] == 143 and report["sigterm_at_step"] == 25
+    assert report["stopped_at_step"] == report["resumed_from_step"] == 25
+    assert report["final_step"] == [60, 60]
     assert report["weights_identical"] and report["logged_losses_identical"]
-    assert report["logged_losses_compared"] >= 5
+    assert report["logged_losses_compared"] == report["logged_losses_uninterrupted"] >= 6
 
 
 def test_translate_speed_checkouts_smoke_runs_a_commit_from_its_own_worktree(smoke_run):
