@@ -5,21 +5,27 @@ same?
     python benchmarks/resume_identity.py                     # cpu_small, 360 steps (~8 min)
     python benchmarks/resume_identity.py --smoke             # smoke model, 60 steps, no file
 
-The interrupted run gets SIGTERM (as a scheduler's preemption sends it) once its log shows
-`--stop-after` steps; it saves where it stands and exits 143; `resume=auto` then continues
-it in the same run directory. Writes benchmarks/results/resume_identity_<experiment>.json.
+The interrupted run gets SIGTERM (as a scheduler's preemption sends it) during optimizer
+step `--stop-after`: it finishes that step, saves, and exits 143; `resume=auto` then
+continues it in the same run directory. The process sends the signal to itself at that
+step, so where it stops does not depend on the machine's load (a signal from outside lands
+wherever the run has got to, and may come after a short run has finished); the handler,
+the save and the exit are those of any SIGTERM. The report records the step asked for, the
+step the run says it stopped at and the step the resumed run says it continued from.
+Writes benchmarks/results/resume_identity_<experiment>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from results_file import write_result
@@ -46,12 +52,26 @@ def command(experiment: str, run_dir: Path, steps: int, *extra: str) -> list:
     ]
 
 
-def logged_steps(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line]
-    return max(steps, default=0)
+# `python -c SIGTERM_AT_STEP N ARGS...`: train.py ARGS, sending itself SIGTERM during
+# optimizer step N (before the step runs: the trainer finishes it, then stops and saves).
+SIGTERM_AT_STEP = """
+import os, runpy, signal, sys
+from dist_lstm.trainer import Trainer
+stop_at, optimizer_step = int(sys.argv[1]), Trainer._optimizer_step
+def step_with_sigterm(self, *args, **kwargs):
+    if self.state.step + 1 == stop_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+    optimizer_step(self, *args, **kwargs)
+Trainer._optimizer_step = step_with_sigterm
+sys.argv = ["train.py", *sys.argv[2:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def step_in_log(run_dir: Path, pattern: str) -> Optional[int]:
+    """The step in the last line of the run's train.log matching `pattern` (one group)."""
+    found = re.findall(pattern, (run_dir / "train.log").read_text())
+    return int(found[-1]) if found else None
 
 
 def losses(run_dir: Path) -> dict:
@@ -65,7 +85,7 @@ def main() -> None:
     )
     parser.add_argument("--experiment", default="cpu_small")
     parser.add_argument("--steps", type=int, default=360)
-    parser.add_argument("--stop-after", type=int, default=170, help="SIGTERM after this step")
+    parser.add_argument("--stop-after", type=int, default=170, help="SIGTERM during this step")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
@@ -77,12 +97,10 @@ def main() -> None:
         subprocess.run(command(args.experiment, whole, args.steps), cwd=ROOT, check=True)
         uninterrupted_s = time.monotonic() - started
 
-        proc = subprocess.Popen(command(args.experiment, cut, args.steps), cwd=ROOT)
-        while proc.poll() is None and logged_steps(cut) < args.stop_after:
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        stopped_status = proc.wait()
-        stopped_at = logged_steps(cut)
+        train_args = command(args.experiment, cut, args.steps)[2:]
+        stopped_status = subprocess.run(
+            [sys.executable, "-c", SIGTERM_AT_STEP, str(args.stop_after), *train_args], cwd=ROOT
+        ).returncode
         subprocess.run(
             command(args.experiment, cut, args.steps, "resume=auto"), cwd=ROOT, check=True
         )
@@ -96,11 +114,14 @@ def main() -> None:
             "experiment": args.experiment,
             "steps": args.steps,
             "sigterm_exit_status": stopped_status,
-            "stopped_after_step": stopped_at,
+            "sigterm_at_step": args.stop_after,
+            "stopped_at_step": step_in_log(cut, r"stopped by SIGTERM at step (\d+)"),
+            "resumed_from_step": step_in_log(cut, r"resumed from .*: step (\d+)"),
             "final_step": (a["step"], b["step"]),
             "weights_identical": not differing and a["step"] == b["step"],
             "tensors_differing": differing,
             "logged_losses_compared": len(common),
+            "logged_losses_uninterrupted": len(loss_a),
             "logged_losses_identical": all(loss_a[s] == loss_b[s] for s in common),
             "uninterrupted_seconds": round(uninterrupted_s, 1),
             "command": "python benchmarks/resume_identity.py " + " ".join(sys.argv[1:]),

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import psutil  # a DeepSpeed dependency
+import psutil
 import torch
 from bench_config import compose_config
 from results_file import write_result

@@ -1,6 +1,10 @@
 """strategy.precision: autocast inside micro-batches, loss scaling for fp16, start-up checks."""
 
+import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ from dist_lstm import precision as prec
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
-from tests.conftest import needs_bf16
+from tests.conftest import ROOT, bf16_supported, needs_bf16
 
 CPU = torch.device("cpu")
 
@@ -20,14 +24,53 @@ def test_fp16_on_cpu_is_refused_with_the_fix():
         prec.check_precision("fp16", CPU)
 
 
-def test_unsupported_bf16_is_detected_at_start_up(monkeypatch):
-    def broken(precision, device):
-        raise RuntimeError("could not create a primitive descriptor for an LSTM forward")
+BF16_REFUSAL = "strategy.precision=bf16 is not supported.*use strategy.precision=32"
 
-    monkeypatch.setattr(prec, "_probe_lstm", broken)
-    fix = "strategy.precision=bf16 is not supported.*use strategy.precision=32"
-    with pytest.raises(ConfigError, match=fix):
+
+def test_the_probe_accepts_bf16_exactly_where_this_cpu_runs_it():
+    """The real probe against a ground truth computed with torch alone (conftest)."""
+    if bf16_supported():
         prec.check_precision("bf16", CPU)
+    else:
+        with pytest.raises(ConfigError, match=BF16_REFUSAL):
+            prec.check_precision("bf16", CPU)
+
+
+# In a fresh process whose oneDNN is capped at AVX2 (no bf16 instructions, as on the CPUs
+# where bf16 autocast around nn.LSTM fails): the ground truth, then the real probe.
+CAPPED_PROBE = """
+import json, torch
+from dist_lstm import precision
+from dist_lstm.errors import ConfigError
+from tests.conftest import bf16_supported
+supported = bf16_supported()
+try:
+    precision.check_precision("bf16", torch.device("cpu"))
+    refusal = None
+except ConfigError as exc:
+    refusal = str(exc)
+print(json.dumps({"supported": supported, "refusal": refusal}))
+"""
+
+
+def test_a_cpu_without_bf16_instructions_is_refused_at_start_up():
+    """oneDNN's ONEDNN_MAX_CPU_ISA takes its bf16 kernels away, so the failure the probe
+    exists for happens for real here: nothing under test is replaced."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", CAPPED_PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["supported"] is False, "the AVX2 cap no longer takes bf16 LSTMs away"
+    assert re.search(BF16_REFUSAL, result["refusal"] or ""), result
+    assert "LSTM" in result["refusal"]  # oneDNN's own reason is passed on
 
 
 @needs_bf16

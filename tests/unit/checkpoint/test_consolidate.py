@@ -20,6 +20,7 @@ from dist_lstm.model import build_model
 from dist_lstm.strategy import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
 from tests.conftest import ROOT, model_config
+from tests.helpers.gpu_saved import save_as_on_a_gpu
 
 MODEL = model_config()
 TOKENIZER = {"src": b"src-model", "tgt": b"tgt-model"}
@@ -169,20 +170,33 @@ def test_deepspeed_zero_folder_gives_the_models_weights(tmp_path, stage):
     assert result["same"]
 
 
-def test_a_zero_stage_0_model_file_is_read_onto_the_cpu(tmp_path, monkeypatch):
-    """A GPU-trained run's weights must load where there is no GPU: map_location='cpu'."""
+# What torch.load says for a GPU-tagged storage on a machine without CUDA.
+NO_CUDA_HERE = "Attempting to deserialize object on a CUDA device"
+
+
+def test_a_zero_stage_0_model_file_saved_on_a_gpu_is_read_onto_the_cpu(tmp_path):
+    """A GPU-trained run's weights must load where there is no GPU: the file's storages
+    are tagged cuda:0, which a plain torch.load cannot place here."""
     from dist_lstm.checkpoint import consolidate
 
     zero = tmp_path / "state" / "zero"
     zero.mkdir(parents=True)
-    torch.save({"module": {"w": torch.ones(2)}}, zero / "mp_rank_00_model_states.pt")
-    real_load, seen = torch.load, []
-    monkeypatch.setattr(
-        consolidate.torch,
-        "load",
-        lambda *args, **kwargs: (
-            seen.append(kwargs.get("map_location")) or real_load(*args, **kwargs)
-        ),
-    )
-    weights = consolidate._deepspeed_model_weights(tmp_path / "state")
-    assert seen == ["cpu"] and torch.equal(weights["w"], torch.ones(2))
+    weights = {"w": torch.arange(4.0), "v": torch.ones(2, 3)}
+    model_file = save_as_on_a_gpu({"module": weights}, zero / "mp_rank_00_model_states.pt")
+    with pytest.raises(RuntimeError, match=NO_CUDA_HERE):
+        torch.load(model_file, weights_only=False)  # as DeepSpeed's own loader reads it
+    loaded = consolidate._deepspeed_model_weights(tmp_path / "state")
+    assert loaded.keys() == weights.keys()
+    for name, tensor in weights.items():
+        assert loaded[name].device.type == "cpu" and torch.equal(loaded[name], tensor), name
+
+
+def test_a_weights_file_saved_on_a_gpu_loads_on_the_cpu(dcp_checkpoint, tmp_path):
+    """An exported or averaged file written where the weights were on a GPU."""
+    folder, expected = dcp_checkpoint
+    out = save_as_on_a_gpu(load_checkpoint(folder), tmp_path / "model.pt")
+    with pytest.raises(RuntimeError, match=NO_CUDA_HERE):
+        torch.load(out, weights_only=True)
+    payload = load_checkpoint(out)
+    assert_same_weights(payload["model"], expected)
+    assert all(t.device.type == "cpu" for t in payload["model"].values())

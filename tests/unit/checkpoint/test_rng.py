@@ -83,38 +83,84 @@ def test_start_fresh_is_reproducible_for_seed_step_and_rank():
         assert all(mine != theirs for mine, theirs in zip(streams, reference)), other
 
 
-class FakeCuda:
-    """torch.cuda's RNG calls on a machine with GPUs, recorded."""
+class GpuGenerators:
+    """torch.cuda's RNG calls on a machine with `count` GPUs, this process on GPU `device`.
+    Each GPU's generator is a real torch.Generator (a CPU one: the same get_state/set_state
+    contract), so the tests check which stream comes back by drawing from it, rather than
+    by reading back what a fake returned."""
 
-    def __init__(self, monkeypatch, device=0):
-        self.set = []
+    def __init__(self, monkeypatch, count, device, initialized=True):
+        self.generators = [torch.Generator().manual_seed(100 + index) for index in range(count)]
+        self.device = device
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-        monkeypatch.setattr(torch.cuda, "current_device", lambda: device)
-        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.tensor([7, device]))
-        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: self.set.append(state))
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialized)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.device)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", self.get_rng_state)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set_rng_state)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", self.get_rng_state_all)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.set_rng_state_all)
 
-        def every_device(*args):
-            raise AssertionError("only this process's GPU is saved and restored")
+    def _generator(self, device):
+        index = self.device if device == "cuda" else torch.device("cuda", device).index
+        return self.generators[index]
 
-        monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_device)
-        monkeypatch.setattr(torch.cuda, "set_rng_state_all", every_device)
+    def get_rng_state(self, device="cuda"):
+        return self._generator(device).get_state()
+
+    def set_rng_state(self, new_state, device="cuda"):
+        self._generator(device).set_state(new_state)
+
+    def get_rng_state_all(self):
+        return [generator.get_state() for generator in self.generators]
+
+    def set_rng_state_all(self, new_states):
+        for generator, state in zip(self.generators, new_states):
+            generator.set_state(state)
+
+    def draws(self, index):
+        return torch.rand(4, generator=self.generators[index]).tolist()
 
 
-def test_only_this_processs_gpu_generator_is_saved_and_restored(monkeypatch):
-    cuda = FakeCuda(monkeypatch, device=0)
+def test_this_gpus_stream_continues_after_a_restore_and_no_other_is_rewound(monkeypatch):
+    gpus = GpuGenerators(monkeypatch, count=2, device=1)
+    state = RNGState(seed=1, rank=1).state_dict()
+    expected = gpus.draws(1)
+    other_before = gpus.draws(0)  # GPU 0 moves on after the capture
+    gpus.draws(1)
+    RNGState(seed=1, rank=1).load_state_dict(state)
+    assert gpus.draws(1) == expected
+    assert gpus.draws(0) != other_before  # GPU 0 went on, not back to the capture
+
+
+def test_a_ranks_gpu_stream_resumes_where_it_sees_fewer_gpus(monkeypatch):
+    """Saved by the rank on GPU 1 of 2; resumed with one visible GPU per rank (index 0):
+    the rank's own stream must come back, whatever its GPU's index now."""
+    saved_on = GpuGenerators(monkeypatch, count=2, device=1)
     state = rng.capture()
-    assert torch.equal(state["cuda"], torch.tensor([7, 0]))
+    expected = saved_on.draws(1)
+    resumed_on = GpuGenerators(monkeypatch, count=1, device=0)
     rng.restore(state)
-    assert len(cuda.set) == 1 and torch.equal(cuda.set[0], torch.tensor([7, 0]))
+    assert resumed_on.draws(0) == expected
 
 
 def test_an_older_all_gpu_state_restores_this_gpus_entry_or_nothing(monkeypatch):
-    cuda = FakeCuda(monkeypatch, device=1)
+    """Checkpoints once held every visible GPU's state in a list."""
+    gpus = GpuGenerators(monkeypatch, count=2, device=1)
     state = rng.capture()
-    state["cuda"] = [torch.tensor([1]), torch.tensor([2])]  # saved with two visible GPUs
+    state["cuda"] = torch.cuda.get_rng_state_all()  # as an older version saved it
+    expected = [gpus.draws(0), gpus.draws(1)]
     rng.restore(state)
-    assert torch.equal(cuda.set[-1], torch.tensor([2]))
-    state["cuda"] = [torch.tensor([1])]  # fewer GPUs then than this rank's index
+    assert gpus.draws(1) == expected[1]  # this process's GPU: back to the capture
+    assert gpus.draws(0) != expected[0]  # the other GPU is not this process's to rewind
+    state["cuda"] = state["cuda"][:1]  # fewer GPUs then than this rank's index
+    going_on = torch.Generator().set_state(gpus.generators[1].get_state())
     rng.restore(state)
-    assert len(cuda.set) == 1
+    assert gpus.draws(1) == torch.rand(4, generator=going_on).tolist()  # left as it was
+
+
+def test_a_process_that_never_used_its_gpu_saves_no_gpu_state(monkeypatch):
+    """Reading a GPU's generator would create a CUDA context for nothing."""
+    GpuGenerators(monkeypatch, count=1, device=0, initialized=False)
+    for read in ("get_rng_state", "get_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, read, lambda *args: pytest.fail(f"{read} called"))
+    assert "cuda" not in rng.capture()
