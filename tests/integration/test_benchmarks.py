@@ -124,6 +124,10 @@ def test_quality_then_translate_speed_smoke(tmp_path):
         "bleu": round(best["val_bleu"], 2),
         "loss": round(best["val_loss"], 4),
     }
+    assert report["validations"] == [
+        {"step": r["step"], "epoch": r["epoch"], "val_bleu": round(r["val_bleu"], 2)}
+        for r in validations
+    ]
     last_log = [r for r in records if "loss" in r][-1]
     assert report["train_seconds"] == round(last_log["elapsed_s"], 1)
     reached = report["time_to_bleu"]  # target 0 in smoke mode: the first checkpoint
