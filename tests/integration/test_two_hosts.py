@@ -1,16 +1,17 @@
-"""Two hosts over a shaped link (tests/helpers/two_hosts.py), one torchrun agent each,
+"""Two hosts over a shaped link (benchmarks/two_hosts.py), one torchrun agent each,
 as users run multi-node jobs: a node lost and brought back rejoins and the run continues
 exactly; the node serving the rendezvous lost ends the job, and resume=auto continues it.
 Skipped, with the reason, where network namespaces cannot be made."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from tests.conftest import ROOT
 from tests.helpers.runs import logged, wait_for_step
-from tests.helpers.two_hosts import TwoHosts, why_they_cannot_start
 from tests.integration.test_distributed import (  # noqa: F401  (corpus is a fixture)
     corpus,
     last_params,
@@ -18,6 +19,9 @@ from tests.integration.test_distributed import (  # noqa: F401  (corpus is a fix
     torchrun,
     train_losses,
 )
+
+sys.path.insert(0, str(ROOT / "benchmarks"))  # two_hosts.py serves benchmarks/multinode.py too
+from two_hosts import TwoHosts, why_they_cannot_start  # noqa: E402
 
 STEPS = ["trainer.max_steps=30", "checkpoint.every_steps=5", "trainer.val_every_steps=0"]
 
