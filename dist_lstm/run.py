@@ -151,12 +151,13 @@ def _train_in(cfg: DictConfig, strategy: Strategy, run_dir: Path) -> Dict[str, A
     seed_everything(cfg.seed)
     topology = strategy.topology
     tf32 = configure_tf32(cfg.trainer.tf32, topology.device)
-    log.info(
-        "run directory: %s | %s on %s, world size %d%s",
+    log.info(  # CPU threads: speed and exact results depend on them
+        "run directory: %s | %s on %s, world size %d, %d CPU threads%s",
         run_dir,
         type(strategy).__name__,
         topology.device,
         topology.world_size,
+        torch.get_num_threads(),
         ", TF32 products" if tf32 else "",
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)

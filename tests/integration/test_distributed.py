@@ -10,9 +10,11 @@ import time
 import pytest
 import torch
 
-from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.checkpoint import load_checkpoint, read_meta
+from dist_lstm.checkpoint.manager import step_name
+from dist_lstm.run import train
 from dist_lstm.topology import free_local_port
-from tests.conftest import ROOT, TINY_RUN, needs_bf16, reversal_corpus
+from tests.conftest import ROOT, TINY_RUN, compose_config, needs_bf16, reversal_corpus
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
 
@@ -46,19 +48,35 @@ def torchrun(*overrides, nproc=2):
     ]
 
 
-def start_training(args, run_dir, env=None):
+def start_training(args, run_dir, env=None, output=None):
     """Start a long training command and return its process once the first step is
-    logged (so a signal meets training, not start-up)."""
+    logged (so a signal meets training, not start-up); `output`: a file for its console."""
     env = env or {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    console = output.open("w") if output else subprocess.DEVNULL
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=console, stderr=subprocess.STDOUT)
+    if output:
+        console.close()  # the child holds its own copy
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 120  # a failure guard only: the wait ends on the file
     while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert proc.poll() is None, "training ended before it could be signalled"
+    assert metrics.exists() and metrics.read_text().strip(), "no step logged within 120 s"
     return proc
+
+
+def stopped_with_a_checkpoint(run_dir, signal_name, ranks):
+    """The step a run stopped by `signal_name` reached, after checking what the README
+    promises there: `last` is that step's folder, COMPLETE, with every rank's part, and
+    the log names the signal and the step."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step = records[-1]["step"]  # the step reached (log_every_steps=1)
+    last = (run_dir / "checkpoints" / "last").resolve()
+    assert last.name == step_name(step) and (last / "COMPLETE").is_file()
+    assert len(list((last / "rank").iterdir())) == ranks
+    assert torch.load(last / "trainer.pt")["trainer"]["step"] == step
+    assert f"stopped by {signal_name} at step {step}" in (run_dir / "train.log").read_text()
+    return step
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +321,7 @@ def test_ctrl_c_checkpoints_every_rank_which_exits_130(corpus, tmp_path):
         "rank0": "130\n",
         "rank1": "130\n",
     }
-    last = (run_dir / "checkpoints" / "last").resolve()
-    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
-    assert "stopped by SIGINT" in (run_dir / "train.log").read_text()
+    stopped_with_a_checkpoint(run_dir, "SIGINT", ranks=2)
 
 
 def test_deepspeed_launcher_runs_train_py(corpus, tmp_path):
@@ -420,17 +436,26 @@ def test_world_size_2_then_1_then_2_trains_every_batch_of_the_epoch_once(corpus,
     assert "written with strategy=single/ddp" in said(run(deepspeed, status=2))
 
 
-def test_sigterm_checkpoints_every_rank_and_the_run_resumes(corpus, tmp_path):
-    run_dir = tmp_path / "preempted"
+def test_sigterm_checkpoints_every_rank_which_exits_143_and_the_run_resumes(corpus, tmp_path):
+    """SIGTERM to torchrun (as a scheduler sends it) is passed on to the workers: each
+    rank checkpoints and exits 143, its own status as it wrote it at exit. torchrun
+    itself ends with 1 and does not print its workers' statuses; rank 0's last message
+    in its console gives them, as the README says."""
+    run_dir, statuses, console = tmp_path / "preempted", tmp_path / "statuses", tmp_path / "out"
     common = [*corpus, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}"]
-    proc = start_training(torchrun(*common, "trainer.max_steps=100000"), run_dir)
-    proc.send_signal(signal.SIGTERM)  # as a scheduler would: torchrun passes it on
-    assert proc.wait(timeout=60) != 0
-    last = (run_dir / "checkpoints" / "last").resolve()
-    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
-    step = torch.load(last / "trainer.pt")["trainer"]["step"]
-    assert step >= 1
-    assert "stopped by SIGTERM" in (run_dir / "train.log").read_text()
+    args = torchrun(*common, "trainer.max_steps=100000")
+    args[args.index("train.py")] = str(HELPERS / "recording_train.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = start_training(args, run_dir, {**env, "EXIT_STATUS_DIR": str(statuses)}, console)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 1
+    assert {p.name: p.read_text() for p in statuses.iterdir()} == {
+        "rank0": "143\n",
+        "rank1": "143\n",
+    }
+    step = stopped_with_a_checkpoint(run_dir, "SIGTERM", ranks=2)
+    assert f"stopped by SIGTERM at step {step};" in " ".join(console.read_text().split())
+    assert "Exit status 143." in " ".join(console.read_text().split())
     run(torchrun(*common, f"trainer.max_steps={step + 2}", "resume=auto"))
     assert torch.load(run_dir / "checkpoints" / "last" / "trainer.pt")["trainer"]["step"] == (
         step + 2
@@ -445,9 +470,28 @@ def test_sigusr1_in_one_process_checkpoints_and_exits_138(corpus, tmp_path):
     proc.send_signal(signal.SIGUSR1)
     proc.send_signal(signal.SIGUSR1)  # a second one must not cut the checkpoint short
     assert proc.wait(timeout=60) == 128 + signal.SIGUSR1
-    assert ((run_dir / "checkpoints" / "last") / "COMPLETE").is_file()
-    log = (run_dir / "train.log").read_text()
-    assert "stopped by SIGUSR1" in log and "resume=auto" in log
+    stopped_with_a_checkpoint(run_dir, "SIGUSR1", ranks=1)
+    assert "resume=auto" in (run_dir / "train.log").read_text()
+
+
+def test_ctrl_c_in_a_plain_process_checkpoints_the_step_reached_and_exits_130(
+    corpus, tmp_path, caplog
+):
+    """`python train.py` at a terminal, no launcher: Ctrl-C (SIGINT) finishes the step,
+    writes a complete checkpoint of the step reached, exits 130 (a KeyboardInterrupt
+    would end it by the signal itself: status -2 here), and resume=auto continues from
+    that checkpoint."""
+    run_dir = tmp_path / "ctrl_c"
+    common = [*corpus, "trainer.val_every_steps=0"]
+    args = [sys.executable, "train.py", *common, "trainer.max_steps=100000"]
+    proc = start_training([*args, f"hydra.run.dir={run_dir}"], run_dir)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    step = stopped_with_a_checkpoint(run_dir, "SIGINT", ranks=1)
+    caplog.set_level("INFO", logger="dist_lstm.run")
+    train(compose_config([*common, f"trainer.max_steps={step + 1}", "resume=auto"]), run_dir)
+    assert f"resumed from {run_dir / 'checkpoints' / step_name(step)}: step {step}" in caplog.text
+    assert read_meta((run_dir / "checkpoints" / "last").resolve())["step"] == step + 1
 
 
 def test_torchrun_restart_resumes_from_the_last_checkpoint(corpus, ddp_reference, tmp_path):
@@ -517,8 +561,11 @@ def test_deepspeed_checkpoint_resumes_at_another_world_size(corpus, tmp_path):
 
 def test_sigterm_stops_a_sweep_of_two_process_jobs_after_a_checkpoint(corpus, tmp_path):
     """SIGTERM to `python train.py -m ... launcher.nproc_per_node=2` (as a scheduler sends
-    it): the workers checkpoint, the sweep stops with 143 and starts no further job."""
+    it): the workers checkpoint, the sweep stops with 143 and starts no further job.
+    An explicit OMP_NUM_THREADS, unlike cores / 2, is what each worker uses (checked here
+    because the run stops early: it oversubscribes the CPU)."""
     sweep_dir = tmp_path / "sweep"
+    threads = (os.cpu_count() or 1) // 2 + 1
     command = [
         sys.executable,
         "train.py",
@@ -529,12 +576,31 @@ def test_sigterm_stops_a_sweep_of_two_process_jobs_after_a_checkpoint(corpus, tm
         "seed=1,2",
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    proc = start_training(command, sweep_dir / "0")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = start_training(command, sweep_dir / "0", env)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=90) == 143
-    last = (sweep_dir / "0" / "checkpoints" / "last").resolve()
-    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
+    stopped_with_a_checkpoint(sweep_dir / "0", "SIGTERM", ranks=2)
     assert not (sweep_dir / "1").exists()
+    for log in ("train.log", "train.rank1.log"):
+        assert f"world size 2, {threads} CPU threads" in (sweep_dir / "0" / log).read_text()
+
+
+def test_nproc_per_node_without_m_runs_local_workers_with_cores_over_n_threads(corpus, tmp_path):
+    """`python train.py launcher.nproc_per_node=2` (no -m, no torchrun): one job of two
+    worker processes, each with cores / 2 CPU threads when OMP_NUM_THREADS is unset
+    (torch's default would be every core in each worker). An explicit value wins: the
+    SIGTERM sweep test above."""
+    run_dir = tmp_path / "two_workers"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    args = [sys.executable, "train.py", *corpus, "launcher.nproc_per_node=2"]
+    args += ["trainer.max_steps=2", "trainer.val_every_steps=2", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert read_meta((run_dir / "checkpoints" / "last").resolve())["world_size"] == 2
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for log in ("train.log", "train.rank1.log"):  # each worker's own header line
+        assert f"world size 2, {threads} CPU threads" in (run_dir / log).read_text(), log
 
 
 def test_a_save_killed_midway_is_never_loaded_and_a_second_signal_cannot_cut_one_short(

@@ -19,7 +19,7 @@ from tests.helpers.wandb_records import offline_runs
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     return [
-        *reversal_corpus(root, 3, {"train": 300, "valid": 30}, "abcdef", 6),
+        *reversal_corpus(root, 3, {"train": 300, "valid": 30, "test": 20}, "abcdef", 6),
         "data.tokenizer.vocab_size=12",
         "data.max_tokens=200",
         *TINY_RUN,
@@ -60,12 +60,25 @@ def test_grid_sweep_runs_every_job_and_summarises_a_failed_one(corpus, tmp_path)
         ("2", "completed"),
     ]
     assert "optim.lr=-1.0 is invalid" in rows[0]["error"]
+    failed = json.loads((sweep_dir / "0" / "result.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == rows[0]["error"]
+    assert rows[0]["test_bleu"] == rows[0]["test_chrf"] == ""
     assert "optim.lr=0.003" in rows[1]["overrides"] and "optim.lr=0.01" in rows[2]["overrides"]
     for row in rows[1:]:
         job_dir = sweep_dir / row["job"]
         records = [json.loads(x) for x in (job_dir / "metrics.jsonl").read_text().splitlines()]
         best = max(r["val_bleu"] for r in records if "val_bleu" in r)
-        assert float(row["best_val_bleu"]) == pytest.approx(best)
+        (tested,) = [r for r in records if "test_bleu" in r]  # the best checkpoint, tested
+        result = json.loads((job_dir / "result.json").read_text())
+        assert (result["job"], result["status"], result["step"]) == (row["job"], "completed", 6)
+        assert " ".join(result["overrides"]) == row["overrides"]
+        assert result["monitor"] == "val_bleu"
+        assert result["best_val_bleu"] == result["objective"] == pytest.approx(best)
+        scores = (tested["test_bleu"], tested["test_chrf"])
+        assert (result["test_bleu"], result["test_chrf"]) == pytest.approx(scores)
+        assert tested["test_chrf"] > 0  # a score, not a placeholder
+        assert float(row["best_val_bleu"]) == float(row["objective"]) == pytest.approx(best)
+        assert (float(row["test_bleu"]), float(row["test_chrf"])) == pytest.approx(scores)
         assert (job_dir / "checkpoints" / "last" / "COMPLETE").is_file()
     # the printed table: one row per job, showing what varies between them
     assert "optim.lr=0.003" in proc.stdout and "failed" in proc.stdout

@@ -85,6 +85,25 @@ def test_metrics_after_a_resume_equal_the_uninterrupted_run_line_for_line(corpus
     assert after_step_6(resumed) == after_step_6(reference)
 
 
+def test_resume_from_a_run_directory_continues_its_newest_complete_checkpoint(
+    corpus, uninterrupted, tmp_path, caplog
+):
+    """resume=RUN_DIR names another run's directory, not a checkpoint folder: the new run
+    continues in its own directory from that run's newest checkpoint with a COMPLETE
+    marker (step 14), not from a newer save that never completed."""
+    reference_dir, _ = uninterrupted
+    earlier = tmp_path / "earlier"  # a copy: the module's reference run stays as it is
+    shutil.copytree(reference_dir / "checkpoints", earlier / "checkpoints", symlinks=True)
+    unfinished = earlier / "checkpoints" / "step_00000020"
+    shutil.copytree(earlier / "checkpoints" / "step_00000014", unfinished)
+    (unfinished / "COMPLETE").unlink()
+    caplog.set_level(logging.INFO, logger="dist_lstm.run")
+    records = run(tmp_path / "continued", corpus, "trainer.max_steps=16", f"resume={earlier}")
+    newest = earlier / "checkpoints" / "step_00000014"
+    assert f"resumed from {newest}: step 14" in caplog.text
+    assert [s for s, _ in losses(records)] == [15, 16]
+
+
 def test_retention_keeps_newest_and_best(uninterrupted):
     run_dir, records = uninterrupted
     folder = run_dir / "checkpoints"
