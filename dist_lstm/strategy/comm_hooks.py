@@ -304,7 +304,9 @@ class PowerSGDCompression:
     def _restart(self, step: int, reason: str) -> None:
         """Zero error feedback and new projections from `step` on, the same on every rank
         (each rank takes this path when one does: the checkpoint's world size, rank or
-        presence of this part differs for all of them alike)."""
+        presence of this part differs for all of them alike). A saved counter equals the
+        checkpoint's step, so ranks with a file and ranks without agree: the hook counts
+        one synchronized backward, and the trainer one optimizer step, per step."""
         self._forget()
         self.state.iter = step
         self.state.rng = np.random.RandomState(step)
