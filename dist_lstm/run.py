@@ -251,6 +251,8 @@ def register_training_state(
         checkpoints.register("grad_scaler", strategy.scaler)
     checkpoints.register_per_rank("rng", RNGState(seed, strategy.topology.rank))
     checkpoints.register_per_rank("loss_window", trainer.window)
+    if strategy.comm_hook_state is not None:  # PowerSGD's error feedback differs per rank
+        checkpoints.register_per_rank("comm_hook", strategy.comm_hook_state)
 
 
 def fit_and_report(

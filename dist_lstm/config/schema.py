@@ -175,6 +175,18 @@ class DistributedStrategyConfig(StrategyConfig):
 class DDPStrategyConfig(DistributedStrategyConfig):
     name: str = "ddp"
     find_unused_parameters: bool = False  # only for models with unused branches
+    # How gradients cross the network (strategy/comm_hooks.py COMM_HOOKS): none (fp32),
+    # fp16 or bf16 (half the bytes), powersgd (low-rank, with error feedback).
+    comm_hook: str = "none"
+    # PowerSGD's rank r: a gradient matrix is sent as an (n x r)(r x m) product. torch's
+    # default; raise it by factors of 2 until quality matches comm_hook=none.
+    powersgd_rank: int = 1
+    # PowerSGD all-reduces in full until this step (torch's default): early steps set the
+    # course and suffer most from compressed gradients. At least 2 (DDP rebuilds its
+    # buckets after step 1); torch advises ~10% of the run and no less than the warm-up.
+    powersgd_start_step: int = 1000
+    # Size of DDP's gradient buckets (MiB); null: DDP's 25, the first bucket 1.
+    bucket_cap_mb: Optional[float] = None
 
 
 @dataclass

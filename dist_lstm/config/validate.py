@@ -19,6 +19,7 @@ from dist_lstm.optim import OPTIMIZERS, SCHEDULES
 from dist_lstm.precision import PRECISIONS
 from dist_lstm.stopping import parse_duration
 from dist_lstm.strategy import STRATEGIES
+from dist_lstm.strategy.comm_hooks import COMM_HOOKS
 from dist_lstm.strategy.ddp import BACKENDS
 from dist_lstm.topology import DEVICES
 
@@ -218,6 +219,46 @@ def validate_strategy(strategy: DictConfig) -> None:
         )
 
 
+def validate_comm_hook(strategy: DictConfig, trainer: DictConfig) -> None:
+    """DDP's gradient communication keys (strategy/comm_hooks.py)."""
+    if "comm_hook" not in strategy:
+        return
+    _choice("strategy.comm_hook", strategy.comm_hook, COMM_HOOKS)
+    _positive("strategy.bucket_cap_mb", strategy.bucket_cap_mb, allow_none=True)
+    _require(
+        strategy.powersgd_rank >= 1,
+        "strategy.powersgd_rank",
+        strategy.powersgd_rank,
+        "use 1 or more (torch advises starting at 1 and doubling until quality matches "
+        "strategy.comm_hook=none).",
+    )
+    _require(
+        strategy.powersgd_start_step >= 2,
+        "strategy.powersgd_start_step",
+        strategy.powersgd_start_step,
+        "use 2 or more: DDP rebuilds its gradient buckets after step 1, and PowerSGD's "
+        "error feedback can only begin after that.",
+    )
+    if strategy.comm_hook != "powersgd":
+        return
+    _require(
+        strategy.precision != "fp16",
+        "strategy.comm_hook",
+        strategy.comm_hook,
+        "under strategy.precision=fp16, PowerSGD's error feedback would keep an overflowed "
+        "(inf) gradient and turn every later step into NaN; use strategy.precision=bf16 or "
+        "32 with powersgd, or strategy.comm_hook=fp16.",
+    )
+    _require(
+        trainer.max_steps is None or strategy.powersgd_start_step < trainer.max_steps,
+        "strategy.powersgd_start_step",
+        strategy.powersgd_start_step,
+        f"PowerSGD all-reduces in full until this step, so it would never compress in "
+        f"trainer.max_steps={trainer.max_steps}; set it below, e.g. "
+        f"{max(2, (trainer.max_steps or 0) // 10)} (a tenth of the run, as torch advises).",
+    )
+
+
 def refuse_moved_keys(cfg: DictConfig) -> None:
     for old, new in MOVED_KEYS.items():
         value = OmegaConf.select(cfg, old)
@@ -270,6 +311,7 @@ def validate_config(cfg: DictConfig) -> None:
     validate_optim(cfg.optim, cfg.trainer)
     validate_trainer(cfg.trainer)
     validate_strategy(cfg.strategy)
+    validate_comm_hook(cfg.strategy, cfg.trainer)
     validate_checkpoint(cfg.checkpoint, cfg.strategy)
     validate_launcher(cfg.launcher, cfg.strategy)
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)

@@ -10,6 +10,7 @@ from dist_lstm.errors import ConfigError
 from dist_lstm.extras import require
 from dist_lstm.precision import check_precision, limit_onednn_caches
 from dist_lstm.strategy.base import Strategy
+from dist_lstm.strategy.comm_hooks import CommHook
 from dist_lstm.strategy.ddp import DDPStrategy
 from dist_lstm.strategy.single import SingleDeviceStrategy
 from dist_lstm.topology import Topology
@@ -33,7 +34,9 @@ def _ddp(cfg: DictConfig, topology: Topology) -> Strategy:
         cfg.precision,
         backend=cfg.backend,
         timeout_s=cfg.timeout_s,
-        find_unused_parameters=cfg.get("find_unused_parameters", False),
+        find_unused_parameters=cfg.find_unused_parameters,
+        comm_hook=CommHook(cfg.comm_hook, cfg.powersgd_rank, cfg.powersgd_start_step),
+        bucket_cap_mb=cfg.bucket_cap_mb,
     )
 
 

@@ -50,6 +50,9 @@ class Strategy(ABC):
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._async_group: Optional[Any] = None  # process group of asynchronous saves
         self._host_group: Optional[Any] = None  # gloo group of host_sum beside NCCL
+        # State a gradient communication hook carries between steps, a per-rank checkpoint
+        # part (DDP's PowerSGD: strategy/comm_hooks.py); None where there is none.
+        self.comm_hook_state: Optional[Any] = None
 
     @property
     def device(self) -> torch.device:

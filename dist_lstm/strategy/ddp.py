@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from dist_lstm.strategy.base import Strategy
+from dist_lstm.strategy.comm_hooks import CommHook, check_comm_hook, register_comm_hook
 from dist_lstm.topology import Topology, loopback_rendezvous
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,15 @@ class DDPStrategy(CollectivesMixin, Strategy):
         backend: str = "auto",
         timeout_s: float = 600,
         find_unused_parameters: bool = False,
+        comm_hook: Optional[CommHook] = None,  # None: DDP's own fp32 all-reduce
+        bucket_cap_mb: Optional[float] = None,
     ):
         super().__init__(topology, clip_grad_norm, precision)
         self.find_unused_parameters = find_unused_parameters
+        self.comm_hook = comm_hook
+        self.bucket_cap_mb = bucket_cap_mb
+        if comm_hook is not None:  # before waiting for the other ranks
+            check_comm_hook(comm_hook.name, topology.device)
         init_process_group(topology, backend, timeout_s)
 
     def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
@@ -145,10 +152,14 @@ class DDPStrategy(CollectivesMixin, Strategy):
             model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=self.find_unused_parameters,
+            bucket_cap_mb=self.bucket_cap_mb,  # None: DDP's 25 MiB, the first bucket 1 MiB
             # Gradients live in the all-reduce buckets: no copy into them and back, and
             # one gradient-sized buffer less.
             gradient_as_bucket_view=True,
         )
+        if self.comm_hook is not None and self.comm_hook.name != "none":
+            self.comm_hook_state = register_comm_hook(self.model, self.comm_hook)
+            log.info("gradient communication: %s (torch ddp_comm_hooks)", self.comm_hook.name)
         self.optimizer = optimizer_factory(self.model.module)
 
     @property

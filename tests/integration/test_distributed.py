@@ -371,6 +371,47 @@ def test_ddp_run_resumed_midway_matches_the_uninterrupted_one(
         assert torch.equal(resumed[name], reference[name]), name
 
 
+# Compressed from the third step on, in many small DDP buckets (all-reduced one at a time
+# under gloo: strategy/comm_hooks.py).
+POWERSGD = [
+    "strategy.comm_hook=powersgd",
+    "strategy.powersgd_start_step=2",
+    "strategy.bucket_cap_mb=0.01",
+]
+
+
+def test_powersgd_run_resumed_midway_matches_the_uninterrupted_one(corpus, ddp_reference, tmp_path):
+    """Stopped after the first compressed step and resumed: the same losses and bitwise the
+    same weights as an unbroken PowerSGD run. Each rank's checkpoint holds its own error
+    feedback; the projections Q agree. The resumed DDP reduces its first step in one bucket
+    holding every parameter (as any new DDP does), so the state must be re-cut to fit."""
+    common = [*corpus, *DS_STEPS[1:], "strategy=ddp", *POWERSGD]
+    unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
+    run(torchrun(*common, "trainer.max_steps=6", f"hydra.run.dir={unbroken}"))
+    run(torchrun(*common, "trainer.max_steps=3", f"hydra.run.dir={resumed}"))
+    ranks = [
+        torch.load(resumed / "checkpoints" / "last" / "rank" / f"rank_0000{rank}.pt")["comm_hook"]
+        for rank in (0, 1)
+    ]
+    assert [state["iter"] for state in ranks] == [3, 3]
+    compressed = [name for name, kinds in ranks[0]["parameters"].items() if "q" in kinds]
+    assert compressed
+    for name in compressed:
+        mine, theirs = (state["parameters"][name] for state in ranks)
+        assert torch.equal(mine["q"], theirs["q"]), name
+        assert not torch.equal(mine["error"], theirs["error"]), name
+    run(torchrun(*common, "trainer.max_steps=6", "resume=auto", f"hydra.run.dir={resumed}"))
+    assert train_losses(resumed) == train_losses(unbroken)
+    reference, mine = last_params(unbroken), last_params(resumed)
+    for name in reference:
+        assert torch.equal(mine[name], reference[name]), name
+    # Plain all-reduce for two steps, then compressed gradients: off plain DDP's course.
+    plain = train_losses(ddp_reference)
+    assert train_losses(unbroken)[:3] == plain[:3]
+    assert all(a != b for a, b in zip(train_losses(unbroken)[3:], plain[3:]))
+    assert "gradient communication: powersgd" in (unbroken / "train.log").read_text()
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_run_resumed_midway_tracks_ddp(corpus, ddp_reference, tmp_path, stage):
     """Every step, before the stop and after the resume, follows uninterrupted DDP."""

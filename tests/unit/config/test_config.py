@@ -110,6 +110,37 @@ def test_invalid_values_name_their_key(override, key):
         validate_config(cfg)
 
 
+POWERSGD = ["strategy=ddp", "strategy.comm_hook=powersgd"]
+
+
+@pytest.mark.parametrize(
+    "overrides,key,fix",
+    [
+        (["strategy=ddp", "strategy.comm_hook=int8"], "strategy.comm_hook", "none, fp16, bf16"),
+        (["strategy=ddp", "strategy.bucket_cap_mb=0"], "strategy.bucket_cap_mb", "greater than 0"),
+        ([*POWERSGD, "strategy.powersgd_rank=0"], "strategy.powersgd_rank", "1 or more"),
+        ([*POWERSGD, "strategy.powersgd_start_step=1"], "strategy.powersgd_start_step", "2 or"),
+        (
+            [*POWERSGD, "trainer.max_steps=500"],
+            "strategy.powersgd_start_step",
+            "never compress in trainer.max_steps=500; set it below, e.g. 50",
+        ),
+        ([*POWERSGD, "strategy.precision=fp16"], "strategy.comm_hook", "precision=bf16 or 32"),
+    ],
+)
+def test_bad_gradient_communication_settings_name_key_and_fix(overrides, key, fix):
+    with pytest.raises(ConfigError, match=rf"^{key}=.*{fix}"):
+        validate_config(compose_config(overrides))
+
+
+def test_gradient_communication_keys_belong_to_ddp():
+    """auto becomes DDP under a launcher, so it has them too; DeepSpeed has none of them."""
+    validate_config(compose_config([*POWERSGD, "strategy.powersgd_start_step=20"]))
+    validate_config(compose_config(["strategy.comm_hook=fp16", "strategy.bucket_cap_mb=4"]))
+    with pytest.raises(ConfigCompositionException, match="strategy.comm_hook"):
+        compose_config(["strategy=deepspeed", "strategy.comm_hook=fp16"])
+
+
 def test_cosine_needs_max_steps_and_plateau_no_warmup():
     with pytest.raises(ConfigError, match="trainer.max_steps"):
         validate_config(compose_config(["optim.schedule=cosine"]))
