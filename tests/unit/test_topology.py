@@ -122,14 +122,25 @@ def test_a_master_port_that_is_no_port_is_explained():
 
 
 def test_restarted_attempt_keeps_its_keys_under_its_own_prefix():
-    """elastic_store takes everything from the topology: rank 0 hosts the store (no
-    agent), and the keys of restart 3 live under attempt_3/."""
+    """Under torchrun's shared agent store (the agent hosts it), the keys of restart 3
+    live under attempt_3/; without a shared store rank 0 hosts a new one each round, as
+    env:// does, and the restart counts of rejoined nodes differ: no prefix, no store."""
     port = free_local_port()
-    topo = Topology(0, 1, 0, torch.device("cpu"), "127.0.0.1", port, restart_attempt=3)
-    store = elastic_store(topo, timeout_s=10)
-    store.set("ready", "yes")
-    reader = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=10))
-    assert reader.get("dist_lstm/attempt_3/ready") == b"yes"
+    agent = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10))
+    shared = Topology(
+        0,
+        1,
+        0,
+        torch.device("cpu"),
+        "127.0.0.1",
+        port,
+        restart_attempt=3,
+        agent_hosts_store=True,
+    )
+    elastic_store(shared, timeout_s=10).set("ready", "yes")
+    assert agent.get("dist_lstm/attempt_3/ready") == b"yes"
+    own = Topology(0, 1, 0, torch.device("cpu"), "127.0.0.1", port, restart_attempt=3)
+    assert elastic_store(own, timeout_s=10) is None
     assert elastic_store(from_environment("cpu", env={}), timeout_s=10) is None
 
 

@@ -1,6 +1,7 @@
 """W&B logging: offline runs hold the config and the metrics at global steps, a resumed
 run keeps its id, and the mode never waits for a login."""
 
+import os
 import subprocess
 import sys
 
@@ -88,8 +89,11 @@ sys.exit(143)
 
 
 def test_a_stopped_wandb_service_costs_neither_the_exit_status_nor_a_traceback(tmp_path, wandb_on):
+    # its own W&B service, not one an earlier test of this worker left in WANDB_SERVICE
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     proc = subprocess.run(
         [sys.executable, "-c", SERVICE_STOPPED_MID_RUN, str(tmp_path)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
