@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from results_file import write_result
+from scaling import speed_run
 from two_hosts import TwoHosts, why_they_cannot_start
 
 from dist_lstm.topology import free_local_port
@@ -34,8 +35,7 @@ from dist_lstm.topology import free_local_port
 ROOT = Path(__file__).resolve().parents[1]
 HOOK_OVERRIDES = {
     "none": ["strategy.comm_hook=none"],
-    "fp16": ["strategy.comm_hook=fp16"],
-    "bf16": ["strategy.comm_hook=bf16"],
+    "fp16": ["strategy.comm_hook=fp16"],  # (bf16's hook needs a CUDA build of torch)
     # compression from the third step on, so the measured windows see it
     "powersgd_rank1": [
         "strategy.comm_hook=powersgd",
@@ -51,22 +51,11 @@ HOOK_OVERRIDES = {
 
 
 def training(experiment: str, steps: int, run_dir: Path, hook: str) -> list:
-    log_every = max(1, steps // 4)
     return [
         "train.py",
-        f"experiment={experiment}",
         "strategy=ddp",
-        f"trainer.max_steps={steps}",
-        "trainer.max_epochs=null",
-        "trainer.max_time=null",
-        f"trainer.val_every_steps={steps}",
-        f"trainer.log_every_steps={log_every}",
-        "trainer.progress_bar=false",
-        "data.max_valid_examples=20",
-        "data.test_src=null",
-        "data.test_tgt=null",
         "logger.wandb.mode=disabled",
-        f"hydra.run.dir={run_dir}",
+        *speed_run(experiment, steps, max(1, steps // 4), run_dir),
         *HOOK_OVERRIDES[hook],
     ]
 

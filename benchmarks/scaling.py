@@ -60,13 +60,10 @@ def torchrun(nproc: int) -> list:
     ]
 
 
-def measure(
-    name: str, launcher: list, threads: int, steps: int, extra: list, experiment: str
-) -> dict:
-    """Median target tokens/s of train.py's logging windows, the first (start-up) left out."""
-    run_dir = Path(tempfile.mkdtemp(prefix=f"scaling-{name}-"))
-    log_every = max(1, min(10, steps // 4))
-    overrides = [
+def speed_run(experiment: str, steps: int, log_every: int, run_dir: Path) -> list:
+    """train.py overrides for a fixed number of steps that measure speed: one short
+    validation at the end, no test decode, logging every `log_every` steps."""
+    return [
         f"experiment={experiment}",
         f"trainer.max_steps={steps}",
         "trainer.max_epochs=null",
@@ -78,8 +75,16 @@ def measure(
         "data.test_src=null",
         "data.test_tgt=null",
         f"hydra.run.dir={run_dir}",
-        *extra,
     ]
+
+
+def measure(
+    name: str, launcher: list, threads: int, steps: int, extra: list, experiment: str
+) -> dict:
+    """Median target tokens/s of train.py's logging windows, the first (start-up) left out."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"scaling-{name}-"))
+    log_every = max(1, min(10, steps // 4))
+    overrides = [*speed_run(experiment, steps, log_every, run_dir), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(
         [*launcher, "train.py", *overrides],

@@ -337,3 +337,17 @@ def test_every_benchmark_imports_only_what_the_base_install_brings():
         if not {canonicalize_name(d) for d in providers.get(module, [])} & base
     }
     assert not missing, f"imported by benchmarks but not in the base install: {sorted(missing)}"
+
+
+def test_multinode_smoke_measures_two_hosts_against_loopback():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from two_hosts import why_they_cannot_start
+
+    if why_they_cannot_start():
+        pytest.skip(why_they_cannot_start())
+    report = run_benchmark("multinode.py", "--smoke")
+    loopback, (name, shaped) = report["loopback_1x2"], *report["two_hosts_2x1"].items()
+    assert name == "1gbit/fp16"
+    assert shaped["vs_loopback"] == round(shaped["tokens_per_sec"] / loopback["tokens_per_sec"], 3)
+    exposed = max(0.0, 1 - loopback["step_time_s"] / shaped["step_time_s"])
+    assert shaped["exposed_communication_share"] == round(exposed, 3)

@@ -15,6 +15,7 @@ from dist_lstm.checkpoint.manager import step_name
 from dist_lstm.run import train
 from dist_lstm.topology import free_local_port
 from tests.conftest import ROOT, TINY_RUN, compose_config, needs_bf16, reversal_corpus
+from tests.helpers.runs import last_params, train_losses
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
 
@@ -92,15 +93,6 @@ def corpus(tmp_path_factory):
         "trainer.max_epochs=null",
         "trainer.log_every_steps=1",
     ]
-
-
-def last_params(run_dir):
-    return load_checkpoint(run_dir / "checkpoints" / "last")["model"]
-
-
-def train_losses(run_dir):
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]
 
 
 def test_two_ranks_match_one_process_with_accumulation(corpus, tmp_path):

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from dist_lstm.checkpoint import read_meta
 from tests.conftest import ROOT
-from tests.helpers.runs import logged, wait_for_step
+from tests.helpers.runs import assert_same_training, logged, wait_for_step
 from tests.helpers.slurm_cluster import SlurmCluster, why_it_cannot_start
 from tests.helpers.wandb_records import offline_runs
-from tests.integration.test_distributed import corpus, last_params, train_losses  # noqa: F401
+from tests.integration.test_distributed import corpus  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SLURM runs on Linux")
 
@@ -60,13 +59,6 @@ def submit(slurm, tmp_path: Path, name: str, overrides, sbatch_args=(), wandb="d
         cwd=ROOT,
     )
     return job, run_dir
-
-
-def assert_same_training(run_dir: Path, reference: Path) -> None:
-    assert train_losses(run_dir) == train_losses(reference)
-    expected, actual = last_params(reference), last_params(run_dir)
-    for name in expected:
-        assert torch.equal(actual[name], expected[name]), name
 
 
 def test_a_preempted_job_checkpoints_requeues_and_ends_as_an_unbroken_one(

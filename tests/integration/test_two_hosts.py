@@ -8,16 +8,13 @@ from __future__ import annotations
 import sys
 
 import pytest
-import torch
 
 from tests.conftest import ROOT
-from tests.helpers.runs import logged, wait_for_step
+from tests.helpers.runs import assert_same_training, logged, wait_for_step
 from tests.integration.test_distributed import (  # noqa: F401  (corpus is a fixture)
     corpus,
-    last_params,
     run,
     torchrun,
-    train_losses,
 )
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # two_hosts.py serves benchmarks/multinode.py too
@@ -51,13 +48,6 @@ def reference(corpus, tmp_path_factory):  # noqa: F811
 
 def training(corpus, run_dir):  # noqa: F811
     return ["train.py", *corpus, *STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}", "resume=auto"]
-
-
-def assert_same_training(run_dir, reference):
-    assert train_losses(run_dir) == train_losses(reference)
-    expected, actual = last_params(reference), last_params(run_dir)
-    for name in expected:
-        assert torch.equal(actual[name], expected[name]), name
 
 
 def test_a_node_lost_and_brought_back_rejoins_and_the_run_continues_exactly(
