@@ -166,3 +166,26 @@ def test_hydra_slurm_launcher_runs_a_sweep_of_two_node_jobs(
     for job in ("0", "1"):
         assert "world size 2" in logged(sweep_dir / job / "train.log")
         assert (sweep_dir / job / "result.json").is_file()
+
+
+def test_a_time_limit_warning_checkpoints_and_the_requeued_job_resumes_there(
+    slurm,
+    corpus,  # noqa: F811
+    tmp_path,
+):
+    """The template's own path: `--signal=B:USR1@N` before `--time` runs out (SLURM's
+    controller sends it; here N=30 of a 1-minute limit), checkpoint, requeue, resume."""
+    training = [*corpus, "trainer.max_steps=1000000", "trainer.val_every_steps=0"]
+    job, run_dir = submit(
+        slurm, tmp_path, "limited", training, sbatch_args=["--time=1", "--signal=B:USR1@30"]
+    )
+    deadline = time.monotonic() + 240
+    while "resumed from" not in logged(run_dir / "train.log") and time.monotonic() < deadline:
+        time.sleep(1)
+    slurm.scancel(job)
+    said = logged(run_dir / "train.log")
+    stopped = re.search(r"stopped by SIGTERM at step (\d+)", said)
+    assert stopped, said[-3000:]
+    step = int(stopped.group(1))
+    assert f"resumed from {run_dir}/checkpoints/step_{step:08d}" in said
+    assert int(slurm.job(job)["Restarts"]) >= 1
