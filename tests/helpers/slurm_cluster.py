@@ -89,6 +89,19 @@ class SlurmCluster:
     def start_node(self, node: str) -> None:
         self._run("slurmd", "-f", str(self.conf), "-N", node)
 
+    def restart_lost_nodes(self, timeout: float = 60.0) -> None:
+        """Start again the slurmd of any node a test killed and did not bring back, so one
+        failed test does not leave the next one waiting for a node that never comes."""
+        lost = [node for node in NODES if not self.processes("slurmd", node=node)]
+        for node in lost:
+            self.start_node(node)
+        deadline = time.monotonic() + timeout
+        while lost and time.monotonic() < deadline:
+            states = self.node_states()
+            if all(not states.get(node, "down").startswith("down") for node in lost):
+                return
+            time.sleep(0.5)
+
     def stop(self) -> None:
         """Every process of the cluster ends: daemons, job steps and their tasks (all of
         them carry this cluster's SLURM_CONF in their environment), then munged."""

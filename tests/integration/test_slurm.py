@@ -45,6 +45,7 @@ def slurm(tmp_path_factory):
 
 def submit(slurm, tmp_path: Path, name: str, overrides, sbatch_args=(), wandb="disabled"):
     """`sbatch launch/slurm/train.sbatch` as the template's header tells a CPU cluster."""
+    slurm.restart_lost_nodes()
     run_dir = tmp_path / name
     job = slurm.sbatch(
         [
@@ -68,7 +69,8 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_as_an_unbroken_one(
 ):
     """Both jobs span the two nodes; `scancel --signal=USR1 --batch` is what the template's
     `--signal=B:USR1@120` delivers before a time limit or a preemption."""
-    training = [*corpus, "trainer.max_steps=40", "trainer.val_every_steps=20"]
+    # long enough that no machine finishes it between step 8 and the signal
+    training = [*corpus, "trainer.max_steps=300", "trainer.val_every_steps=150"]
     whole, whole_dir = submit(slurm, tmp_path, "whole", training, wandb="offline")
     broken, broken_dir = submit(slurm, tmp_path, "broken", training, wandb="offline")
     wait_for_step(broken_dir, 8)
@@ -83,7 +85,7 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_as_an_unbroken_one(
     stopped = re.search(r"stopped by SIGTERM at step (\d+)", logged(broken_dir / "train.log"))
     assert stopped and "stopped by SIGTERM" in logged(broken_dir / "train.rank1.log")
     step = int(stopped.group(1))
-    assert 8 <= step < 40
+    assert 8 <= step < 300
     out = logged(next(tmp_path.glob(f"broken-{broken}.out")))
     assert "attempt 1" in out and "attempt 2" in out  # the requeued attempt appended
     resumed = f"resumed from {broken_dir}/checkpoints/step_{step:08d}"
@@ -105,9 +107,9 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     """Everything of node n2 is killed (its slurmd, step daemon, torchrun and worker): the
     rank left says what happened at once, SLURM requeues the job (--requeue), and once
     the node is back the job continues from its newest complete checkpoint."""
-    training = [*corpus, "trainer.max_steps=60", "trainer.val_every_steps=0"]
-    job, run_dir = submit(slurm, tmp_path, "lost", [*training, "checkpoint.every_steps=5"])
-    wait_for_step(run_dir, 12)
+    training = [*corpus, "trainer.max_steps=400", "trainer.val_every_steps=0"]
+    job, run_dir = submit(slurm, tmp_path, "lost", [*training, "checkpoint.every_steps=20"])
+    wait_for_step(run_dir, 30)
     lost_at = time.monotonic()
     for pid in slurm.processes(node="n2"):
         os.kill(pid, 9)
@@ -126,7 +128,7 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     assert info["JobState"] == "COMPLETED", info
     resumed = re.search(r"resumed from \S+/(step_\d+)", logged(logs[0]))
     assert resumed and resumed.group(1) == complete[-1]  # the newest, intact
-    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 60
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 400
 
 
 def test_hydra_slurm_launcher_runs_a_sweep_of_two_node_jobs(
@@ -134,6 +136,7 @@ def test_hydra_slurm_launcher_runs_a_sweep_of_two_node_jobs(
     corpus,  # noqa: F811
     tmp_path,
 ):
+    slurm.restart_lost_nodes()
     sweep_dir = tmp_path / "sweep"
     proc = subprocess.run(
         [

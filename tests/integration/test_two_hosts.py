@@ -20,7 +20,8 @@ from tests.integration.test_distributed import (  # noqa: F401  (corpus is a fix
 sys.path.insert(0, str(ROOT / "benchmarks"))  # two_hosts.py serves benchmarks/multinode.py too
 from two_hosts import TwoHosts, why_they_cannot_start  # noqa: E402
 
-STEPS = ["trainer.max_steps=30", "checkpoint.every_steps=5", "trainer.val_every_steps=0"]
+# long enough that no machine finishes before the fault at step 12
+STEPS = ["trainer.max_steps=150", "checkpoint.every_steps=10", "trainer.val_every_steps=0"]
 
 
 @pytest.fixture(scope="module")
