@@ -1,7 +1,7 @@
 """Decisions about ending training that the loop delegates: the configured limits
 (`TrainingLimits`), the best validation value and early stopping (`BestTracker`), and the
-vote all ranks take each step so they stop, or save on rank 0's clock, at the same step
-(`StepVote`)."""
+vote all ranks take each step so they stop, or save, at the same step, with rank 0's clock
+judging time (`StepVote`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ def parse_duration(text: str) -> float:
 
 
 class TrainingLimits:
-    """trainer.max_steps, max_epochs (checked between epochs) and max_time."""
+    """trainer.max_steps, max_epochs (checked between epochs) and max_time.
+
+    Whether max_time is up is asked of rank 0's clock alone (`time_is_up`, then the step
+    vote): ranks started a moment apart and judging their own clocks would leave the loop
+    at different steps and deadlock in the next collective."""
 
     def __init__(
         self, max_steps: Optional[int], max_epochs: Optional[int], max_time: Optional[str]
@@ -41,12 +45,16 @@ class TrainingLimits:
         self.max_time = max_time
         self.max_seconds = parse_duration(max_time) if max_time else None
 
-    def reached(self, step: int, epoch: int, elapsed: float, end_of_epoch: bool) -> Optional[str]:
+    def time_is_up(self, elapsed: float) -> bool:
+        return self.max_seconds is not None and elapsed >= self.max_seconds
+
+    def reached(self, step: int, epoch: int, time_up: bool, end_of_epoch: bool) -> Optional[str]:
+        """Why training ends now, or None; `time_up` is the ranks' common verdict."""
         if self.max_steps is not None and step >= self.max_steps:
             return f"reached trainer.max_steps={self.max_steps}"
         if end_of_epoch and self.max_epochs is not None and epoch >= self.max_epochs:
             return f"reached trainer.max_epochs={self.max_epochs}"
-        if self.max_seconds is not None and elapsed >= self.max_seconds:
+        if time_up:
             return f"reached trainer.max_time={self.max_time}"
         return None
 
@@ -102,6 +110,7 @@ class BestTracker:
 class VoteResult:
     stop_signal: Optional[int]  # a stop signal some rank received, else None
     save_due: bool  # rank 0's clock says a timed checkpoint is due
+    time_up: bool = False  # rank 0's clock says trainer.max_time is reached
 
     @property
     def stop_reason(self) -> Optional[str]:
@@ -113,17 +122,23 @@ class VoteResult:
 class StepVote:
     """One host-side sum over ranks per optimizer step. Ranks may receive a signal at
     slightly different times, but all must leave the loop at the same step; only rank 0's
-    clock counts for timed saves. `host_sum` never waits for the accelerator."""
+    clock counts for timed saves and for trainer.max_time. `host_sum` never waits for the
+    accelerator."""
 
     def __init__(self, host_sum: Callable[[List[float]], List[float]], is_main: bool):
         self.host_sum = host_sum
         self.is_main = is_main
 
-    def poll(self, local_signal: Optional[int], save_due_here: bool) -> VoteResult:
+    def poll(
+        self, local_signal: Optional[int], save_due_here: bool, time_up_here: bool = False
+    ) -> VoteResult:
         local = local_signal or 0
         due = self.is_main and save_due_here
-        stopped, signums, saves = self.host_sum([float(local > 0), float(local), float(due)])
+        up = self.is_main and time_up_here
+        stopped, signums, saves, ups = self.host_sum(
+            [float(local > 0), float(local), float(due), float(up)]
+        )
         signum = None
         if stopped > 0:
             signum = local or int(signums / stopped)
-        return VoteResult(stop_signal=signum, save_due=saves > 0)
+        return VoteResult(stop_signal=signum, save_due=saves > 0, time_up=ups > 0)

@@ -84,6 +84,7 @@ class Trainer:
         self.limits = TrainingLimits(cfg.max_steps, cfg.max_epochs, cfg.max_time)
         self._saved_step: Optional[int] = None  # step of the newest checkpoint
         self._start = time.monotonic()
+        self._time_up = False  # rank 0's verdict on trainer.max_time, from the step vote
 
     def resumed_at(self, step: int) -> None:
         """The checkpoint manager restored this step: it is saved already."""
@@ -98,6 +99,7 @@ class Trainer:
             self.limits.planned_steps(per_epoch), self.cfg.progress_bar and self.strategy.is_main
         )
         self._start = time.monotonic()
+        self._time_up = self.limits.time_is_up(0.0)  # the same verdict on every rank
         self._check_stop(end_of_epoch=True)  # a resumed run may already be done
         self.window.restart_clock()  # tokens/s count from here
         try:
@@ -176,7 +178,12 @@ class Trainer:
             self._save()
         else:
             saved = False
-        vote = self.vote.poll(self.stop_request.signum, self.save_policy.due_by_clock())
+        vote = self.vote.poll(
+            self.stop_request.signum,
+            self.save_policy.due_by_clock(),
+            self.limits.time_is_up(self.elapsed),
+        )
+        self._time_up = vote.time_up
         if vote.stop_signal is not None:
             self.state.stop_signal, self.state.stop_reason = vote.stop_signal, vote.stop_reason
         if vote.save_due and not saved:
@@ -240,7 +247,7 @@ class Trainer:
         state = self.state
         if state.stop_signal is None:
             state.stop_reason = self.limits.reached(
-                state.step, state.epoch, self.elapsed, end_of_epoch
+                state.step, state.epoch, self._time_up, end_of_epoch
             ) or self.best.stop_reason()
 
     def _save(self, metrics: Optional[Dict[str, float]] = None, best: bool = False) -> None:

@@ -167,6 +167,26 @@ class SlurmCluster:
             time.sleep(1)
         raise AssertionError(f"job {job_id} not {'/'.join(states)} after {timeout} s: {info}")
 
+    def wait_until_completed(self, job_id: str, timeout: float, logs: Sequence[Path] = ()) -> None:
+        """Wait for the job to end; unless it COMPLETED, fail with what explains why: its
+        state and exit code, the tail of its output file, the controller's lines on it and
+        the tails of `logs` (the run's own logs)."""
+        info = self.wait_for_job(job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout)
+        if info["JobState"] != "COMPLETED":
+            raise AssertionError(self.failure_report(job_id, info, logs))
+
+    def failure_report(self, job_id: str, info: Dict[str, str], logs: Sequence[Path]) -> str:
+        controller = _text(self.root / "log/slurmctld.log").splitlines()
+        mentions = [line for line in controller if re.search(rf"\b(JobId=|job ){job_id}\b", line)]
+        parts = [
+            f"job {job_id} {info.get('JobState')} (exit {info.get('ExitCode')}, "
+            f"reason {info.get('Reason')}, restarts {info.get('Restarts')})",
+            "--- controller:\n" + "\n".join(mentions[-30:]),
+            f"--- {info.get('StdOut')}:\n" + _text(Path(info.get("StdOut", "")))[-4000:],
+        ]
+        parts += [f"--- {log}:\n" + _text(log)[-3000:] for log in logs]
+        return "\n".join(parts)
+
     def node_states(self) -> Dict[str, str]:
         out = subprocess.run(
             ["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True
@@ -242,6 +262,13 @@ def _parent(pid: int) -> Optional[int]:
 def _command(pid: int) -> str:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
     except OSError:
         return ""
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -62,6 +63,10 @@ def submit(slurm, tmp_path: Path, name: str, overrides, sbatch_args=(), wandb="d
     return job, run_dir
 
 
+def rank_logs(run_dir: Path) -> List[Path]:
+    return [run_dir / "train.log", run_dir / "train.rank1.log"]
+
+
 def test_a_preempted_job_checkpoints_requeues_and_ends_as_an_unbroken_one(
     slurm,
     corpus,  # noqa: F811
@@ -75,9 +80,8 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_as_an_unbroken_one(
     broken, broken_dir = submit(slurm, tmp_path, "broken", training, wandb="offline")
     wait_for_step(broken_dir, 8)
     slurm.scancel("--signal=USR1", "--batch", broken)
-    for job in (whole, broken):
-        info = slurm.wait_for_job(job, ("COMPLETED", "FAILED", "CANCELLED"), timeout=400)
-        assert info["JobState"] == "COMPLETED", (job, info)
+    for job, run_dir in ((whole, whole_dir), (broken, broken_dir)):
+        slurm.wait_until_completed(job, timeout=400, logs=rank_logs(run_dir))
     assert slurm.job(broken)["Restarts"] == "1" and slurm.job(whole)["Restarts"] == "0"
     assert "DDPStrategy on cpu, world size 2" in logged(whole_dir / "train.log")
 
@@ -124,8 +128,7 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     complete = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
     slurm.wait_for_job(job, ("PENDING",), timeout=120)  # requeued after n2's failure
     slurm.start_node("n2")
-    info = slurm.wait_for_job(job, ("COMPLETED", "FAILED"), timeout=300)
-    assert info["JobState"] == "COMPLETED", info
+    slurm.wait_until_completed(job, timeout=300, logs=logs)
     resumed = re.search(r"resumed from \S+/(step_\d+)", logged(logs[0]))
     assert resumed and resumed.group(1) == complete[-1]  # the newest, intact
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 400

@@ -2,7 +2,7 @@
 
 import signal
 
-from dist_lstm.stopping import BestTracker, StepVote
+from dist_lstm.stopping import BestTracker, StepVote, TrainingLimits
 
 
 def test_best_tracker_follows_the_metric_direction_and_counts_stale_validations():
@@ -35,7 +35,7 @@ def fake_ranks(*others):
 
 
 def test_a_signal_on_another_rank_stops_this_one_at_the_same_step():
-    vote = StepVote(fake_ranks([1.0, float(signal.SIGUSR1), 0.0]), is_main=True)
+    vote = StepVote(fake_ranks([1.0, float(signal.SIGUSR1), 0.0, 0.0]), is_main=True)
     result = vote.poll(None, save_due_here=False)
     assert result.stop_signal == signal.SIGUSR1
     assert result.stop_reason == "stopped by SIGUSR1"
@@ -43,9 +43,30 @@ def test_a_signal_on_another_rank_stops_this_one_at_the_same_step():
 
 
 def test_a_rank_keeps_its_own_signal_and_only_rank_0_clock_counts():
-    vote = StepVote(fake_ranks([1.0, float(signal.SIGTERM), 0.0]), is_main=False)
+    vote = StepVote(fake_ranks([1.0, float(signal.SIGTERM), 0.0, 0.0]), is_main=False)
     result = vote.poll(signal.SIGINT, save_due_here=True)  # not rank 0: its clock is ignored
     assert result.stop_signal == signal.SIGINT and not result.save_due
-    main = StepVote(fake_ranks([0.0, 0.0, 0.0]), is_main=True)
+    main = StepVote(fake_ranks([0.0, 0.0, 0.0, 0.0]), is_main=True)
     assert main.poll(None, save_due_here=True).save_due
     assert main.poll(None, save_due_here=False).stop_signal is None
+
+
+def test_max_time_is_judged_by_rank_0_clock_alone():
+    """Ranks whose own clocks disagree near trainer.max_time still leave at one step."""
+    late_rank = StepVote(fake_ranks([0.0, 0.0, 0.0, 0.0]), is_main=False)
+    assert not late_rank.poll(None, save_due_here=False, time_up_here=True).time_up
+    rank_0_says_so = [0.0, 0.0, 0.0, 1.0]
+    follower = StepVote(fake_ranks(rank_0_says_so), is_main=False)
+    assert follower.poll(None, save_due_here=False, time_up_here=False).time_up
+    main = StepVote(fake_ranks([0.0, 0.0, 0.0, 0.0]), is_main=True)
+    assert main.poll(None, save_due_here=False, time_up_here=True).time_up
+
+
+def test_limits_end_on_the_common_time_verdict_not_a_clock():
+    limits = TrainingLimits(max_steps=None, max_epochs=None, max_time="00:00:30")
+    assert limits.time_is_up(30.0) and not limits.time_is_up(29.9)
+    assert limits.reached(5, 0, time_up=True, end_of_epoch=False) == (
+        "reached trainer.max_time=00:00:30"
+    )
+    assert limits.reached(5, 0, time_up=False, end_of_epoch=True) is None
+    assert not TrainingLimits(None, None, None).time_is_up(1e9)
