@@ -120,12 +120,12 @@ def _train(cfg: DictConfig, strategy: Strategy, run_dir: Optional[Path]) -> Dict
     run_dir = Path(strategy.broadcast_object(str(own_dir.resolve())))
     adopt_main_run_dir(own_dir, run_dir, strategy.topology.rank)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with claimed(run_dir, strategy):
-        return _train_in(cfg, strategy, run_dir)
+    with claimed(run_dir, strategy) as claim:
+        return _train_in(cfg, strategy, run_dir, claim)
 
 
 @contextmanager
-def claimed(run_dir: Path, strategy: Strategy) -> Iterator[None]:
+def claimed(run_dir: Path, strategy: Strategy) -> Iterator[Optional[RunDirectoryClaim]]:
     """Rank 0 claims the run directory for this job (logging/run_lock.py) before anything
     is written there; a directory another live job writes stops every rank, naming it."""
     claim = RunDirectoryClaim(run_dir, job_identity()) if strategy.is_main else None
@@ -141,13 +141,15 @@ def claimed(run_dir: Path, strategy: Strategy) -> Iterator[None]:
     if claim is not None:
         claim.start_heartbeat()
     try:
-        yield
+        yield claim
     finally:
         if claim is not None:
             claim.release()
 
 
-def _train_in(cfg: DictConfig, strategy: Strategy, run_dir: Path) -> Dict[str, Any]:
+def _train_in(
+    cfg: DictConfig, strategy: Strategy, run_dir: Path, claim: Optional[RunDirectoryClaim]
+) -> Dict[str, Any]:
     seed_everything(cfg.seed)
     topology = strategy.topology
     tf32 = configure_tf32(cfg.trainer.tf32, topology.device)
@@ -219,6 +221,8 @@ def _train_in(cfg: DictConfig, strategy: Strategy, run_dir: Path) -> Dict[str, A
         wandb_logger.run_id if wandb_logger else None,
     )
     register_training_state(checkpoints, trainer, strategy, cfg.seed)
+    if claim is not None:  # a job started meanwhile waits for this one's last checkpoint
+        trainer.stop_request.add_listener(lambda _signum: claim.mark_stopping())
     try:
         return fit_and_report(cfg, trainer, resume_from, data.test, run_dir)
     finally:

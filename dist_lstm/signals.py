@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: Optional[int] = None
         self._previous: Dict[int, object] = {}
+        self._listeners: List[Callable[[int], None]] = []
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(signum)` at the first stop signal, e.g. to tell other jobs that
+        this one is about to end (logging/run_lock.py)."""
+        self._listeners.append(listener)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -75,5 +81,7 @@ class StopRequest:
         if self.signum is None:
             self.signum = signum
             log.warning("%s received: checkpointing after the current step, then stopping", name)
+            for listener in self._listeners:
+                listener(signum)
         else:
             log.warning("%s received: already stopping, the checkpoint is being written", name)

@@ -7,7 +7,10 @@ that is still being written. So rank 0 claims the directory in `RUN_DIR/.writer.
 anything. A job that finds the claim held by another live job stops, naming it; the
 same job's restarts (see topology.job_identity) take it over. A holder that died stops
 counting at once on the same host (its process is gone) and after STALE_S seconds
-without a heartbeat from another host (a node lost).
+without a heartbeat from another host (a node lost). A holder that has been told to stop
+(a signal, or its launcher killed) marks its claim `stopping`; a new job then waits up to
+STOPPING_WAIT_S for it to write its last checkpoint and go, so a job restarted at once
+after a crash continues instead of being refused.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 CLAIM_FILE = ".writer.json"
 HEARTBEAT_S = 10.0
 STALE_S = 30.0  # three missed heartbeats
+STOPPING_WAIT_S = 120.0  # a stopping holder's last step and checkpoint
+POLL_S = 0.5
 
 
 def _process_alive(pid: int) -> bool:
@@ -51,22 +56,32 @@ class RunDirectoryClaim:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._stop = threading.Event()
+        self._stopping = False  # once marked, every later heartbeat keeps the mark
+        self._writing = threading.Lock()  # the heartbeat and a stop signal both write
         self._beating: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ claiming
     def claim(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        guard = os.open(self.path.parent, os.O_RDONLY)  # the directory itself: no extra file
-        try:
-            fcntl.flock(guard, fcntl.LOCK_EX)  # one reader-writer of the claim at a time
-            holder = self._read()
-            if holder is not None and holder.get("job") != self.job and self._alive(holder):
+        give_up = time.monotonic() + STOPPING_WAIT_S
+        waiting = False
+        while True:
+            holder = self._take_unless_held()
+            if holder is None:
+                return
+            if not holder.get("stopping") or time.monotonic() > give_up:
                 raise UserError(self._in_use_message(holder))
-            if holder is not None and holder.get("job") != self.job:
-                log.warning("run directory: taking over from %s, which is gone", _who(holder))
-            self._write()
-        finally:
-            os.close(guard)  # closing drops the lock
+            if not waiting:
+                log.warning("run directory: waiting for %s to finish stopping", _who(holder))
+                waiting = True
+            time.sleep(POLL_S)
+
+    def mark_stopping(self) -> None:
+        """Tell a job started meanwhile that this one is about to release the directory."""
+        try:
+            self._write(stopping=True)
+        except OSError as exc:
+            log.warning("run directory: could not mark the claim as stopping (%s)", exc)
 
     def start_heartbeat(self) -> None:
         self._beating = threading.Thread(target=self._beat, name="run-dir-heartbeat", daemon=True)
@@ -81,6 +96,22 @@ class RunDirectoryClaim:
             self.path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ internals
+    def _take_unless_held(self) -> Optional[Dict[str, Any]]:
+        """Write this job's claim and return None, or return the live holder of another
+        job, under an flock of the directory (one reader-writer of the claim at a time)."""
+        guard = os.open(self.path.parent, os.O_RDONLY)  # the directory itself: no extra file
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            holder = self._read()
+            if holder is not None and holder.get("job") != self.job and self._alive(holder):
+                return holder
+            if holder is not None and holder.get("job") != self.job:
+                log.warning("run directory: taking over from %s, which is gone", _who(holder))
+            self._write()
+            return None
+        finally:
+            os.close(guard)  # closing drops the lock
+
     def _alive(self, holder: Dict[str, Any]) -> bool:
         if holder.get("host") == self.host:
             return _process_alive(int(holder.get("pid", 0)))
@@ -99,11 +130,15 @@ class RunDirectoryClaim:
         except (OSError, ValueError):
             return None  # none, or torn by a writer that died: no live holder wrote it
 
-    def _write(self) -> None:
+    def _write(self, stopping: bool = False) -> None:
         record = {"job": self.job, "host": self.host, "pid": self.pid, "heartbeat": self.clock()}
+        self._stopping = self._stopping or stopping
+        if self._stopping:
+            record["stopping"] = True
         scratch = self.path.with_name(f"{CLAIM_FILE}.{self.pid}")
-        scratch.write_text(json.dumps(record))
-        os.replace(scratch, self.path)
+        with self._writing:
+            scratch.write_text(json.dumps(record))
+            os.replace(scratch, self.path)
 
     def _in_use_message(self, holder: Dict[str, Any]) -> str:
         age = self.clock() - float(holder.get("heartbeat", 0))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -672,9 +673,10 @@ def test_a_save_killed_midway_is_never_loaded_and_a_second_signal_cannot_cut_one
 
 
 def test_workers_stop_with_their_launcher_when_it_is_killed(corpus, tmp_path):
-    """SIGKILL to torchrun (what kill -9 or the OOM killer does) does not
-    reach its workers, which run in sessions of their own: each must still checkpoint
-    and end within seconds instead of training on as an orphan."""
+    """SIGKILL to torchrun (what kill -9 or the OOM killer does) does not reach its
+    workers, which run in sessions of their own: each must still checkpoint and stop
+    instead of training on as an orphan, and the next job, started at once in the same
+    run directory, continues from that checkpoint (it waits for them, never beside them)."""
     import psutil
 
     run_dir = tmp_path / "orphaned"
@@ -684,12 +686,14 @@ def test_workers_stop_with_their_launcher_when_it_is_killed(corpus, tmp_path):
     assert len(workers) == 2
     launcher.kill()
     launcher.wait(timeout=10)
-    _, alive = psutil.wait_procs(workers, timeout=60)
+    run([*args, "trainer.max_steps=100000", "trainer.max_time=00:00:02", "resume=auto"])
+    _, alive = psutil.wait_procs(workers, timeout=0)
     assert not alive, f"workers still training without their launcher: {alive}"
     for log_name in ("train.log", "train.rank1.log"):  # each rank stopped as on SIGTERM
         assert "stopped by SIGTERM" in " ".join((run_dir / log_name).read_text().split())
-    last = (run_dir / "checkpoints" / "last").resolve()
-    assert (last / "COMPLETE").is_file() and len(list((last / "rank").iterdir())) == 2
+    said = " ".join((run_dir / "train.log").read_text().split())
+    step = int(re.search(r"stopped by SIGTERM at step (\d+)", said).group(1))
+    assert f"resumed from {run_dir}/checkpoints/step_{step:08d}" in said
 
 
 def test_a_second_job_in_a_run_directory_in_use_is_refused_naming_the_first(corpus, tmp_path):

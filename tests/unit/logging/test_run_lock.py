@@ -2,6 +2,7 @@
 the same job takes its claim back, and a dead holder stops counting."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -80,3 +81,40 @@ def test_the_heartbeat_refreshes_the_claim(tmp_path, monkeypatch):
         assert json.loads((tmp_path / CLAIM_FILE).read_text())["heartbeat"] == clock.now
     finally:
         claim.release()
+
+
+def test_a_stopping_holder_is_waited_for_and_the_claim_taken_when_it_has_gone(tmp_path, caplog):
+    import threading
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    claim = RunDirectoryClaim(tmp_path, "process 1 on here")
+    holder(tmp_path, host=claim.host, pid=sleeper.pid, heartbeat=claim.clock(), stopping=True)
+    waiter = threading.Thread(target=claim.claim)
+    with caplog.at_level("WARNING", logger="dist_lstm.logging.run_lock"):
+        waiter.start()
+        for _ in range(600):  # until the claim says it waits for the holder
+            if "waiting for slurm job 7" in caplog.text:
+                break
+            waiter.join(0.05)
+        assert "waiting for slurm job 7" in caplog.text and waiter.is_alive()
+        sleeper.kill()  # the holder wrote its last checkpoint and went
+        sleeper.wait()
+        waiter.join(30)
+    assert not waiter.is_alive()
+    assert json.loads((tmp_path / CLAIM_FILE).read_text())["job"] == "process 1 on here"
+
+
+def test_a_holder_stopping_for_too_long_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_lock, "STOPPING_WAIT_S", 0.2)
+    claim = RunDirectoryClaim(tmp_path, "process 1 on here")
+    holder(tmp_path, host=claim.host, pid=os.getpid(), heartbeat=claim.clock(), stopping=True)
+    with pytest.raises(UserError, match="is in use by slurm job 7"):
+        claim.claim()
+
+
+def test_a_stop_signal_marks_the_claim_stopping_in_every_later_heartbeat(tmp_path):
+    claim = RunDirectoryClaim(tmp_path, "process 1 on here")
+    claim.claim()
+    claim.mark_stopping()
+    claim._write()  # a heartbeat after the mark
+    assert json.loads((tmp_path / CLAIM_FILE).read_text())["stopping"] is True
