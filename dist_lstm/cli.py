@@ -359,16 +359,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from dist_lstm.config import validate_config
     from dist_lstm.config.compose import compose_config
     from dist_lstm.data.build import verify_inputs
-    from dist_lstm.data.prepared import ensure_prepared, prepare, prepared_location
+    from dist_lstm.data.prepared import ensure_prepared
 
     cfg = compose_config(args.overrides)
     validate_config(cfg)
     verify_inputs(cfg.data)
-    if args.force:
-        directory = prepared_location(cfg.data)
-        prepare(cfg.data, directory)
-    else:
-        directory = ensure_prepared(cfg.data, prepares=True, wait_s=0)
+    directory = ensure_prepared(cfg.data, prepares=True, wait_s=0, force=args.force)
     manifest = json.loads((directory / "manifest.json").read_text())
     train = manifest["splits"]["train"]
     tokens = train["src_tokens"] + train["tgt_tokens"]

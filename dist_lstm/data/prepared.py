@@ -19,6 +19,7 @@ between ranks and a restart only opens files.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import itertools
 import json
@@ -26,9 +27,10 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import sentencepiece as spm
@@ -142,19 +144,38 @@ def check_files(directory: Path, manifest: Dict[str, Any]) -> None:
             )
 
 
-def ensure_prepared(data: DictConfig, prepares: bool, wait_s: float) -> Path:
-    """The prepared folder for `data`, written here if missing or stale when `prepares`
-    (one process per node), else waited for, at most `wait_s` seconds."""
+def ensure_prepared(
+    data: DictConfig, prepares: bool, wait_s: float, force: bool = False
+) -> Path:
+    """The prepared folder for `data`, written here if missing or stale (or `force`) when
+    `prepares` (one process per node), else waited for, at most `wait_s` seconds."""
     target = prepared_location(data)
-    deadline = time.monotonic() + wait_s
-    while True:
-        manifest = read_manifest(target)
+    if not prepares:
+        return _wait_until_prepared(data, target, wait_s)
+    with _preparation_lock(data, target):
+        manifest = None if force else read_manifest(target)
         reason = None if manifest is None else stale_reason(target, manifest, data)
         if manifest is not None and reason is None:
             check_files(target, manifest)
             return target
-        if prepares:
-            break
+        if reason is not None:
+            if data.prepared_dir:
+                raise DataError(
+                    f"data.prepared_dir={target} no longer fits this run: {reason}. Prepare "
+                    f"it again (`dist-lstm prepare ... --force`) or delete it."
+                )
+            log.warning("prepared data %s is stale (%s); preparing it again", target, reason)
+        prepare(data, target)
+        return target
+
+
+def _wait_until_prepared(data: DictConfig, target: Path, wait_s: float) -> Path:
+    deadline = time.monotonic() + wait_s
+    while True:
+        manifest = read_manifest(target)
+        if manifest is not None and stale_reason(target, manifest, data) is None:
+            check_files(target, manifest)
+            return target
         if time.monotonic() > deadline:
             raise DataError(
                 f"waited {wait_s:.0f} s for the prepared data in {target} that the node's "
@@ -162,15 +183,22 @@ def ensure_prepared(data: DictConfig, prepares: bool, wait_s: float) -> Path:
                 "strategy.timeout_s for a very large corpus)."
             )
         time.sleep(1.0)
-    if reason is not None:
-        if data.prepared_dir:
-            raise DataError(
-                f"data.prepared_dir={target} no longer fits this run: {reason}. Prepare it "
-                f"again (`dist-lstm prepare ... --force`) or delete it."
-            )
-        log.warning("prepared data %s is stale (%s); preparing it again", target, reason)
-    prepare(data, target)
-    return target
+
+
+@contextmanager
+def _preparation_lock(data: DictConfig, target: Path) -> Iterator[None]:
+    """One preparer of `target` at a time, on every node that shares its disk: the first
+    node's process of each job prepares, so two jobs (or the nodes of one job) starting
+    together would otherwise each replace the folder the others had begun to read. The
+    lock (flock) ends with its process, so a killed preparer never blocks the next."""
+    _make_folders(data, target)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process that prepares %s", target)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file drops the lock
 
 
 # ------------------------------------------------------------------------ writing
@@ -383,10 +411,7 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     in a scratch folder beside it and renamed into place; the manifest comes last."""
     started = time.monotonic()
     _check_inputs(data)
-    cache, cache_key = Path(data.cache_dir).expanduser(), "data.cache_dir (or $DIST_LSTM_CACHE)"
-    _make_folder(cache, cache, cache_key)  # the tokenizer is cached there
-    target_key = "data.prepared_dir" if data.prepared_dir else cache_key
-    _make_folder(target.parent, target, target_key)
+    target_key = _make_folders(data, target)
     scratch = target.parent / f".incomplete-{target.name}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     _make_folder(scratch, target, target_key)  # written beside its place, then renamed
@@ -424,6 +449,16 @@ def _check_inputs(data: DictConfig) -> None:
                 f"empty corpus: {path} ({key}) contains no lines. Point {key} at the "
                 "corpus file (one sentence per line)."
             )
+
+
+def _make_folders(data: DictConfig, target: Path) -> str:
+    """The cache (the tokenizer is cached there) and `target`'s parent; returns the key
+    that names where `target` is."""
+    cache, cache_key = Path(data.cache_dir).expanduser(), "data.cache_dir (or $DIST_LSTM_CACHE)"
+    _make_folder(cache, cache, cache_key)
+    target_key = "data.prepared_dir" if data.prepared_dir else cache_key
+    _make_folder(target.parent, target, target_key)
+    return target_key
 
 
 def _make_folder(folder: Path, shown: Path, key: str) -> None:
@@ -483,16 +518,10 @@ def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:
 
 
 def _replace(scratch: Path, target: Path) -> None:
-    """Put the finished folder in place; a stale one at `target` is moved aside first.
-    If another process got there first with a complete folder, theirs stays."""
+    """Put the finished folder in place (under the preparation lock); a stale one at
+    `target` is moved aside first."""
     if target.exists():
         old = target.parent / f".stale-{target.name}-{os.getpid()}"
         os.replace(target, old)
         shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.replace(scratch, target)
-    except OSError:
-        if (target / MANIFEST).is_file():
-            shutil.rmtree(scratch, ignore_errors=True)
-            return
-        raise
+    os.replace(scratch, target)
