@@ -7,12 +7,17 @@ difference, not with a shape error from deep inside DCP or DeepSpeed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Protocol, Tuple
+from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 
 from dist_lstm.checkpoint.consolidate import is_checkpoint_folder
 from dist_lstm.checkpoint.manager import STATE, CheckpointManager, is_complete, read_meta
+from dist_lstm.data.shaping import RESUME_KEYS, option_values
 from dist_lstm.errors import UserError
 from dist_lstm.strategy.formats import DEEPSPEED_TAG
+
+# What a checkpoint saved before a data key existed was trained with: no extra corpora,
+# and the whole target vocabulary (keys missing from this table read as None).
+DATA_BEFORE_ITS_KEYS = {"corpora": [], "tokenizer": {"prune_target_vocab": False}}
 
 
 class ResumableStrategy(Protocol):
@@ -88,14 +93,7 @@ def check_resumable(folder: Path, config: Dict[str, Any], state_format: str) -> 
             f"resume: {folder} holds another model (model.{', model.'.join(changed)} "
             "differ). Resume with the checkpoint's model settings, or start a new run."
         )
-    saved_data = saved.get("data", {})
-    for key in ("max_tokens", "max_len", "train_src", "train_tgt", "corpora"):
-        if saved_data.get(key, [] if key == "corpora" else None) != config["data"][key]:
-            raise UserError(
-                f"resume: {folder} was trained with data.{key}={saved_data.get(key)}; this "
-                f"run has data.{key}={config['data'][key]}. The saved position in the epoch "
-                "only means something for the same batches: keep the data settings."
-            )
+    check_same_data(folder, saved.get("data", {}), config["data"])
     if saved.get("seed") != config["seed"]:
         raise UserError(
             f"resume: {folder} was trained with seed={saved.get('seed')}; this run has "
@@ -110,3 +108,42 @@ def check_resumable(folder: Path, config: Dict[str, Any], state_format: str) -> 
             "weights with `dist-lstm export` and start a new run from them."
         )
     return meta
+
+
+def check_same_data(folder: Path, saved_data: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+    """Refuse a resume that changes a data option the batches depend on (RESUME_KEYS of
+    data/shaping.py): the saved position in the epoch only means something for the same
+    batches. `saved_data`: the checkpoint's resolved data config; `data`: this run's."""
+    saved = option_values(with_keys_added_since(saved_data), RESUME_KEYS)
+    wanted = option_values(data, RESUME_KEYS)
+    saved_corpora, corpora = len(saved_data.get("corpora") or []), len(data["corpora"])
+    if saved_corpora != corpora:
+        raise UserError(
+            f"resume: {folder} was trained with {saved_corpora} data.corpora; this run has "
+            f"{corpora}. The saved position in the epoch only means something for the same "
+            "batches: resume with the checkpoint's data.corpora, or start a new run."
+        )
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            old = as_override(saved.get(key))
+            raise UserError(
+                f"resume: {folder} was trained with {key}={old}; this run has "
+                f"{key}={as_override(value)}. The saved position in the epoch only means "
+                f"something for the same batches: resume with {key}={old}, or start a new run."
+            )
+
+
+def with_keys_added_since(saved_data: Mapping[str, Any]) -> Dict[str, Any]:
+    """The saved data config with the data keys added since it was written, at the values
+    such a checkpoint was trained with (DATA_BEFORE_ITS_KEYS)."""
+    tokenizer = {**DATA_BEFORE_ITS_KEYS["tokenizer"], **saved_data.get("tokenizer", {})}
+    return {**DATA_BEFORE_ITS_KEYS, **saved_data, "tokenizer": tokenizer}
+
+
+def as_override(value: Any) -> str:
+    """`value` as a command-line override spells it (null, true, false)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

@@ -34,9 +34,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import sentencepiece as spm
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dist_lstm.data.corpus import count_lines, sha256_of, stream_pairs
+from dist_lstm.data.shaping import INPUT_FILES, PREPARED_KEYS, option_values
 from dist_lstm.data.tokenizer import Tokenizer, TokenizerOptions, train_or_load
 from dist_lstm.errors import DataError
 
@@ -44,16 +45,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-INPUT_KEYS = ("train_src", "train_tgt", "valid_src", "valid_tgt")
-# The data.* keys that shape the prepared files (besides the input files).
-OPTION_KEYS = (
-    "src_lang",
-    "tgt_lang",
-    "max_len",
-    "max_len_ratio",
-    "max_train_examples",
-    "max_valid_examples",
-)
+# The data.* keys the prepared files depend on besides the raw files (data/shaping.py).
+OPTION_KEYS = tuple(key for key in PREPARED_KEYS if key not in INPUT_FILES)
 
 
 def tokenizer_options(data: DictConfig) -> TokenizerOptions:
@@ -63,11 +56,7 @@ def tokenizer_options(data: DictConfig) -> TokenizerOptions:
 def input_files(data: DictConfig) -> Dict[str, Path]:
     """Every raw file the prepared data is made of, by config key: the training corpus,
     the extra weighted ones (data.corpora) and validation."""
-    files = {f"data.{key}": Path(data[key]).expanduser() for key in INPUT_KEYS}
-    for i, corpus in enumerate(data.corpora):
-        for side in ("src", "tgt"):
-            files[f"data.corpora[{i}].{side}"] = Path(corpus[side]).expanduser()
-    return files
+    return {key: Path(path).expanduser() for key, path in option_values(data, INPUT_FILES).items()}
 
 
 def training_corpora(data: DictConfig) -> List[Tuple[str, str]]:
@@ -78,9 +67,7 @@ def training_corpora(data: DictConfig) -> List[Tuple[str, str]]:
 def preparation_options(data: DictConfig) -> Dict[str, Any]:
     """Everything in the data config the prepared files depend on, by config key (the
     corpora's weights are not: they act when batches are planned)."""
-    options = {f"data.{key}": data[key] for key in OPTION_KEYS}
-    tokenizer = OmegaConf.to_container(data.tokenizer, resolve=True)
-    options.update({f"data.tokenizer.{key}": value for key, value in tokenizer.items()})
+    options = option_values(data, OPTION_KEYS)
     options.update({key: str(path.resolve()) for key, path in input_files(data).items()})
     return options
 

@@ -42,13 +42,14 @@ META_FILE = "tokenizer.json"
 
 @dataclass(frozen=True)
 class TokenizerOptions:
-    """Everything that changes the trained SentencePiece model (and so its cache key)."""
+    """Everything that changes the trained SentencePiece model (and so its cache key): the
+    data.tokenizer keys of that name, whose defaults the schema's TokenizerConfig owns."""
 
-    type: str = "bpe"
-    joint: bool = True
-    vocab_size: int = 8000
-    character_coverage: float = 1.0
-    input_sentence_size: int = 0
+    type: str
+    joint: bool
+    vocab_size: int
+    character_coverage: float
+    input_sentence_size: int
 
 
 class Tokenizer:

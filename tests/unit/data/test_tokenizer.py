@@ -1,11 +1,17 @@
+from dataclasses import asdict
+
 import pytest
+from omegaconf import OmegaConf
 
 from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from dist_lstm.config.schema import TokenizerConfig
 from dist_lstm.data import tokenizer as tok
+from dist_lstm.data.prepared import tokenizer_options
 from tests.conftest import write_lines
 
 SRC = ["ein kleiner hund läuft", "zwei männer spielen fußball", "eine frau liest ein buch"] * 40
 TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"] * 40
+TOKENIZER = asdict(TokenizerConfig())
 
 
 @pytest.fixture
@@ -19,7 +25,8 @@ def corpus(tmp_path):
 
 
 def options(**kw):
-    return tok.TokenizerOptions(**{"vocab_size": 60, **kw})
+    """The schema's tokenizer defaults with a 60-piece vocabulary, and `kw`."""
+    return tokenizer_options(OmegaConf.create({"tokenizer": {**TOKENIZER, "vocab_size": 60, **kw}}))
 
 
 def test_second_run_hits_the_cache(corpus, tmp_path, monkeypatch):
