@@ -152,12 +152,13 @@ def _train_in(cfg: DictConfig, strategy: Strategy, run_dir: Path) -> Dict[str, A
     topology = strategy.topology
     tf32 = configure_tf32(cfg.trainer.tf32, topology.device)
     log.info(  # CPU threads: speed and exact results depend on them
-        "run directory: %s | %s on %s, world size %d, %d CPU threads%s",
+        "run directory: %s | %s on %s, world size %d, %d CPU threads, precision %s%s",
         run_dir,
         type(strategy).__name__,
         topology.device,
         topology.world_size,
         torch.get_num_threads(),
+        strategy.precision,  # as used, DeepSpeed's engine included
         ", TF32 products" if tf32 else "",
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -196,7 +197,12 @@ def _train_in(cfg: DictConfig, strategy: Strategy, run_dir: Path) -> Dict[str, A
         wandb_logger = WandbLogger(
             cfg.logger.wandb,
             run_dir,
-            {**resolved, "world_size": topology.world_size, "versions": library_versions()},
+            {
+                **resolved,
+                "world_size": topology.world_size,
+                "precision": strategy.precision,
+                "versions": library_versions(),
+            },
             run_id=resume_meta.get("wandb_run_id"),
         )
     metrics = MetricsWriter(run_dir / "metrics.jsonl", wandb_logger)
@@ -217,6 +223,7 @@ def _train_in(cfg: DictConfig, strategy: Strategy, run_dir: Path) -> Dict[str, A
         OmegaConf.to_container(cfg.data, resolve=False),
         data.tokenizer.payload,
         wandb_logger.run_id if wandb_logger else None,
+        strategy.precision,
     )
     register_training_state(checkpoints, trainer, strategy, cfg.seed)
     try:
