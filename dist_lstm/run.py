@@ -299,7 +299,9 @@ def fit_and_report(
         result.update(state.history[-1])
     if test is not None and strategy.is_main:
         result.update(
-            test_best_model(cfg, test, trainer.checkpoints.named("best"), strategy.device)
+            test_best_model(
+                cfg, test, trainer.checkpoints.named("best"), strategy.device, strategy.precision
+            )
         )
         trainer.metrics.write(
             {"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}}
@@ -330,20 +332,23 @@ def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:
 
 
 def test_best_model(
-    cfg: DictConfig, test: ParallelText, best_path: Path, device: torch.device
+    cfg: DictConfig, test: ParallelText, best_path: Path, device: torch.device, precision: str
 ) -> Dict[str, float]:
-    """Decode the test split with the best checkpoint (validation's beam); sacreBLEU."""
+    """Decode the test split with the best checkpoint as validation decodes: its beam, in
+    the run's `precision` (autocast; the loaded weights are fp32); sacreBLEU."""
     best = load_model(best_path, device)
     options = SearchOptions(
         beam=cfg.trainer.val_beam,
         max_len_a=cfg.trainer.decode_max_len_a,
         max_len_b=cfg.trainer.decode_max_len_b,
+        precision=precision,
     )
     scores = sacrebleu_scores(Translator(best, options).translate(test.src), test.tgt)
     log.info(
-        "test (best checkpoint, step %d, beam %d): BLEU %.2f | chrF %.2f",
+        "test (best checkpoint, step %d, beam %d, precision %s): BLEU %.2f | chrF %.2f",
         best.step,
         options.beam,
+        options.precision,
         scores["bleu"],
         scores["chrf"],
     )
