@@ -154,12 +154,13 @@ def _train_in(
     topology = strategy.topology
     tf32 = configure_tf32(cfg.trainer.tf32, topology.device)
     log.info(  # CPU threads: speed and exact results depend on them
-        "run directory: %s | %s on %s, world size %d, %d CPU threads%s",
+        "run directory: %s | %s on %s, world size %d, %d CPU threads, precision %s%s",
         run_dir,
         type(strategy).__name__,
         topology.device,
         topology.world_size,
         torch.get_num_threads(),
+        strategy.precision,  # as used, DeepSpeed's engine included
         ", TF32 products" if tf32 else "",
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -198,7 +199,12 @@ def _train_in(
         wandb_logger = WandbLogger(
             cfg.logger.wandb,
             run_dir,
-            {**resolved, "world_size": topology.world_size, "versions": library_versions()},
+            {
+                **resolved,
+                "world_size": topology.world_size,
+                "precision": strategy.precision,
+                "versions": library_versions(),
+            },
             run_id=resume_meta.get("wandb_run_id"),
         )
     metrics = MetricsWriter(run_dir / "metrics.jsonl", wandb_logger)
@@ -219,6 +225,7 @@ def _train_in(
         OmegaConf.to_container(cfg.data, resolve=False),
         data.tokenizer.payload,
         wandb_logger.run_id if wandb_logger else None,
+        strategy.precision,
     )
     register_training_state(checkpoints, trainer, strategy, cfg.seed)
     if claim is not None:  # a job started meanwhile waits for this one's last checkpoint
@@ -296,7 +303,9 @@ def fit_and_report(
         result.update(state.history[-1])
     if test is not None and strategy.is_main:
         result.update(
-            test_best_model(cfg, test, trainer.checkpoints.named("best"), strategy.device)
+            test_best_model(
+                cfg, test, trainer.checkpoints.named("best"), strategy.device, strategy.precision
+            )
         )
         trainer.metrics.write(
             {"step": state.step, **{k: v for k, v in result.items() if k.startswith("test_")}}
@@ -327,20 +336,23 @@ def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:
 
 
 def test_best_model(
-    cfg: DictConfig, test: ParallelText, best_path: Path, device: torch.device
+    cfg: DictConfig, test: ParallelText, best_path: Path, device: torch.device, precision: str
 ) -> Dict[str, float]:
-    """Decode the test split with the best checkpoint (validation's beam); sacreBLEU."""
+    """Decode the test split with the best checkpoint as validation decodes: its beam, in
+    the run's `precision` (autocast; the loaded weights are fp32); sacreBLEU."""
     best = load_model(best_path, device)
     options = SearchOptions(
         beam=cfg.trainer.val_beam,
         max_len_a=cfg.trainer.decode_max_len_a,
         max_len_b=cfg.trainer.decode_max_len_b,
+        precision=precision,
     )
     scores = sacrebleu_scores(Translator(best, options).translate(test.src), test.tgt)
     log.info(
-        "test (best checkpoint, step %d, beam %d): BLEU %.2f | chrF %.2f",
+        "test (best checkpoint, step %d, beam %d, precision %s): BLEU %.2f | chrF %.2f",
         best.step,
         options.beam,
+        options.precision,
         scores["bleu"],
         scores["chrf"],
     )

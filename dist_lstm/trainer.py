@@ -206,20 +206,22 @@ class Trainer:
     # ------------------------------------------------------------- validation
     def validate(self) -> Dict[str, float]:
         started = time.monotonic()
-        metrics, hypotheses = validation_metrics(
-            self.strategy.eval_model(),
-            self.valid_loader,
-            self.strategy.device,
-            {
-                "max_len_a": self.cfg.decode_max_len_a,
-                "max_len_b": self.cfg.decode_max_len_b,
-                "beam": self.cfg.val_beam,
-            },
-            self.valid_references,
-            self.tokenizer,
-            self.strategy.all_reduce_sum,
-            self.strategy.gather_objects,
-        )
+        model = self.strategy.eval_model()
+        with self.strategy.decoding_autocast():  # in the precision the run trains in
+            metrics, hypotheses = validation_metrics(
+                model,
+                self.valid_loader,
+                self.strategy.device,
+                {
+                    "max_len_a": self.cfg.decode_max_len_a,
+                    "max_len_b": self.cfg.decode_max_len_b,
+                    "beam": self.cfg.val_beam,
+                },
+                self.valid_references,
+                self.tokenizer,
+                self.strategy.all_reduce_sum,
+                self.strategy.gather_objects,
+            )
         self.state.last_validated_step = self.state.step
         improved = self.best.update(metrics[self.cfg.monitor], self.state.step)
         self.schedule.after_validation(metrics[self.cfg.monitor])

@@ -23,13 +23,16 @@ def run_metadata(
     data_config: Mapping[str, Any],
     tokenizer: Mapping[str, Any],
     wandb_run_id: Optional[str],
+    precision: str,
 ) -> Dict[str, Any]:
     """config: resolved; data_config: unresolved, so `evaluate --split` finds the shipped
-    data on another machine; tokenizer: its payload (the SentencePiece models)."""
+    data on another machine; tokenizer: its payload (the SentencePiece models);
+    precision: the one training used, as the strategy applied it."""
     return {
         "config": dict(config),
         "data_config": dict(data_config),
         "tokenizer": tokenizer,
         "versions": library_versions(),
         "wandb_run_id": wandb_run_id,
+        "precision": precision,
     }

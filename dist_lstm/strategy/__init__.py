@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 
 from dist_lstm.errors import ConfigError
 from dist_lstm.extras import require
-from dist_lstm.precision import check_precision, limit_onednn_caches
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.comm_hooks import CommHook
 from dist_lstm.strategy.ddp import DDPStrategy
@@ -63,9 +62,8 @@ STRATEGIES: Dict[str, Callable[[DictConfig, Topology], Strategy]] = {
 
 
 def build_strategy(cfg: DictConfig, topology: Topology) -> Strategy:
-    """The strategy the `strategy` config group asks for, set up for this process."""
-    limit_onednn_caches(cfg.precision, topology.device)
-    check_precision(cfg.precision, topology.device)
+    """The strategy the `strategy` config group asks for, set up for this process (its
+    precision is checked for the device by the base class, before any collective)."""
     name = cfg.name
     if name == "auto":
         name = "ddp" if topology.distributed else "single"

@@ -16,7 +16,7 @@ import torch
 
 from dist_lstm.batch import Batch
 from dist_lstm.errors import UserError
-from dist_lstm.precision import autocast, grad_scaler
+from dist_lstm.precision import autocast, check_precision, grad_scaler, limit_onednn_caches
 from dist_lstm.strategy.formats import DCP_METADATA, MODEL_KEY, OPTIM_KEY
 from dist_lstm.topology import Topology
 
@@ -38,14 +38,27 @@ def peer_lost(exc: BaseException) -> bool:
     return any(sign in str(exc) for sign in _PEER_LOST_SIGNS)
 
 
+def resolve_precision(configured: str, device: torch.device) -> str:
+    """The precision a run uses on `device`: `configured` (32, bf16, fp16) once the device
+    is known to run LSTMs at it, else a ConfigError naming strategy.precision. oneDNN's
+    caches are capped first, because the probe creates their first primitive."""
+    limit_onednn_caches(configured, device)
+    check_precision(configured, device)
+    return configured
+
+
 class Strategy(ABC):
     state_format = "dcp"  # what save_state writes (checkpoint/resume.py checks it)
+    # Whether the backend's engine casts the model to the precision and scales fp16 losses
+    # itself (DeepSpeed); then training adds no autocast or GradScaler of ours.
+    engine_casts_model = False
 
     def __init__(self, topology: Topology, clip_grad_norm: float = 0.0, precision: str = "32"):
         self.topology = topology
         self.clip_grad_norm = clip_grad_norm
-        self.precision = precision
-        self.scaler = grad_scaler(precision, topology.device)
+        # The precision used, whoever applies it: what the run logs and records.
+        self.precision = resolve_precision(precision, topology.device)
+        self.scaler = None if self.engine_casts_model else grad_scaler(self.precision, self.device)
         self.model: Optional[torch.nn.Module] = None  # what the trainer calls forward on
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self._async_group: Optional[Any] = None  # process group of asynchronous saves
@@ -79,12 +92,23 @@ class Strategy(ABC):
         """The batch as this backend needs it to run in step with the other ranks."""
         return batch
 
+    def decoding_autocast(self) -> ContextManager:
+        """Autocast at the run's precision, around validation and the final test: they
+        decode in the precision the model trained in (none for 32). Under an engine that
+        casts the model itself the weights are 16-bit already (ZeRO-2 bf16 validated to the
+        same metrics as before); ZeRO-3's fp32 replica gets training's 16-bit products."""
+        return autocast(self.precision, self.device)
+
+    def training_autocast(self) -> ContextManager:
+        """The autocast around a training forward: none where the engine casts the model."""
+        return nullcontext() if self.engine_casts_model else self.decoding_autocast()
+
     @contextmanager
     def micro_batch(self, sync_gradients: bool) -> Iterator[None]:
         """Wraps one micro-batch's forward and backward: autocast at `precision`, and
         gradient synchronization only when `sync_gradients` (False for all but the last
         micro-batch of an accumulation group)."""
-        with self.gradient_sync(sync_gradients), autocast(self.precision, self.device):
+        with self.gradient_sync(sync_gradients), self.training_autocast():
             yield
 
     def gradient_sync(self, enabled: bool) -> ContextManager:

@@ -72,6 +72,8 @@ def deepspeed_config(zero_stage: int, clip_grad_norm: float, precision: str) -> 
 
 class DeepSpeedStrategy(CollectivesMixin, Strategy):
     state_format = "deepspeed"
+    # Precision goes into DeepSpeed's bf16/fp16 sections, as ZeRO checkpoints were written.
+    engine_casts_model = True
 
     def __init__(
         self,
@@ -82,9 +84,8 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
         backend: str = "auto",
         timeout_s: float = 600,
     ):
-        super().__init__(topology, clip_grad_norm)  # no autocast/scaler of ours: see config
+        super().__init__(topology, clip_grad_norm, precision)
         self.zero_stage = zero_stage
-        self.deepspeed_precision = precision
         init_process_group(topology, backend, timeout_s)
         self.engine = None
         # Open from the first backward of an accumulation group until `step`.
@@ -104,7 +105,7 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
             model=model,
             optimizer=optimizer,
             config={
-                **deepspeed_config(self.zero_stage, self.clip_grad_norm, self.deepspeed_precision),
+                **deepspeed_config(self.zero_stage, self.clip_grad_norm, self.precision),
                 "checkpoint": {"load_universal": self._universal},
             },
         )

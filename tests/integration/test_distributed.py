@@ -16,7 +16,7 @@ from dist_lstm.checkpoint.manager import step_name
 from dist_lstm.run import train
 from dist_lstm.topology import free_local_port
 from tests.conftest import ROOT, TINY_RUN, compose_config, needs_bf16, reversal_corpus
-from tests.helpers.runs import last_params, train_losses
+from tests.helpers.runs import last_params, logged, train_losses
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
 
@@ -294,6 +294,10 @@ def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
     losses = train_losses(run_dir)
     assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)
     assert last_params(run_dir)["decoder.output.weight"].dtype == torch.float32
+    # Reported as used, DeepSpeed's engine cast included: the log and the checkpoint.
+    started = logged(run_dir / "train.log")
+    assert re.search(r"world size 2, \d+ CPU threads, precision bf16", started)
+    assert read_meta(run_dir / "checkpoints" / "last")["precision"] == "bf16"
 
 
 def test_ctrl_c_checkpoints_every_rank_which_exits_130(corpus, tmp_path):

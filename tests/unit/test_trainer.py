@@ -1,14 +1,18 @@
 """Stopping rules, accumulation and best-checkpoint selection of the training loop."""
 
+import functools
 import json
 import traceback
+from typing import Set
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from dist_lstm.checkpoint import load_checkpoint
+from dist_lstm.checkpoint import load_checkpoint, read_meta
+from dist_lstm.inference import Translator
 from dist_lstm.run import train
+from dist_lstm.trainer import Trainer
 from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, needs_bf16, reversal_corpus
 
 
@@ -120,18 +124,50 @@ def test_each_step_is_saved_once_when_the_last_validation_already_saved_it(
     assert saved_steps == [2, 4]
 
 
+def linear_output_dtypes(monkeypatch, owner, method: str) -> Set[torch.dtype]:
+    """The dtypes of the products every nn.Linear outputs while `owner.method` runs, filled
+    in as it runs (a global forward hook, held for the call only). The output layer's
+    fused loss, a scalar summed in fp32 whatever the products' dtype, is left out."""
+    seen: Set[torch.dtype] = set()
+    original = getattr(owner, method)
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Linear) and output.dim() > 0:
+            seen.add(output.dtype)
+
+    @functools.wraps(original)
+    def recording(*args, **kwargs):
+        handle = torch.nn.modules.module.register_module_forward_hook(record)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(owner, method, recording)
+    return seen
+
+
 @needs_bf16
-def test_bf16_training_runs_end_to_end(tmp_path, corpus):
+def test_bf16_training_runs_end_to_end_and_decodes_in_bf16(tmp_path, corpus, monkeypatch):
+    """Validation and the final test decode under the run's autocast: their products are
+    bf16, as in training (README, strategy.precision)."""
+    validation = linear_output_dtypes(monkeypatch, Trainer, "validate")
+    final_test = linear_output_dtypes(monkeypatch, Translator, "translate")
+    split = reversal_corpus(tmp_path, 2, {"test": 8}, "abcdef", 6)
     result, records = run(
-        tmp_path,
+        tmp_path / "run",
         corpus,
         "strategy.precision=bf16",
         "trainer.max_steps=4",
         "trainer.max_epochs=null",
         "trainer.val_every_steps=4",
+        *(override for override in split if override.startswith("data.test_")),
     )
     losses = [r["loss"] for r in records if "loss" in r]
     assert result["step"] == 4 and all(loss == loss and loss < 10 for loss in losses)
+    assert validation == {torch.bfloat16}
+    assert final_test == {torch.bfloat16} and "test_bleu" in result
+    assert read_meta(tmp_path / "run" / "checkpoints" / "last")["precision"] == "bf16"
 
 
 class HostReads(TorchFunctionMode):

@@ -39,7 +39,7 @@ def save_dcp_checkpoint(run_dir, dtype=torch.float32):
     strategy.optimizer.step()
     manager = CheckpointManager(run_dir, keep_last=1)
     manager.register_model_state(strategy)
-    manager.run_metadata = run_metadata({"model": MODEL, "seed": 1}, {}, TOKENIZER, None)
+    manager.run_metadata = run_metadata({"model": MODEL, "seed": 1}, {}, TOKENIZER, None, "32")
     folder = manager.save(5, metrics={"val_bleu": 2.0}, world_size=1)
     return folder, {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -33,6 +33,7 @@ def test_offline_run_holds_config_and_metrics_and_resumes_with_its_id(
     assert first["id"] == meta["wandb_run_id"]
     assert first["config"]["model"]["hidden_size"] == 16
     assert first["config"]["world_size"] == 1
+    assert first["config"]["precision"] == "32"  # as the strategy applied it
     steps = [h["_step"] for h in first["history"] if "loss" in h]
     assert steps == [1, 2, 3, 4]  # the trainer's global steps
     assert [h["_step"] for h in first["history"] if "val_bleu" in h] == [2, 4]

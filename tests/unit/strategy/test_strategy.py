@@ -11,7 +11,7 @@ import torch.distributed as dist
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment, loopback_rendezvous
-from tests.conftest import compose_config
+from tests.conftest import compose_config, needs_bf16
 
 
 def test_plain_process_is_rank_zero_of_one():
@@ -108,13 +108,19 @@ def test_padding_targets_for_zero3_leaves_the_loss_and_gradients_unchanged():
         torch.testing.assert_close(padded_grad, grad)
 
 
-def test_ddp_in_a_plain_process_is_a_world_of_one_on_this_machine(monkeypatch):
-    """No launcher: the process group meets on 127.0.0.1 instead of failing for want of
-    MASTER_ADDR; one left in the shell without WORLD_SIZE names no job and is ignored."""
+@pytest.fixture
+def no_launcher(monkeypatch):
+    """This process as `python train.py` sees it without a launcher, whatever the shell
+    exported; a MASTER_ADDR left there without WORLD_SIZE names no job."""
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
         monkeypatch.setenv(name, "")  # recorded, so what the test exports is undone
         monkeypatch.delenv(name)
     monkeypatch.setenv("MASTER_ADDR", "no-such-host.invalid")
+
+
+def test_ddp_in_a_plain_process_is_a_world_of_one_on_this_machine(no_launcher):
+    """No launcher: the process group meets on 127.0.0.1 instead of failing for want of
+    MASTER_ADDR; one left in the shell without WORLD_SIZE names no job and is ignored."""
     topology = from_environment("cpu")
     assert topology.master_addr is None
     strategy = build_strategy(compose_config(["strategy=ddp"]).strategy, topology)
@@ -125,6 +131,28 @@ def test_ddp_in_a_plain_process_is_a_world_of_one_on_this_machine(monkeypatch):
     finally:
         strategy.teardown()
     assert not dist.is_initialized()
+
+
+@needs_bf16
+def test_deepspeed_runs_and_reports_the_configured_precision_through_its_engine(no_launcher):
+    """bf16 reaches DeepSpeed's own bf16 section (as its ZeRO checkpoints were written) and
+    `strategy.precision`, which the run logs and records; training adds no autocast or
+    scaler on top of the engine's cast, while decoding autocasts like every strategy."""
+    from dist_lstm.strategy.deepspeed import deepspeed_config
+
+    cfg = compose_config(["strategy=deepspeed", "strategy.precision=bf16"]).strategy
+    strategy = build_strategy(cfg, from_environment("cpu"))
+    try:
+        assert strategy.precision == "bf16" and strategy.scaler is None
+        sections = deepspeed_config(strategy.zero_stage, 1.0, strategy.precision)
+        assert sections["bf16"] == {"enabled": True} and sections["fp16"] == {"enabled": False}
+        layer = torch.nn.Linear(2, 2)
+        with strategy.training_autocast():
+            assert layer(torch.randn(1, 2)).dtype == torch.float32  # the engine casts
+        with strategy.decoding_autocast():
+            assert layer(torch.randn(1, 2)).dtype == torch.bfloat16
+    finally:
+        strategy.teardown()
 
 
 def test_loopback_rendezvous_leaves_a_launched_process_alone():
