@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.errors import UserError
 from dist_lstm.model import with_added_keys
 
@@ -323,10 +324,8 @@ def _fsync_tree(folder: Path) -> None:
 def write_atomically(payload: Dict[str, Any], target: str | Path) -> Path:
     """torch.save to a temporary name, then rename: readers never see half a file."""
     target = Path(target).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(target.name + ".tmp")
-    _save_synced(payload, scratch)
-    os.replace(scratch, target)
+    with atomic_write(target) as scratch:
+        _save_synced(payload, scratch)
     return target
 
 

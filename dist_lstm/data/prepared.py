@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import sentencepiece as spm
 from omegaconf import DictConfig, OmegaConf
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.data.corpus import count_lines, sha256_of, stream_pairs
 from dist_lstm.data.tokenizer import Tokenizer, TokenizerOptions, train_or_load
 from dist_lstm.errors import DataError
@@ -387,24 +387,21 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     _make_folder(cache, cache, cache_key)  # the tokenizer is cached there
     target_key = "data.prepared_dir" if data.prepared_dir else cache_key
     _make_folder(target.parent, target, target_key)
-    scratch = target.parent / f".incomplete-{target.name}-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    _make_folder(scratch, target, target_key)  # written beside its place, then renamed
+    manifest: Optional[Dict[str, Any]] = None
     try:
-        manifest = _prepare_into(data, scratch)
-        _replace(scratch, target)
+        with atomic_write(target) as scratch:  # a stale folder at `target` is replaced
+            _make_folder(scratch, target, target_key)
+            manifest = _prepare_into(data, scratch)
     except OSError as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             raise DataError(
                 f"the disk filled up while preparing data into {target}: free space there, or "
                 "point data.cache_dir (or data.prepared_dir) at a larger disk. Nothing "
                 "incomplete was left behind."
             ) from None
-        raise
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        if manifest is None or not (target / MANIFEST).is_file():
+            raise
+        # the rename lost a race: another process put its complete folder there; it stays
     pairs = manifest["splits"]["train"]["read"]
     seconds = time.monotonic() - started
     log.info("prepared %s in %.1f s (%.0f training pairs/s)", target, seconds, pairs / seconds)
@@ -480,19 +477,3 @@ def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
     return manifest
-
-
-def _replace(scratch: Path, target: Path) -> None:
-    """Put the finished folder in place; a stale one at `target` is moved aside first.
-    If another process got there first with a complete folder, theirs stays."""
-    if target.exists():
-        old = target.parent / f".stale-{target.name}-{os.getpid()}"
-        os.replace(target, old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.replace(scratch, target)
-    except OSError:
-        if (target / MANIFEST).is_file():
-            shutil.rmtree(scratch, ignore_errors=True)
-            return
-        raise

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,8 @@ class RunDirectoryClaim:
 
     def _write(self) -> None:
         record = {"job": self.job, "host": self.host, "pid": self.pid, "heartbeat": self.clock()}
-        scratch = self.path.with_name(f"{CLAIM_FILE}.{self.pid}")
-        scratch.write_text(json.dumps(record))
-        os.replace(scratch, self.path)
+        with atomic_write(self.path) as scratch:
+            scratch.write_text(json.dumps(record))
 
     def _in_use_message(self, holder: Dict[str, Any]) -> str:
         age = self.clock() - float(holder.get("heartbeat", 0))
