@@ -85,6 +85,21 @@ def rank_file(folder: Path, rank: int) -> Path:
     return folder / RANK_DIR / f"rank_{rank:05d}.pt"
 
 
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def completed_checkpoints(run_dir: str | Path) -> List[Path]:
+    """The complete step checkpoints of a run directory, oldest first. Only reads: what
+    resuming, averaging and benchmarks need, without a manager (which clears unfinished
+    saves at start)."""
+    directory = checkpoints_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob(f"{STEP_PREFIX}*") if p.is_dir()]
+    return sorted(p for p in found if is_complete(p))
+
+
 class CheckpointManager:
     """Saves, finds and loads the checkpoints of one run; every rank holds one.
 
@@ -101,7 +116,7 @@ class CheckpointManager:
         rank: int = 0,
         asynchronous: bool = False,
     ):
-        self.directory = Path(run_dir) / "checkpoints"
+        self.directory = checkpoints_dir(run_dir)
         self.keep_last = keep_last
         self.is_main = is_main
         self.barrier = barrier
@@ -137,10 +152,7 @@ class CheckpointManager:
     # ------------------------------------------------------------------ finding
     def completed(self) -> List[Path]:
         """Complete step checkpoints, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = [p for p in self.directory.glob(f"{STEP_PREFIX}*") if p.is_dir()]
-        return sorted(p for p in found if is_complete(p))
+        return completed_checkpoints(self.directory.parent)
 
     def at_step(self, step: int) -> Optional[Path]:
         """The complete checkpoint of `step`, or None if it was not kept."""
