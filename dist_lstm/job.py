@@ -25,7 +25,8 @@ from dist_lstm.atomic import atomic_write
 from dist_lstm.config import validate_config
 from dist_lstm.errors import ConfigError, UserError
 from dist_lstm.evaluation import monitor_mode
-from dist_lstm.run import train, user_errors
+from dist_lstm.exit_policy import user_errors
+from dist_lstm.run import train
 from dist_lstm.topology import launcher_rank, launcher_world_size
 
 log = logging.getLogger(__name__)

@@ -83,7 +83,8 @@ def run_worker(config: Dict[str, Any], run_dir: str, nproc: int) -> Dict[str, An
     """Entry point of one worker process (module level, so `spawn` can import it)."""
     from dist_lstm.config import register_configs
     from dist_lstm.config.schema import typed_config
-    from dist_lstm.run import train, user_errors
+    from dist_lstm.exit_policy import user_errors
+    from dist_lstm.run import train
     from dist_lstm.topology import launcher_rank
 
     register_configs()
