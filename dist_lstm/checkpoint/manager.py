@@ -35,7 +35,6 @@ import torch
 
 from dist_lstm.atomic import atomic_write
 from dist_lstm.errors import UserError
-from dist_lstm.model import with_added_keys
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,9 @@ META = "meta.pt"
 SHARED = "trainer.pt"
 STATE = "state"
 RANK_DIR = "rank"
+# Model keys added after checkpoints were first written, with the value that older
+# checkpoints (whose saved config lacks the key) were trained with; loading fills them in.
+ADDED_MODEL_KEYS = {"word_dropout": 0.0}
 
 
 class Stateful(Protocol):
@@ -357,7 +359,7 @@ def with_current_model_keys(payload: Dict[str, Any]) -> Dict[str, Any]:
     config = payload.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         return payload
-    return {**payload, "config": {**config, "model": with_added_keys(config["model"])}}
+    return {**payload, "config": {**config, "model": {**ADDED_MODEL_KEYS, **config["model"]}}}
 
 
 def load_model_weights(
