@@ -12,8 +12,7 @@ import pytest
 
 from dist_lstm.batch import BOS_ID, EOS_ID
 from dist_lstm.data import prepared
-from dist_lstm.data.build import build_data
-from dist_lstm.data.dataset import collate
+from dist_lstm.data.build import build_data, collate
 from dist_lstm.data.mapped import MappedSplit
 from dist_lstm.data.prepared import ensure_prepared, prepared_location
 from dist_lstm.errors import DataError
