@@ -185,7 +185,6 @@ def beam_search(
     max_len_a: float,
     max_len_b: int,
     alpha: float = 0.0,
-    min_len: int = 0,
     n_best: int = 1,
     encoded: Optional[Any] = None,
     with_attention: bool = False,
@@ -237,9 +236,7 @@ def beam_search(
                 aligned = step_attention.new_zeros(live * k, 0, step_attention.size(1))
         vocab = log_probs.size(-1)
         any_at_limit = bool((limits_host[sentence_host] <= t).any())  # host only
-        log_probs = _constrain(
-            log_probs.view(live, k, vocab), t, min_len, t >= limits[sentence], any_at_limit
-        )
+        log_probs = _constrain(log_probs.view(live, k, vocab), t >= limits[sentence], any_at_limit)
         candidates = (scores.unsqueeze(2) + log_probs).view(live, k * vocab)
         # 2K candidates hold at least K that do not end in EOS.
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (A, 2K)
@@ -284,9 +281,9 @@ def beam_search(
     return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
 
 
-def decodes_greedily(beam: int, min_len: int) -> bool:
+def decodes_greedily(beam: int) -> bool:
     """Whether best_hypotheses runs greedy search (the same result as beam 1, faster)."""
-    return beam == 1 and min_len == 0
+    return beam == 1
 
 
 def best_hypotheses(
@@ -297,32 +294,22 @@ def best_hypotheses(
     max_len_a: float,
     max_len_b: int,
     alpha: float = 0.0,
-    min_len: int = 0,
     encoded: Optional[Any] = None,
     rows_in_flight: Optional[int] = None,
 ) -> List[List[int]]:
-    """The best output ids per sentence: greedy when beam=1 and min_len=0 (the same result
-    as beam search of width 1, faster; `rows_in_flight` sentences at a time), beam search
-    otherwise (all of src at once)."""
-    if decodes_greedily(beam, min_len):
+    """The best output ids per sentence: greedy when beam=1 (the same result as beam search
+    of width 1, faster; `rows_in_flight` sentences at a time), beam search otherwise (all
+    of src at once)."""
+    if decodes_greedily(beam):
         return greedy_search(model, src, src_lengths, max_len_a, max_len_b, encoded, rows_in_flight)
-    hyps = beam_search(
-        model, src, src_lengths, beam, max_len_a, max_len_b, alpha, min_len, encoded=encoded
-    )
+    hyps = beam_search(model, src, src_lengths, beam, max_len_a, max_len_b, alpha, encoded=encoded)
     return [h[0].tokens for h in hyps]
 
 
-def _constrain(
-    log_probs: torch.Tensor, t: int, min_len: int, at_limit: torch.Tensor, any_at_limit: bool
-) -> torch.Tensor:
-    """log_probs (A, K, V): no EOS before min_len; only EOS at the length limit (A,);
-    `any_at_limit`: whether any sentence is there, known on the host.
-
-    The limit wins over min_len, so every sentence finishes.
-    """
+def _constrain(log_probs: torch.Tensor, at_limit: torch.Tensor, any_at_limit: bool) -> torch.Tensor:
+    """log_probs (A, K, V): only EOS at the length limit (A,), so every sentence finishes;
+    `any_at_limit`: whether any sentence is there, known on the host."""
     eos = log_probs[:, :, EOS_ID].clone()  # (A, K)
-    if t < min_len:
-        log_probs[:, :, EOS_ID] = float("-inf")
     if any_at_limit:
         log_probs[at_limit] = float("-inf")
         log_probs[:, :, EOS_ID] = torch.where(at_limit.unsqueeze(1), eos, log_probs[:, :, EOS_ID])

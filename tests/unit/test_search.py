@@ -36,13 +36,6 @@ def test_n_best_is_sorted_by_score_and_sized():
         assert scores == sorted(scores, reverse=True)
 
 
-def test_min_len_forbids_early_eos():
-    model = tiny()
-    src, lengths = padded(SRC)
-    for hyps in beam_search(model, src, lengths, 3, 2.0, 5, min_len=4):
-        assert len(hyps[0].tokens) >= 4
-
-
 def test_log_prob_is_the_model_score_of_the_tokens():
     model = tiny()
     src, lengths = padded(SRC[:1])
