@@ -286,8 +286,8 @@ class Translator:
                     opts.alpha,
                     with_attention=with_attention,
                 )
-                for row, hyps in zip(rows, found):
-                    out[row] = hyps[0]
+                for row, hyp in zip(rows, found):
+                    out[row] = hyp
         return out
 
     def _padded(self, batch: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
