@@ -10,10 +10,12 @@
         valid.*                     the same for validation, plus valid.ref.txt (the raw
                                     references BLEU is scored against)
 
-Why: reading text into Python lists on every rank costs ~2 GB per million pairs per
-rank and re-encodes the corpus at every start (measured in ../shared/FACTS.md). Token files
-are written once by one process per node, then read in place: the page cache shares them
-between ranks and a restart only opens files.
+Why: reading text into Python lists on every rank holds the corpus in every rank's memory
+and re-encodes it at every start: on 1M pairs the previous in-memory path took 53.4 s to
+its first step and peaked at 3.0 GB RSS in one rank (benchmarks/RESULTS.md, "Data at scale";
+`benchmarks/data_scale.py --old-code` measures it again). Token files are written once by
+one process per node, then read in place: the page cache shares them between ranks and a
+restart only opens files.
 """
 
 from __future__ import annotations
