@@ -16,10 +16,11 @@ import hydra
 from omegaconf import DictConfig
 
 from dist_lstm.config import register_configs
+from dist_lstm.config.moved_keys import refuse_moved_keys
 from dist_lstm.errors import ConfigError
+from dist_lstm.exit_policy import user_errors
 from dist_lstm.extras import check_command_line, command_line_overrides
 from dist_lstm.job import run_job
-from dist_lstm.run import user_errors
 from dist_lstm.topology import drop_local_rank_argument
 
 register_configs()
@@ -60,5 +61,6 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     with user_errors():  # what Hydra would fail on with a traceback, said in one line
         check_command_line(sys.argv[1:])  # a sweeper/launcher plugin that is not installed
+        refuse_moved_keys(sys.argv[1:])
         check_output_dir(sys.argv[1:])
     main()

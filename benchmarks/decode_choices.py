@@ -33,9 +33,8 @@ from results_file import write_result
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dist_lstm.checkpoint import write_atomically  # noqa: E402
+from dist_lstm.checkpoint import completed_checkpoints, write_atomically  # noqa: E402
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints  # noqa: E402
-from dist_lstm.checkpoint.manager import CheckpointManager  # noqa: E402
 from dist_lstm.data.corpus import read_lines  # noqa: E402
 from dist_lstm.evaluation import sacrebleu_scores  # noqa: E402
 from dist_lstm.inference import (  # noqa: E402
@@ -102,7 +101,7 @@ def score(paths, split: str, beam: int, alpha: float) -> dict:
 
 def checkpoints_up_to(run_dir: Path, best: Path, count: int) -> list:
     """`best` and the count-1 complete checkpoints before it, oldest first."""
-    every = CheckpointManager(run_dir, keep_last=1, is_main=False).completed()
+    every = completed_checkpoints(run_dir)
     upto = [p for p in every if p.resolve().name <= best.resolve().name]  # step_%08d names
     return upto[-count:]
 

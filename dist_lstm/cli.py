@@ -31,6 +31,7 @@ from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoi
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
+from dist_lstm.exit_policy import exit_status_for
 from dist_lstm.inference import (
     MAX_BEAM,
     LoadedModel,
@@ -565,9 +566,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except UserError as exc:
-        print(f"dist-lstm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        status = exit_status_for(exc, say=lambda line: _say_error(args.command, line))
+        if status is None:
+            raise
+        return status
+
+
+def _say_error(command: str, line: str) -> None:
+    print(f"dist-lstm {command}: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,6 @@ class SearchOptions:
     alpha: float = 0.0  # GNMT length penalty
     max_len_a: float = 1.5
     max_len_b: int = 10
-    min_len: int = 0
     batch_size: int = 64  # sentences decoded at once (greedy refills places as they finish)
     # 32, or bf16/fp16 autocast: products in 16 bits, scores and softmax in fp32
     precision: str = "32"
@@ -148,7 +147,7 @@ class SearchOptions:
     @property
     def greedy(self) -> bool:
         """Whether best_hypotheses decodes these options greedily."""
-        return decodes_greedily(self.beam, self.min_len)
+        return decodes_greedily(self.beam)
 
     def validate(self) -> None:
         check_beam(self.beam)
@@ -285,11 +284,10 @@ class Translator:
                     opts.max_len_a,
                     opts.max_len_b,
                     opts.alpha,
-                    opts.min_len,
                     with_attention=with_attention,
                 )
-                for row, hyps in zip(rows, found):
-                    out[row] = hyps[0]
+                for row, hyp in zip(rows, found):
+                    out[row] = hyp
         return out
 
     def _padded(self, batch: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -311,6 +309,5 @@ class Translator:
             opts.max_len_a,
             opts.max_len_b,
             opts.alpha,
-            opts.min_len,
             rows_in_flight=opts.batch_size,
         )

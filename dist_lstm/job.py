@@ -15,17 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, open_dict
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.config import validate_config
 from dist_lstm.errors import ConfigError, UserError
 from dist_lstm.evaluation import monitor_mode
-from dist_lstm.run import train, user_errors
+from dist_lstm.exit_policy import user_errors
+from dist_lstm.run import train
 from dist_lstm.topology import launcher_rank, launcher_world_size
 
 log = logging.getLogger(__name__)
@@ -158,11 +159,8 @@ def _write_result(job: HydraJob, values: Dict[str, Any]) -> None:
     if launcher_rank() != 0:
         return
     record = {"job": job.run_dir.name, "overrides": job.overrides, **values}
-    path = job.run_dir / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_suffix(".json.tmp")
-    scratch.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
-    os.replace(scratch, path)
+    with atomic_write(job.run_dir / RESULT_FILE) as scratch:
+        scratch.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -39,12 +39,9 @@ from dist_lstm.optim import build_optimizer, build_schedule
 from dist_lstm.precision import configure_tf32
 from dist_lstm.signals import exit_status, stop_with_launcher
 from dist_lstm.strategy import Strategy, build_strategy
-from dist_lstm.strategy.base import peer_lost
 from dist_lstm.topology import (
     from_environment,
     job_identity,
-    launcher_rank,
-    launcher_world_size,
 )
 from dist_lstm.trainer import Trainer
 
@@ -65,38 +62,6 @@ def current_run_dir() -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path.cwd()
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Print a UserError as one clear line and exit with status 2, without a traceback.
-
-    In a distributed job any other failure is logged with its traceback and the rank it
-    happened on, then the process exits with status 1: the launcher sees the failed rank
-    and stops the others instead of leaving them waiting in a collective. A rank that
-    only lost another rank (its process or node died) says so in one line instead.
-    """
-    try:
-        yield
-    except UserError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
-    except Exception as exc:
-        if launcher_world_size() <= 1:
-            raise
-        if peer_lost(exc):
-            log.error(
-                "rank %d of %d lost contact with the rest of the job (%s): another process "
-                "or node of it has died or become unreachable. The checkpoints already "
-                "complete are intact; once every node is back, start the job again with "
-                "resume=auto (a SLURM job with --requeue is requeued by SLURM itself).",
-                launcher_rank(),
-                launcher_world_size(),
-                str(exc).splitlines()[0][:300],
-            )
-        else:
-            log.exception("rank %d of %d failed", launcher_rank(), launcher_world_size())
-        sys.exit(1)
 
 
 def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:

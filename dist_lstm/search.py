@@ -185,17 +185,15 @@ def beam_search(
     max_len_a: float,
     max_len_b: int,
     alpha: float = 0.0,
-    min_len: int = 0,
-    n_best: int = 1,
     encoded: Optional[Any] = None,
     with_attention: bool = False,
-) -> List[List[Hypothesis]]:
-    """Batched beam search; returns the n_best hypotheses per sentence, best first.
+) -> List[Hypothesis]:
+    """Batched beam search; returns the best hypothesis of each sentence.
 
     Each step extends all live hypotheses of all unfinished sentences in one decoder call
     (rows = sentences x beam). A hypothesis ending in EOS among a sentence's top-K
     candidates is finished. A sentence is done, and dropped from the batch, once its
-    n_best-th finished score beats the best score any live hypothesis could still reach
+    best finished score beats the best score any live hypothesis could still reach
     (log-probabilities only fall, so a live score divided by the largest length penalty
     is a bound); stopping at K finished hypotheses instead would miss better, longer ones.
     At a sentence's length limit only EOS may follow. With beam_size=1 and alpha=0 this
@@ -203,8 +201,8 @@ def beam_search(
     attention weights of every output token (kept per live hypothesis like its tokens;
     without it nothing of the kind is kept).
     """
-    if beam_size < 1 or n_best < 1 or n_best > beam_size:
-        raise ValueError(f"need 1 <= n_best ({n_best}) <= beam_size ({beam_size})")
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be 1 or more, not {beam_size}")
     device, batch, k = src.device, src.size(0), beam_size
     # Host copies of what each step's bookkeeping reads, so a GPU is synchronized a
     # couple of times per step, not once per finished hypothesis.
@@ -221,10 +219,9 @@ def beam_search(
     history = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # (A*K, t)
     aligned: Optional[torch.Tensor] = None  # (A*K, t, S) attention of each history token
     tokens = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
-    finished: List[List[Hypothesis]] = [[] for _ in range(batch)]
-    # Per sentence its n_best best finished scores, best first, -inf while fewer exist;
-    # the device holds the worst of them, the bar a live hypothesis must clear.
-    kept = [[float("-inf")] * n_best for _ in range(batch)]
+    # Per sentence its best finished hypothesis (the first of equal scores), None before
+    # one finishes; the device holds their scores, the bar a live hypothesis must clear.
+    best: List[Optional[Hypothesis]] = [None] * batch
     bar = torch.full((batch,), float("-inf"), device=device)  # (B,)
     best_reachable_divisor = length_penalty(limits.float() + 1, alpha)  # (B,)
 
@@ -237,9 +234,7 @@ def beam_search(
                 aligned = step_attention.new_zeros(live * k, 0, step_attention.size(1))
         vocab = log_probs.size(-1)
         any_at_limit = bool((limits_host[sentence_host] <= t).any())  # host only
-        log_probs = _constrain(
-            log_probs.view(live, k, vocab), t, min_len, t >= limits[sentence], any_at_limit
-        )
+        log_probs = _constrain(log_probs.view(live, k, vocab), t >= limits[sentence], any_at_limit)
         candidates = (scores.unsqueeze(2) + log_probs).view(live, k * vocab)
         # 2K candidates hold at least K that do not end in EOS.
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (A, 2K)
@@ -257,9 +252,9 @@ def beam_search(
                 hyp = Hypothesis(prefix, total / length_penalty(len(prefix) + 1, alpha), total)
                 if weights is not None:
                     hyp.attention = weights[number, :, : int(src_lengths[index])]
-                finished[index].append(hyp)
-                kept[index] = sorted([*kept[index], hyp.score], reverse=True)[:n_best]
-            bar = torch.tensor([best[-1] for best in kept], device=device)
+                if best[index] is None or hyp.score > best[index].score:
+                    best[index] = hyp
+            bar = torch.tensor([_score(hyp) for hyp in best], device=device)
 
         # The best K candidates that do not end continue.
         scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)  # (A, K)
@@ -281,12 +276,16 @@ def beam_search(
             aligned = torch.cat([aligned[rows], step_attention[rows].unsqueeze(1)], dim=1)
         tokens = next_tokens
 
-    return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
+    return best  # every sentence has one: at its length limit only EOS may follow
 
 
-def decodes_greedily(beam: int, min_len: int) -> bool:
+def _score(hyp: Optional[Hypothesis]) -> float:
+    return float("-inf") if hyp is None else hyp.score
+
+
+def decodes_greedily(beam: int) -> bool:
     """Whether best_hypotheses runs greedy search (the same result as beam 1, faster)."""
-    return beam == 1 and min_len == 0
+    return beam == 1
 
 
 def best_hypotheses(
@@ -297,32 +296,22 @@ def best_hypotheses(
     max_len_a: float,
     max_len_b: int,
     alpha: float = 0.0,
-    min_len: int = 0,
     encoded: Optional[Any] = None,
     rows_in_flight: Optional[int] = None,
 ) -> List[List[int]]:
-    """The best output ids per sentence: greedy when beam=1 and min_len=0 (the same result
-    as beam search of width 1, faster; `rows_in_flight` sentences at a time), beam search
-    otherwise (all of src at once)."""
-    if decodes_greedily(beam, min_len):
+    """The best output ids per sentence: greedy when beam=1 (the same result as beam search
+    of width 1, faster; `rows_in_flight` sentences at a time), beam search otherwise (all
+    of src at once)."""
+    if decodes_greedily(beam):
         return greedy_search(model, src, src_lengths, max_len_a, max_len_b, encoded, rows_in_flight)
-    hyps = beam_search(
-        model, src, src_lengths, beam, max_len_a, max_len_b, alpha, min_len, encoded=encoded
-    )
-    return [h[0].tokens for h in hyps]
+    hyps = beam_search(model, src, src_lengths, beam, max_len_a, max_len_b, alpha, encoded=encoded)
+    return [hyp.tokens for hyp in hyps]
 
 
-def _constrain(
-    log_probs: torch.Tensor, t: int, min_len: int, at_limit: torch.Tensor, any_at_limit: bool
-) -> torch.Tensor:
-    """log_probs (A, K, V): no EOS before min_len; only EOS at the length limit (A,);
-    `any_at_limit`: whether any sentence is there, known on the host.
-
-    The limit wins over min_len, so every sentence finishes.
-    """
+def _constrain(log_probs: torch.Tensor, at_limit: torch.Tensor, any_at_limit: bool) -> torch.Tensor:
+    """log_probs (A, K, V): only EOS at the length limit (A,), so every sentence finishes;
+    `any_at_limit`: whether any sentence is there, known on the host."""
     eos = log_probs[:, :, EOS_ID].clone()  # (A, K)
-    if t < min_len:
-        log_probs[:, :, EOS_ID] = float("-inf")
     if any_at_limit:
         log_probs[at_limit] = float("-inf")
         log_probs[:, :, EOS_ID] = torch.where(at_limit.unsqueeze(1), eos, log_probs[:, :, EOS_ID])

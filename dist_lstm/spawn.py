@@ -25,6 +25,7 @@ from typing import Any, Dict
 from omegaconf import DictConfig, OmegaConf
 
 from dist_lstm.errors import UserError
+from dist_lstm.logging.run_dir import log_file_name, quiet_console
 from dist_lstm.signals import exit_status
 from dist_lstm.topology import free_local_port
 
@@ -72,10 +73,9 @@ def raise_for_failed_workers(failed: Any, run_dir: Path) -> None:
     rank, failure = min(failed.failures.items())
     if failure.exitcode > 128:
         sys.exit(failure.exitcode)
-    log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
     raise UserError(
         f"worker rank {rank} of the job exited with status {failure.exitcode}; its messages "
-        f"are above and in {run_dir / log_name}."
+        f"are above and in {run_dir / log_file_name(rank)}."
     )
 
 
@@ -83,7 +83,8 @@ def run_worker(config: Dict[str, Any], run_dir: str, nproc: int) -> Dict[str, An
     """Entry point of one worker process (module level, so `spawn` can import it)."""
     from dist_lstm.config import register_configs
     from dist_lstm.config.schema import typed_config
-    from dist_lstm.run import train, user_errors
+    from dist_lstm.exit_policy import user_errors
+    from dist_lstm.run import train
     from dist_lstm.topology import launcher_rank
 
     register_configs()
@@ -105,10 +106,8 @@ def configure_worker_logging(run_dir: Path, rank: int) -> None:
     root.setLevel(logging.INFO)
     console = RichHandler(show_path=False)
     if rank > 0:
-        console.setLevel(logging.WARNING)
-        console.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
-    log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
-    log_file = logging.FileHandler(run_dir / log_name)
+        quiet_console(console, rank)
+    log_file = logging.FileHandler(run_dir / log_file_name(rank))
     log_file.setFormatter(logging.Formatter(FILE_FORMAT))
     root.handlers = [console, log_file]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -21,6 +20,7 @@ from typing import Any, Dict, List, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.job import read_result
 from dist_lstm.topology import launcher_rank
 
@@ -57,13 +57,11 @@ def _job_order(path: Path) -> Any:
 
 def write_summary(sweep_dir: Path) -> List[Dict[str, Any]]:
     rows = collect_results(sweep_dir)
-    scratch = sweep_dir / f".{SUMMARY_FILE}.{os.getpid()}"
-    with scratch.open("w", newline="") as out:
+    with atomic_write(sweep_dir / SUMMARY_FILE) as scratch, scratch.open("w", newline="") as out:
         writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "overrides": " ".join(row.get("overrides", []))})
-    os.replace(scratch, sweep_dir / SUMMARY_FILE)
     return rows
 
 

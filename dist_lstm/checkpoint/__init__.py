@@ -4,6 +4,7 @@ weights (consolidate.py), RNG state (rng.py) and averaging (average.py)."""
 from dist_lstm.checkpoint.consolidate import is_checkpoint_folder, load_checkpoint
 from dist_lstm.checkpoint.manager import (
     CheckpointManager,
+    completed_checkpoints,
     load_model_weights,
     read_meta,
     write_atomically,
@@ -11,6 +12,7 @@ from dist_lstm.checkpoint.manager import (
 
 __all__ = [
     "CheckpointManager",
+    "completed_checkpoints",
     "is_checkpoint_folder",
     "load_checkpoint",
     "load_model_weights",

@@ -13,17 +13,17 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from dist_lstm.checkpoint.consolidate import load_checkpoint
-from dist_lstm.checkpoint.manager import CheckpointManager
+from dist_lstm.checkpoint.manager import checkpoints_dir, completed_checkpoints
 from dist_lstm.errors import UserError
 
 
 def last_step_checkpoints(run_dir: str | Path, count: int) -> List[Path]:
     """The `count` newest complete checkpoints of a run, oldest first."""
-    manager = CheckpointManager(Path(run_dir).expanduser(), keep_last=1, is_main=False)
-    found = manager.completed()
+    run_dir = Path(run_dir).expanduser()
+    found = completed_checkpoints(run_dir)
     if len(found) < count:
         raise UserError(
-            f"{manager.directory} has {len(found)} checkpoints, {count} were asked for. "
+            f"{checkpoints_dir(run_dir)} has {len(found)} checkpoints, {count} were asked for. "
             "Lower --last, or train with a larger checkpoint.keep_last."
         )
     return found[-count:]

@@ -33,8 +33,8 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.errors import UserError
-from dist_lstm.model import with_added_keys
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ META = "meta.pt"
 SHARED = "trainer.pt"
 STATE = "state"
 RANK_DIR = "rank"
+# Model keys added after checkpoints were first written, with the value that older
+# checkpoints (whose saved config lacks the key) were trained with; loading fills them in.
+ADDED_MODEL_KEYS = {"word_dropout": 0.0}
 
 
 class Stateful(Protocol):
@@ -84,6 +87,21 @@ def rank_file(folder: Path, rank: int) -> Path:
     return folder / RANK_DIR / f"rank_{rank:05d}.pt"
 
 
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def completed_checkpoints(run_dir: str | Path) -> List[Path]:
+    """The complete step checkpoints of a run directory, oldest first. Only reads: what
+    resuming, averaging and benchmarks need, without a manager (which clears unfinished
+    saves at start)."""
+    directory = checkpoints_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob(f"{STEP_PREFIX}*") if p.is_dir()]
+    return sorted(p for p in found if is_complete(p))
+
+
 class CheckpointManager:
     """Saves, finds and loads the checkpoints of one run; every rank holds one.
 
@@ -100,7 +118,7 @@ class CheckpointManager:
         rank: int = 0,
         asynchronous: bool = False,
     ):
-        self.directory = Path(run_dir) / "checkpoints"
+        self.directory = checkpoints_dir(run_dir)
         self.keep_last = keep_last
         self.is_main = is_main
         self.barrier = barrier
@@ -136,10 +154,7 @@ class CheckpointManager:
     # ------------------------------------------------------------------ finding
     def completed(self) -> List[Path]:
         """Complete step checkpoints, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = [p for p in self.directory.glob(f"{STEP_PREFIX}*") if p.is_dir()]
-        return sorted(p for p in found if is_complete(p))
+        return completed_checkpoints(self.directory.parent)
 
     def at_step(self, step: int) -> Optional[Path]:
         """The complete checkpoint of `step`, or None if it was not kept."""
@@ -323,10 +338,8 @@ def _fsync_tree(folder: Path) -> None:
 def write_atomically(payload: Dict[str, Any], target: str | Path) -> Path:
     """torch.save to a temporary name, then rename: readers never see half a file."""
     target = Path(target).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(target.name + ".tmp")
-    _save_synced(payload, scratch)
-    os.replace(scratch, target)
+    with atomic_write(target) as scratch:
+        _save_synced(payload, scratch)
     return target
 
 
@@ -346,7 +359,7 @@ def with_current_model_keys(payload: Dict[str, Any]) -> Dict[str, Any]:
     config = payload.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         return payload
-    return {**payload, "config": {**config, "model": with_added_keys(config["model"])}}
+    return {**payload, "config": {**config, "model": {**ADDED_MODEL_KEYS, **config["model"]}}}
 
 
 def load_model_weights(

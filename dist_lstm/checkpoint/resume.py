@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 
 from dist_lstm.checkpoint.consolidate import is_checkpoint_folder
-from dist_lstm.checkpoint.manager import STATE, CheckpointManager, is_complete, read_meta
+from dist_lstm.checkpoint.manager import (
+    STATE,
+    CheckpointManager,
+    completed_checkpoints,
+    is_complete,
+    read_meta,
+)
 from dist_lstm.data.shaping import RESUME_KEYS, option_values
 from dist_lstm.errors import UserError
 from dist_lstm.strategy.formats import DEEPSPEED_TAG
@@ -69,9 +75,9 @@ def resume_folder(resume: Optional[str], manager: CheckpointManager) -> Optional
                 "marker); resume from an earlier one or use resume=auto."
             )
         return path
-    latest = CheckpointManager(path, keep_last=1, is_main=False).latest()
-    if latest is not None:
-        return latest
+    found = completed_checkpoints(path)
+    if found:
+        return found[-1]
     raise UserError(
         f"resume={resume}: not a checkpoint folder nor a run directory with checkpoints. "
         "Give RUN_DIR/checkpoints/step_XXXXXXXX, a run directory, or resume=auto."

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
+from dist_lstm.config.moved_keys import refuse_moved_keys
 from dist_lstm.config.schema import register_configs
 from dist_lstm.errors import ConfigError
 
@@ -25,6 +26,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
             f"no conf/ beside the package ({CONF_DIR}): run from a checkout of the repository "
             "installed with `pip install -e .`."
         )
+    refuse_moved_keys(overrides)
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

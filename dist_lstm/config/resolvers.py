@@ -10,10 +10,10 @@ rank 0's directory once the process group is up.
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from dist_lstm.logging.run_dir import log_file_name, make_scratch_dir
 from dist_lstm.topology import launcher_rank
 
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
@@ -31,7 +31,7 @@ def rank_scoped_dir(default: str) -> str:
     rank = launcher_rank()
     if rank == 0:
         return default
-    return tempfile.mkdtemp(prefix=f"dist-lstm-rank{rank}-")
+    return make_scratch_dir(rank)
 
 
 def rank_zero_only(value: Any) -> Optional[Any]:
@@ -41,8 +41,7 @@ def rank_zero_only(value: Any) -> Optional[Any]:
 
 def rank_log_name(job_name: str) -> str:
     """Resolver: train.log on rank 0, train.rank<N>.log on the others."""
-    rank = launcher_rank()
-    return f"{job_name}.log" if rank == 0 else f"{job_name}.rank{rank}.log"
+    return log_file_name(launcher_rank(), job_name)
 
 
 RESOLVERS: Dict[str, Callable[..., Any]] = {

@@ -114,7 +114,6 @@ class OptimConfig:
     min_lr: float = 0.0  # cosine: the rate reached at trainer.max_steps
     plateau_factor: float = 0.5  # plateau: multiply the rate by this ...
     plateau_patience: int = 1  # ... after this many validations without improvement
-    clip_grad_norm: Optional[float] = None  # moved to strategy.clip_grad_norm (named if set)
 
 
 @dataclass
@@ -143,7 +142,6 @@ class TrainerConfig:
     # fp32 products as TF32 on GPUs that have it (Ampere and later); no effect on CPUs.
     tf32: bool = True
     progress_bar: bool = True
-    precision: Optional[str] = None  # moved to strategy.precision (named if set)
 
 
 @dataclass

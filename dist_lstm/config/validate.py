@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dist_lstm.data.tokenizer import TOKENIZER_TYPES
 from dist_lstm.errors import ConfigError
@@ -22,13 +22,6 @@ from dist_lstm.strategy import STRATEGIES
 from dist_lstm.strategy.comm_hooks import COMM_HOOKS
 from dist_lstm.strategy.ddp import BACKENDS
 from dist_lstm.topology import DEVICES
-
-# Keys that moved to the group that uses them: a config still setting one stops with the
-# new key's name. Their schema fields default to null and exist only for this message.
-MOVED_KEYS = {
-    "trainer.precision": "strategy.precision",
-    "optim.clip_grad_norm": "strategy.clip_grad_norm",
-}
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -259,16 +252,6 @@ def validate_comm_hook(strategy: DictConfig, trainer: DictConfig) -> None:
     )
 
 
-def refuse_moved_keys(cfg: DictConfig) -> None:
-    for old, new in MOVED_KEYS.items():
-        value = OmegaConf.select(cfg, old)
-        if value is not None:
-            raise ConfigError(
-                f"{old} has moved to {new} (the group that uses it): set {new}={value} "
-                f"instead of {old}={value}."
-            )
-
-
 def validate_checkpoint(checkpoint: DictConfig, strategy: DictConfig) -> None:
     _positive("checkpoint.every_steps", checkpoint.every_steps, allow_none=True)
     _positive("checkpoint.every_minutes", checkpoint.every_minutes, allow_none=True)
@@ -304,7 +287,6 @@ def validate_launcher(launcher: DictConfig, strategy: DictConfig) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every value range; raise ConfigError naming the first bad key."""
-    refuse_moved_keys(cfg)
     _require(cfg.seed >= 0, "seed", cfg.seed, "use a non-negative integer.")
     validate_data(cfg.data)
     validate_model(cfg.model)

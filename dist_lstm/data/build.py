@@ -1,19 +1,20 @@
-"""From a data config to tokenizer, datasets and data loaders: the data half of a run."""
+"""From a data config to tokenizer, datasets and data loaders (and the padded batches
+they yield, `collate`): the data half of a run."""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, Batch
 from dist_lstm.data.corpus import ParallelText, load_parallel, read_checksums, verify_checksum
-from dist_lstm.data.dataset import collate
 from dist_lstm.data.mapped import MappedSplit
 from dist_lstm.data.prepared import MANIFEST, ensure_prepared
 from dist_lstm.data.sampler import BucketBatchSampler, token_budget_batches
@@ -121,4 +122,31 @@ def make_eval_loader(
         batch_sampler=plan.as_lists()[rank::world_size],
         collate_fn=collate,
         generator=torch.Generator().manual_seed(0),
+    )
+
+
+def _pad(seqs: Sequence[np.ndarray], before: int = -1, after: int = -1) -> torch.Tensor:
+    """(B, longest [+1]) PAD_ID-padded ids; `before`/`after`: an id put before or after
+    every sequence (BOS for decoder inputs, EOS for targets)."""
+    extra = int(before >= 0) + int(after >= 0)
+    out = np.full((len(seqs), max(len(s) for s in seqs) + extra), PAD_ID, dtype=np.int64)
+    start = int(before >= 0)
+    for row, seq in enumerate(seqs):
+        if before >= 0:
+            out[row, 0] = before
+        out[row, start : start + len(seq)] = seq
+        if after >= 0:
+            out[row, start + len(seq)] = after
+    return torch.from_numpy(out)
+
+
+def collate(items: Sequence[Tuple[int, Sequence[int], Sequence[int]]]) -> Batch:
+    """Pad a list of (index, src_ids, tgt_ids) into a Batch."""
+    indices, srcs, tgts = zip(*items)
+    return Batch(
+        src=_pad(srcs),
+        src_lengths=torch.tensor([len(s) for s in srcs], dtype=torch.long),
+        tgt_in=_pad(tgts, before=BOS_ID),
+        tgt_out=_pad(tgts, after=EOS_ID),
+        indices=torch.tensor(indices, dtype=torch.long),
     )

@@ -10,10 +10,12 @@
         valid.*                     the same for validation, plus valid.ref.txt (the raw
                                     references BLEU is scored against)
 
-Why: reading text into Python lists on every rank costs ~2 GB per million pairs per
-rank and re-encodes the corpus at every start (measured in ../shared/FACTS.md). Token files
-are written once by one process per node, then read in place: the page cache shares them
-between ranks and a restart only opens files.
+Why: reading text into Python lists on every rank holds the corpus in every rank's memory
+and re-encodes it at every start: on 1M pairs the previous in-memory path took 53.4 s to
+its first step and peaked at 3.0 GB RSS in one rank (benchmarks/RESULTS.md, "Data at scale";
+`benchmarks/data_scale.py --old-code` measures it again). Token files are written once by
+one process per node, then read in place: the page cache shares them between ranks and a
+restart only opens files.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -36,6 +37,7 @@ import numpy as np
 import sentencepiece as spm
 from omegaconf import DictConfig
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.data.corpus import count_lines, sha256_of, stream_pairs
 from dist_lstm.data.shaping import INPUT_FILES, PREPARED_KEYS, option_values
 from dist_lstm.data.tokenizer import Tokenizer, TokenizerOptions, train_or_load
@@ -399,24 +401,21 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     started = time.monotonic()
     _check_inputs(data)
     target_key = _make_folders(data, target)
-    scratch = target.parent / f".incomplete-{target.name}-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    _make_folder(scratch, target, target_key)  # written beside its place, then renamed
+    manifest: Optional[Dict[str, Any]] = None
     try:
-        manifest = _prepare_into(data, scratch)
-        _replace(scratch, target)
+        with atomic_write(target) as scratch:  # a stale folder at `target` is replaced
+            _make_folder(scratch, target, target_key)
+            manifest = _prepare_into(data, scratch)
     except OSError as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             raise DataError(
                 f"the disk filled up while preparing data into {target}: free space there, or "
                 "point data.cache_dir (or data.prepared_dir) at a larger disk. Nothing "
                 "incomplete was left behind."
             ) from None
-        raise
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        if manifest is None or not (target / MANIFEST).is_file():
+            raise
+        # the rename lost a race: another process put its complete folder there; it stays
     pairs = manifest["splits"]["train"]["read"]
     seconds = time.monotonic() - started
     log.info("prepared %s in %.1f s (%.0f training pairs/s)", target, seconds, pairs / seconds)
@@ -502,13 +501,3 @@ def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
     return manifest
-
-
-def _replace(scratch: Path, target: Path) -> None:
-    """Put the finished folder in place (under the preparation lock); a stale one at
-    `target` is moved aside first."""
-    if target.exists():
-        old = target.parent / f".stale-{target.name}-{os.getpid()}"
-        os.replace(target, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(scratch, target)

@@ -6,10 +6,11 @@ so a second run with the same data reuses the trained model in milliseconds whil
 PAD/UNK/BOS/EOS for both languages so the model code can rely on them.
 
 A joint model's pieces include every source-only subword; the decoder has no use for
-them. `with_target_vocab` keeps, on the target side, only the pieces that occur in the
-training targets (and the specials): the decoder's embedding and output layer shrink to
-those (on Multi30k de->en with 8k joint BPE, 4,269 of 8,000), which is what a toolkit with
-a separate target vocabulary builds, and saves a third of the output projection's work.
+them. `with_target_pieces` keeps, on the target side, only the pieces that occur in the
+training targets (data/prepared.py collects them while encoding) and the specials: the
+decoder's embedding and output layer shrink to those (on Multi30k de->en with 8k joint
+BPE, 4,269 of 8,000), which is what a toolkit with a separate target vocabulary builds,
+and saves a third of the output projection's work.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ROLES = ("src", "tgt")
 TOKENIZER_TYPES = ("bpe", "unigram")  # data.tokenizer.type: SentencePiece model types
-TARGET_VOCAB_MULTIPLE = 64  # see Tokenizer.with_target_vocab
+TARGET_VOCAB_MULTIPLE = 64  # see Tokenizer.with_target_pieces
 META_FILE = "tokenizer.json"
 
 
@@ -61,7 +62,7 @@ class Tokenizer:
 
     def __init__(self, models: Dict[str, Any]):
         """`models`: {"src": bytes, "tgt": bytes} and optionally "tgt_pieces", the target
-        model's piece ids the target side keeps (see `with_target_vocab`); as `payload`
+        model's piece ids the target side keeps (see `with_target_pieces`); as `payload`
         returns it, and as checkpoints store it."""
         self.models = {role: bytes(models[role]) for role in ROLES}
         self._sp = {
@@ -83,11 +84,6 @@ class Tokenizer:
         if self.tgt_pieces is not None:
             out["tgt_pieces"] = list(self.tgt_pieces)
         return out
-
-    def with_target_vocab(self, targets: Sequence[str]) -> "Tokenizer":
-        """This tokenizer with the target side restricted to the pieces of `targets`."""
-        used = {piece for ids in self._sp["tgt"].encode(list(targets)) for piece in ids}
-        return self.with_target_pieces(used)
 
     def with_target_pieces(self, used: Iterable[int]) -> "Tokenizer":
         """This tokenizer with the target side restricted to the `used` piece ids of the

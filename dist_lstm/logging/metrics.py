@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from dist_lstm.atomic import atomic_write
+
 
 class MetricsWriter:
     """Appends records to metrics.jsonl, flushing each so a crash loses nothing logged,
@@ -53,9 +55,8 @@ class MetricsWriter:
         kept = [
             r for r in read_metrics(self.path) if r.get("step", 0) <= step and "test_bleu" not in r
         ]
-        scratch = self.path.with_name(self.path.name + ".tmp")
-        scratch.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        scratch.replace(self.path)
+        with atomic_write(self.path) as scratch:
+            scratch.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def peak_memory_mb(device: torch.device) -> float:

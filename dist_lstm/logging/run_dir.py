@@ -1,19 +1,43 @@
 """One run directory for all ranks, and a log file per rank inside it.
 
-Ranks > 0 start in a private scratch directory (the config resolvers in
-dist_lstm/config/resolvers.py see to that) and, once the process group is up, adopt rank
-0's directory here, where each keeps its own log file for debugging.
+Ranks > 0 start in a private scratch directory (`make_scratch_dir`, called by the config
+resolvers in dist_lstm/config/resolvers.py) and, once the process group is up, adopt rank
+0's directory here, where each keeps its own log file (`log_file_name`) for debugging.
+This module owns those names and the console format of ranks > 0.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CONSOLE_HANDLER_TYPES = ("RichHandler", "StreamHandler")
+
+
+def log_file_name(rank: int, job_name: str = "train") -> str:
+    """train.log on rank 0, train.rank<N>.log on the others (`job_name`: Hydra's job name,
+    the script's name)."""
+    return f"{job_name}.log" if rank == 0 else f"{job_name}.rank{rank}.log"
+
+
+def quiet_console(handler: logging.Handler, rank: int) -> None:
+    """A console handler of rank > 0: warnings and errors only, tagged with the rank, so
+    N ranks do not print every line N times."""
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
+
+
+def make_scratch_dir(rank: int) -> str:
+    """A private directory where rank > 0 starts, before it knows rank 0's run directory."""
+    return tempfile.mkdtemp(prefix=_scratch_prefix(rank))
+
+
+def _scratch_prefix(rank: int) -> str:
+    return f"dist-lstm-rank{rank}-"
 
 
 def adopt_main_run_dir(own_dir: Path, main_dir: Path, rank: int) -> Path:
@@ -24,8 +48,7 @@ def adopt_main_run_dir(own_dir: Path, main_dir: Path, rank: int) -> Path:
     root = logging.getLogger()
     for handler in list(root.handlers):
         if type(handler).__name__ in CONSOLE_HANDLER_TYPES:
-            handler.setLevel(logging.WARNING)
-            handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
+            quiet_console(handler, rank)
         elif (
             isinstance(handler, logging.FileHandler)
             and Path(handler.baseFilename).parent != main_dir
@@ -36,8 +59,6 @@ def adopt_main_run_dir(own_dir: Path, main_dir: Path, rank: int) -> Path:
             replacement = logging.FileHandler(main_dir / name)
             replacement.setFormatter(handler.formatter)
             root.addHandler(replacement)
-    if own_dir.resolve() != main_dir.resolve() and own_dir.name.startswith(
-        f"dist-lstm-rank{rank}-"
-    ):
+    if own_dir.resolve() != main_dir.resolve() and own_dir.name.startswith(_scratch_prefix(rank)):
         shutil.rmtree(own_dir, ignore_errors=True)
     return main_dir

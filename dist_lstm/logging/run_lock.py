@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from dist_lstm.atomic import atomic_write
 from dist_lstm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,8 @@ class RunDirectoryClaim:
         self._stopping = self._stopping or stopping
         if self._stopping:
             record["stopping"] = True
-        scratch = self.path.with_name(f"{CLAIM_FILE}.{self.pid}")
-        with self._writing:
+        with self._writing, atomic_write(self.path) as scratch:  # one scratch per process
             scratch.write_text(json.dumps(record))
-            os.replace(scratch, self.path)
 
     def _in_use_message(self, holder: Dict[str, Any]) -> str:
         age = self.clock() - float(holder.get("heartbeat", 0))

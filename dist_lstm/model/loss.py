@@ -1,41 +1,20 @@
 """Label-smoothed cross-entropy over target tokens, padding excluded.
 
-Two forms with the same result: `sequence_loss` scores logits a caller already holds
-(the model's plain forward returns them; the tests check the fused form against it);
-`linear_cross_entropy` fuses the vocabulary projection with the loss and is what training
-and validation use: it never holds a whole batch's (tokens, vocab) logits, but computes
+`linear_cross_entropy` fuses the vocabulary projection with the loss (training and
+validation use it): it never holds a whole batch's (tokens, vocab) logits, but computes
 each row chunk's gradient while its logits are still in cache, and only for real tokens
-(speed and memory in benchmarks/RESULTS.md).
+(speed and memory in benchmarks/RESULTS.md). The tests check it against
+F.cross_entropy over the logits.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from dist_lstm.batch import PAD_ID
-
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in fp32)
-
-
-def sequence_loss(
-    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
-) -> Tuple[torch.Tensor, int]:
-    """logits (B, T, V), targets (B, T) with PAD_ID at padding.
-
-    Returns the summed loss over real tokens and their count; callers divide, so that
-    gradient accumulation and cross-rank averaging can weigh batches by tokens.
-    """
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        targets.reshape(-1),
-        ignore_index=PAD_ID,
-        label_smoothing=label_smoothing,
-        reduction="sum",
-    )
-    return loss, int((targets != PAD_ID).sum())
 
 
 def linear_cross_entropy(

@@ -11,15 +11,6 @@ from dist_lstm.model.decoder import Decoder, DecoderState
 from dist_lstm.model.encoder import Encoder, EncoderOutput
 from dist_lstm.model.onednn_weights import invalidate_reordered_weights, track_weight_changes
 
-# Model keys added after checkpoints were first written, with the value that older
-# checkpoints (whose saved config lacks the key) were trained with.
-ADDED_MODEL_KEYS = {"word_dropout": 0.0}
-
-
-def with_added_keys(model: Mapping[str, Any]) -> dict:
-    """A model config with the keys older checkpoints lack filled in."""
-    return {**ADDED_MODEL_KEYS, **model}
-
 
 class Seq2Seq(nn.Module):
     """Source ids -> target logits. Pure torch.nn: no ranks, devices or checkpoint formats."""

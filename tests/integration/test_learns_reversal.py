@@ -69,5 +69,5 @@ def test_model_learns_to_reverse_sequences(tmp_path):
     for ids in tokenizer.encode("src", [p[0] for p in held_out[:60]]):
         src, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
         greedy = greedy_search(model, src, lengths, 1.5, 5)[0]
-        best = beam_search(model, src, lengths, 5, 1.5, 5)[0][0]
+        best = beam_search(model, src, lengths, 5, 1.5, 5)[0]
         assert best.log_prob >= sequence_log_prob(model, src, lengths, greedy) - 1e-4

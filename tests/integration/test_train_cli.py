@@ -28,6 +28,7 @@ def run_train(*overrides, run_dir):
         ("optim.lr=-1", "optim.lr=-1.0 is invalid"),
         ("model.hidden_size=255", "model.hidden_size=255 is invalid"),
         ("data.train_src=/nonexistent/train.de", "data file not found: /nonexistent/train.de"),
+        ("trainer.precision=bf16", "set strategy.precision=bf16 instead of trainer.precision"),
     ],
 )
 def test_bad_input_exits_with_one_clear_message(tmp_path, override, message):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dist_lstm.batch import PAD_ID
-from dist_lstm.data.dataset import collate
+from dist_lstm.data.build import collate
 from dist_lstm.evaluation import (
     loss_and_translations,
     monitor_mode,

@@ -17,36 +17,20 @@ def test_beam_one_is_greedy(input_feeding, limits):
     src, lengths = padded(SRC)
     greedy = greedy_search(model, src, lengths, *limits)
     beam = beam_search(model, src, lengths, 1, *limits)
-    assert [h[0].tokens for h in beam] == greedy
+    assert [h.tokens for h in beam] == greedy
 
 
 def test_outputs_respect_the_length_limit():
     model = tiny()
     src, lengths = padded(SRC)
-    for hyps, n in zip(beam_search(model, src, lengths, 4, 1.0, 2, n_best=4), lengths.tolist()):
-        assert all(len(h.tokens) <= n + 2 for h in hyps)
-
-
-def test_n_best_is_sorted_by_score_and_sized():
-    model = tiny()
-    src, lengths = padded(SRC)
-    for hyps in beam_search(model, src, lengths, 5, 1.5, 4, n_best=3):
-        assert len(hyps) == 3
-        scores = [h.score for h in hyps]
-        assert scores == sorted(scores, reverse=True)
-
-
-def test_min_len_forbids_early_eos():
-    model = tiny()
-    src, lengths = padded(SRC)
-    for hyps in beam_search(model, src, lengths, 3, 2.0, 5, min_len=4):
-        assert len(hyps[0].tokens) >= 4
+    for hyp, n in zip(beam_search(model, src, lengths, 4, 1.0, 2), lengths.tolist()):
+        assert len(hyp.tokens) <= n + 2
 
 
 def test_log_prob_is_the_model_score_of_the_tokens():
     model = tiny()
     src, lengths = padded(SRC[:1])
-    hyp = beam_search(model, src, lengths, 3, 1.5, 4)[0][0]
+    hyp = beam_search(model, src, lengths, 3, 1.5, 4)[0]
     assert hyp.log_prob == pytest.approx(
         sequence_log_prob(model, src, lengths, hyp.tokens), abs=1e-4
     )
@@ -98,8 +82,8 @@ def test_length_penalty_changes_the_ranking():
     # With alpha=1 the long one is divided by 7/6 and wins: -0.70 > -0.80.
     model = ScriptedModel({2: {EOS_ID: 0.45, 5: 0.55}, 5: {EOS_ID: 0.8, 6: 0.2}})
     src, lengths = torch.ones(1, 3, dtype=torch.long), torch.tensor([3])
-    plain = beam_search(model, src, lengths, 2, 2.0, 2, alpha=0.0)[0][0]
-    penalized = beam_search(model, src, lengths, 2, 2.0, 2, alpha=1.0)[0][0]
+    plain = beam_search(model, src, lengths, 2, 2.0, 2, alpha=0.0)[0]
+    penalized = beam_search(model, src, lengths, 2, 2.0, 2, alpha=1.0)[0]
     assert plain.tokens == []
     assert penalized.tokens == [5]
     assert penalized.score == pytest.approx(
@@ -110,9 +94,7 @@ def test_length_penalty_changes_the_ranking():
 def test_invalid_beam_arguments():
     model = tiny()
     src, lengths = padded(SRC)
-    with pytest.raises(ValueError, match="n_best"):
-        beam_search(model, src, lengths, 2, 1.5, 3, n_best=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="beam_size must be 1 or more"):
         beam_search(model, src, lengths, 0, 1.5, 3)
 
 
@@ -157,11 +139,11 @@ def test_beam_search_of_a_batch_equals_each_sentence_alone(attention):
     """Hypotheses share their sentence's encoder outputs (stored once per sentence) while
     sentences finish and leave the batch at different steps."""
     model, sources = source_dependent_model(5, attention=attention)
-    batch = beam_search(model, *padded(sources), 3, 2.0, 4, n_best=2)
-    for source, hyps in zip(sources, batch):
-        alone = beam_search(model, *padded([source]), 3, 2.0, 4, n_best=2)[0]
-        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
-        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
+    batch = beam_search(model, *padded(sources), 3, 2.0, 4)
+    for source, hyp in zip(sources, batch):
+        alone = beam_search(model, *padded([source]), 3, 2.0, 4)[0]
+        assert hyp.tokens == alone.tokens
+        assert hyp.score == pytest.approx(alone.score, abs=1e-5)
 
 
 @pytest.mark.parametrize("input_feeding", [True, False])
@@ -171,19 +153,16 @@ def test_beam_search_returns_the_attention_each_token_was_produced_with(input_fe
     changes nothing else."""
     model, sources = source_dependent_model(5, input_feeding=input_feeding)
     src, lengths = padded(sources)
-    plain = beam_search(model, src, lengths, 3, 2.0, 4, n_best=2)
-    found = beam_search(model, src, lengths, 3, 2.0, 4, n_best=2, with_attention=True)
-    for source, hyps, without in zip(sources, found, plain):
-        assert [h.tokens for h in hyps] == [h.tokens for h in without]
-        for hyp in hyps:
-            assert hyp.attention.shape == (len(hyp.tokens), len(source))
-            one, length = padded([source])
-            with torch.no_grad():
-                state = model.init_state(model.encode(one, length))
-                prev = torch.tensor([2])
-                for t, token in enumerate(hyp.tokens):
-                    _, state = model.step(prev, state)
-                    torch.testing.assert_close(
-                        hyp.attention[t], state.attention[0], atol=1e-5, rtol=0
-                    )
-                    prev = torch.tensor([token])
+    plain = beam_search(model, src, lengths, 3, 2.0, 4)
+    found = beam_search(model, src, lengths, 3, 2.0, 4, with_attention=True)
+    for source, hyp, without in zip(sources, found, plain):
+        assert hyp.tokens == without.tokens
+        assert hyp.attention.shape == (len(hyp.tokens), len(source))
+        one, length = padded([source])
+        with torch.no_grad():
+            state = model.init_state(model.encode(one, length))
+            prev = torch.tensor([2])
+            for t, token in enumerate(hyp.tokens):
+                _, state = model.step(prev, state)
+                torch.testing.assert_close(hyp.attention[t], state.attention[0], atol=1e-5, rtol=0)
+                prev = torch.tensor([token])

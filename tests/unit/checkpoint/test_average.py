@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints
+from dist_lstm.checkpoint.manager import ADDED_MODEL_KEYS
 from dist_lstm.errors import UserError
-from dist_lstm.model import with_added_keys
 
 MODEL = {"emb_dim": 8, "hidden_size": 8}
 TOKENIZER = {"src": b"src-model", "tgt": b"tgt-model"}
@@ -70,7 +70,7 @@ def test_the_mean_is_accumulated_in_float64(tmp_path):
 def test_the_result_is_the_last_checkpoint_without_run_specific_fields(tmp_path):
     paths = [write(tmp_path, f"c{i}.pt", payload(i, {"w": torch.zeros(1)})) for i in (3, 7)]
     result = average_checkpoints(paths)
-    assert result["step"] == 7 and result["config"]["model"] == with_added_keys(MODEL)
+    assert result["step"] == 7 and result["config"]["model"] == {**ADDED_MODEL_KEYS, **MODEL}
     assert result["tokenizer"] == TOKENIZER
     assert "metrics" not in result and "world_size" not in result  # they describe one run
     assert result["averaged_from"] == [str(p) for p in paths]

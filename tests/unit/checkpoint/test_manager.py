@@ -7,7 +7,9 @@ from typing import Any, Dict, Optional
 import pytest
 import torch
 
-from dist_lstm.checkpoint.manager import CheckpointManager, read_meta
+from dist_lstm.checkpoint.average import last_step_checkpoints
+from dist_lstm.checkpoint.manager import CheckpointManager, completed_checkpoints, read_meta
+from dist_lstm.checkpoint.resume import resume_folder
 from dist_lstm.errors import UserError
 
 
@@ -100,3 +102,23 @@ def test_a_damaged_part_file_fails_with_the_folder_and_the_fix(tmp_path):
     (folder / "trainer.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=f"{folder}.*resume=PATH"):
         manager.load(folder)
+
+
+def test_listing_a_run_directory_finds_complete_checkpoints_and_removes_nothing(tmp_path):
+    """resume=RUN_DIR and `average --run` list another run's checkpoints while it may
+    still be saving one: only complete folders count, and the unfinished one stays."""
+    folders = tmp_path / "checkpoints"
+    for step, complete in ((3, True), (12, False), (7, True)):
+        (folders / f"step_{step:08d}").mkdir(parents=True)
+        if complete:
+            (folders / f"step_{step:08d}" / "COMPLETE").write_text(f"{step}\n")
+    (folders / ".incomplete_step_00000015").mkdir()  # a save being written
+    done = [folders / "step_00000003", folders / "step_00000007"]
+    assert completed_checkpoints(tmp_path) == done
+    this_run = CheckpointManager(tmp_path / "this", keep_last=1)
+    assert resume_folder(str(tmp_path), this_run) == done[1]
+    assert last_step_checkpoints(tmp_path, 2) == done
+    with pytest.raises(UserError, match="has 2 checkpoints, 3 were asked for"):
+        last_step_checkpoints(tmp_path, 3)
+    assert len(list(folders.iterdir())) == 4
+    assert completed_checkpoints(tmp_path / "no such run") == []

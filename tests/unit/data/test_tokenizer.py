@@ -65,7 +65,8 @@ def test_target_vocab_keeps_only_target_pieces_and_round_trips(tmp_path, monkeyp
         [str(write_lines(tmp_path / "train.en", tgt))],
     )
     joint = tok.train_or_load(*files, None, options(vocab_size=60), tmp_path / "c")
-    pruned = joint.with_target_vocab(tgt)
+    used = {piece for ids in joint.model_ids("tgt", tgt) for piece in ids}  # as prepare() collects
+    pruned = joint.with_target_pieces(used)
     assert pruned.src_vocab_size == joint.src_vocab_size  # the source side is untouched
     assert pruned.tgt_vocab_size < joint.tgt_vocab_size
     assert pruned.tgt_vocab_size % 8 == 0  # rounded up for the output GEMM
