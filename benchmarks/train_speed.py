@@ -39,7 +39,8 @@ import torch
 from bench_config import compose_config
 from results_file import write_result
 
-from dist_lstm.precision import DTYPES, PRECISIONS
+from dist_lstm.config.choices import PRECISIONS
+from dist_lstm.precision import DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]

@@ -28,6 +28,7 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint, write_atomically
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints
+from dist_lstm.config.choices import DEVICES, PRECISIONS
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
@@ -41,7 +42,6 @@ from dist_lstm.inference import (
     load_models,
     resolve_checkpoint_path,
 )
-from dist_lstm.precision import PRECISIONS
 from dist_lstm.tuning import search_grid
 
 log = logging.getLogger("dist_lstm")
@@ -107,7 +107,7 @@ def _add_search_args(parser: argparse.ArgumentParser, one_search: bool = True) -
         help="output limit a*source_len+b (default: the run's trainer.decode_max_len_a)",
     )
     parser.add_argument("--max-len-b", type=int, help="see --max-len-a (default: the run's value)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         help="requests that may wait; more are answered 503 (default 32)",
     )
-    serve.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    serve.add_argument("--device", choices=DEVICES, default="auto")
     serve.add_argument("--precision", choices=PRECISIONS, default="32")
     serve.set_defaults(func=cmd_serve)
 

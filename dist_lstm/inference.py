@@ -20,10 +20,11 @@ from dist_lstm.alignment import pharaoh, word_alignment
 from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import is_checkpoint_folder, load_checkpoint, load_model_weights
 from dist_lstm.config import register_configs
+from dist_lstm.config.choices import PRECISIONS
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Ensemble, Seq2Seq, build_model
-from dist_lstm.precision import PRECISIONS, autocast, check_precision
+from dist_lstm.precision import autocast, check_precision
 from dist_lstm.search import Hypothesis, beam_search, best_hypotheses, decodes_greedily
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,6 @@ from dist_lstm.topology import Topology, loopback_rendezvous
 log = logging.getLogger(__name__)
 
 
-BACKENDS = ("auto", "nccl", "gloo")  # strategy.backend: auto is nccl on GPUs, gloo on CPUs
-
-
 def default_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
