@@ -9,7 +9,7 @@ ranges (lr > 0, ...) are checked afterwards by `validate.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -152,7 +152,7 @@ class StrategyConfig:
     has. Each option of the group has its own schema below, so a DDP run carries no ZeRO
     stage and `strategy.zero_stage` under strategy=ddp fails naming the key."""
 
-    name: str = MISSING  # strategy/__init__.py STRATEGIES, or auto
+    name: str = MISSING  # each option's schema below sets its own (STRATEGY_SCHEMAS)
     # Numeric precision of training: 32, bf16 (autocast) or fp16 (autocast + loss
     # scaling; GPUs only). choices.py PRECISIONS.
     precision: str = "32"
@@ -202,11 +202,18 @@ class DeepSpeedStrategyConfig(DistributedStrategyConfig):
     zero_stage: int = 1  # ZeRO stage 0-3 (see conf/strategy/deepspeed.yaml)
 
 
-STRATEGY_SCHEMAS = {
-    "auto": AutoStrategyConfig,
-    "single": SingleStrategyConfig,
-    "ddp": DDPStrategyConfig,
-    "deepspeed": DeepSpeedStrategyConfig,
+# The options of the `strategy` group by name, each named by its schema's `name` default:
+# what validation offers, what conf/strategy/NAME.yaml starts from (NAME_schema) and what
+# a worker types its config with. strategy/__init__.py STRATEGIES pairs each schema with
+# its builder.
+STRATEGY_SCHEMAS: Dict[str, Type[StrategyConfig]] = {
+    schema.name: schema
+    for schema in (
+        AutoStrategyConfig,
+        SingleStrategyConfig,
+        DDPStrategyConfig,
+        DeepSpeedStrategyConfig,
+    )
 }
 
 

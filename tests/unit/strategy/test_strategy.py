@@ -11,7 +11,7 @@ import torch.distributed as dist
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment, loopback_rendezvous
-from tests.conftest import compose_config, needs_bf16
+from tests.conftest import CONF_DIR, compose_config, needs_bf16
 
 
 def test_plain_process_is_rank_zero_of_one():
@@ -35,6 +35,23 @@ def test_launcher_environment_is_read():
 def test_world_size_without_rendezvous_address_is_explained():
     with pytest.raises(ConfigError, match="MASTER_ADDR/MASTER_PORT are not set.*torchrun"):
         from_environment("cpu", env={"RANK": "0", "WORLD_SIZE": "2"})
+
+
+def test_each_strategy_option_is_one_entry_with_its_schema_and_yaml():
+    """conf/strategy/NAME.yaml, the schema NAME_schema that file starts from and the
+    registry entry that builds it: no option without the other two."""
+    from omegaconf import OmegaConf
+
+    from dist_lstm.config.schema import STRATEGY_SCHEMAS
+    from dist_lstm.strategy import STRATEGIES
+
+    files = {path.stem for path in (CONF_DIR / "strategy").glob("*.yaml")}
+    assert files == set(STRATEGIES) == set(STRATEGY_SCHEMAS)
+    for name, entry in STRATEGIES.items():
+        assert entry.name == name and entry.schema is STRATEGY_SCHEMAS[name]
+        assert f"{name}_schema" in OmegaConf.load(CONF_DIR / "strategy" / f"{name}.yaml").defaults
+        composed = compose_config([f"strategy={name}"]).strategy
+        assert composed.name == name and OmegaConf.get_type(composed) is entry.schema
 
 
 def test_auto_is_single_without_a_launcher():
