@@ -356,6 +356,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- prepare
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from dist_lstm.config import validate_config
     from dist_lstm.config.compose import compose_config
     from dist_lstm.data.build import verify_inputs
@@ -363,8 +365,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = compose_config(args.overrides)
     validate_config(cfg)
-    verify_inputs(cfg.data)
-    directory = ensure_prepared(cfg.data, prepares=True, wait_s=0, force=args.force)
+    data = OmegaConf.to_object(cfg.data)  # the schema's DataConfig, as training builds it
+    verify_inputs(data)
+    directory = ensure_prepared(data, prepares=True, wait_s=0, force=args.force)
     manifest = json.loads((directory / "manifest.json").read_text())
     train = manifest["splits"]["train"]
     tokens = train["src_tokens"] + train["tgt_tokens"]

@@ -13,7 +13,8 @@ from dist_lstm import precision as prec
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment
-from tests.conftest import ROOT, bf16_supported, compose_config, needs_bf16
+from tests.conftest import ROOT, bf16_supported, needs_bf16
+from tests.helpers.typed_config import strategy_config
 
 CPU = torch.device("cpu")
 
@@ -28,7 +29,7 @@ def test_fp16_on_cpu_is_refused_with_the_fix():
 def test_every_strategy_refuses_a_precision_its_device_cannot_run_before_joining_a_group(name):
     """The base class resolves the precision for every strategy, DeepSpeed included,
     before a process group is joined (a refused rank never leaves the others waiting)."""
-    cfg = compose_config([f"strategy={name}", "strategy.precision=fp16"]).strategy
+    cfg = strategy_config([f"strategy={name}", "strategy.precision=fp16"])
     with pytest.raises(ConfigError, match="strategy.precision=fp16 is invalid on a CPU"):
         build_strategy(cfg, from_environment("cpu", env={}))
     assert not torch.distributed.is_initialized()

@@ -12,6 +12,7 @@ from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment, loopback_rendezvous
 from tests.conftest import CONF_DIR, compose_config, needs_bf16
+from tests.helpers.typed_config import strategy_config
 
 
 def test_plain_process_is_rank_zero_of_one():
@@ -55,16 +56,14 @@ def test_each_strategy_option_is_one_entry_with_its_schema_and_yaml():
 
 
 def test_auto_is_single_without_a_launcher():
-    cfg = compose_config([])
-    strategy = build_strategy(cfg.strategy, from_environment("cpu", env={}))
+    strategy = build_strategy(strategy_config(), from_environment("cpu", env={}))
     assert isinstance(strategy, SingleDeviceStrategy)
 
 
 def test_single_under_a_launcher_names_the_fix():
-    cfg = compose_config(["strategy=single"])
     env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     with pytest.raises(ConfigError, match="use strategy=ddp"):
-        build_strategy(cfg.strategy, from_environment("cpu", env=env))
+        build_strategy(strategy_config(["strategy=single"]), from_environment("cpu", env=env))
 
 
 def test_cuda_request_without_cuda_is_a_config_error():
@@ -140,7 +139,7 @@ def test_ddp_in_a_plain_process_is_a_world_of_one_on_this_machine(no_launcher):
     MASTER_ADDR; one left in the shell without WORLD_SIZE names no job and is ignored."""
     topology = from_environment("cpu")
     assert topology.master_addr is None
-    strategy = build_strategy(compose_config(["strategy=ddp"]).strategy, topology)
+    strategy = build_strategy(strategy_config(["strategy=ddp"]), topology)
     try:
         assert (dist.get_rank(), dist.get_world_size()) == (0, 1)
         assert strategy.all_reduce_sum(torch.tensor([2.0])).item() == 2.0
@@ -157,7 +156,7 @@ def test_deepspeed_runs_and_reports_the_configured_precision_through_its_engine(
     scaler on top of the engine's cast, while decoding autocasts like every strategy."""
     from dist_lstm.strategy.deepspeed import deepspeed_config
 
-    cfg = compose_config(["strategy=deepspeed", "strategy.precision=bf16"]).strategy
+    cfg = strategy_config(["strategy=deepspeed", "strategy.precision=bf16"])
     strategy = build_strategy(cfg, from_environment("cpu"))
     try:
         assert strategy.precision == "bf16" and strategy.scaler is None
