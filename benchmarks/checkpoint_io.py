@@ -33,7 +33,7 @@ from dist_lstm.topology import from_environment
 
 def trained_strategy(cfg) -> SingleDeviceStrategy:
     vocab = cfg.data.tokenizer.vocab_size
-    strategy = SingleDeviceStrategy(from_environment("cpu"), cfg.strategy.clip_grad_norm)
+    strategy = SingleDeviceStrategy(from_environment("cpu"), OmegaConf.to_object(cfg.strategy))
     optim = OmegaConf.to_object(cfg.optim)
     strategy.wrap(build_model(cfg.model, vocab, vocab, 0), lambda m: build_optimizer(m, optim))
     src = torch.randint(4, vocab, (8, 12))

@@ -29,6 +29,7 @@ import torch
 from dist_lstm.checkpoint import load_checkpoint, write_atomically
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints
 from dist_lstm.config.choices import DEVICES, PRECISIONS
+from dist_lstm.config.schema import TrainerConfig
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
@@ -119,18 +120,17 @@ def _add_search_args(parser: argparse.ArgumentParser, one_search: bool = True) -
 
 def _model_and_options(args: argparse.Namespace) -> Tuple[LoadedModel, SearchOptions]:
     loaded = load_models(args.checkpoint, _device(args.device))
+    # The run's own length limit; the schema's default for a checkpoint saved without one.
     trainer = loaded.config.get("trainer", {})
+    run_a = trainer.get("decode_max_len_a", TrainerConfig.decode_max_len_a)
+    run_b = trainer.get("decode_max_len_b", TrainerConfig.decode_max_len_b)
     options = SearchOptions(
         beam=args.beam,
         alpha=args.alpha,
         batch_size=args.batch_size,
         precision=args.precision,
-        max_len_a=(
-            args.max_len_a if args.max_len_a is not None else trainer.get("decode_max_len_a", 1.5)
-        ),
-        max_len_b=(
-            args.max_len_b if args.max_len_b is not None else trainer.get("decode_max_len_b", 10)
-        ),
+        max_len_a=args.max_len_a if args.max_len_a is not None else run_a,
+        max_len_b=args.max_len_b if args.max_len_b is not None else run_b,
     )
     options.validate()
     return loaded, options
@@ -367,7 +367,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     validate_config(cfg)
     data = OmegaConf.to_object(cfg.data)  # the schema's DataConfig, as training builds it
     verify_inputs(data)
-    directory = ensure_prepared(data, prepares=True, wait_s=0, force=args.force)
+    directory = ensure_prepared(data, prepares=True, wait_s=None, force=args.force)
     manifest = json.loads((directory / "manifest.json").read_text())
     train = manifest["splits"]["train"]
     tokens = train["src_tokens"] + train["tgt_tokens"]

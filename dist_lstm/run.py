@@ -179,7 +179,7 @@ def _train_in(
     data = build_data(
         OmegaConf.to_object(cfg.data),
         prepares=topology.local_rank == 0,  # one process per node writes the token files
-        wait_s=cfg.strategy.get("timeout_s", 600),
+        wait_s=strategy.timeout_s,  # None for one process, which prepares itself
     )
     check_same_tokenizer(data.tokenizer.fingerprint, strategy)
     if strategy.is_main:

@@ -45,11 +45,14 @@ def verify_inputs(data: DataConfig) -> None:
             verify_checksum(path, checksums)
 
 
-def build_data(data: DataConfig, prepares: bool = True, wait_s: float = 600) -> TranslationData:
+def build_data(
+    data: DataConfig, prepares: bool = True, wait_s: Optional[float] = None
+) -> TranslationData:
     """The prepared token files for `data` (written first if missing or stale), opened.
 
     prepares: this process writes them when needed (one per node); the others wait for
-    them up to `wait_s` seconds, then every process reads the same files.
+    them up to `wait_s` seconds (the run's strategy.timeout_s), then every process reads
+    the same files.
     """
     if prepares:
         verify_inputs(data)

@@ -145,12 +145,15 @@ def check_files(directory: Path, manifest: Dict[str, Any]) -> None:
 
 
 def ensure_prepared(
-    data: DataConfig, prepares: bool, wait_s: float, force: bool = False
+    data: DataConfig, prepares: bool, wait_s: Optional[float], force: bool = False
 ) -> Path:
     """The prepared folder for `data`, written here if missing or stale (or `force`) when
-    `prepares` (one process per node), else waited for, at most `wait_s` seconds."""
+    `prepares` (one process per node), else waited for, at most `wait_s` seconds (which
+    a process that waits must be given: strategy.timeout_s)."""
     target = prepared_location(data)
     if not prepares:
+        if wait_s is None:
+            raise ValueError("ensure_prepared: a process that waits for the data needs wait_s")
         return _wait_until_prepared(data, target, wait_s)
     with _preparation_lock(data, target):
         manifest = None if force else read_manifest(target)

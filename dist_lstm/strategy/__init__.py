@@ -24,7 +24,6 @@ from dist_lstm.config.schema import (
 from dist_lstm.errors import ConfigError
 from dist_lstm.extras import require
 from dist_lstm.strategy.base import Strategy
-from dist_lstm.strategy.comm_hooks import CommHook
 from dist_lstm.strategy.ddp import DDPStrategy
 from dist_lstm.strategy.single import SingleDeviceStrategy
 from dist_lstm.topology import Topology
@@ -45,20 +44,11 @@ def _single(cfg: StrategyConfig, topology: Topology) -> Strategy:
             f"strategy.name='single' is invalid under a launcher with WORLD_SIZE="
             f"{topology.world_size}: use strategy=ddp (or auto), or start one process."
         )
-    return SingleDeviceStrategy(topology, cfg.clip_grad_norm, cfg.precision)
+    return SingleDeviceStrategy(topology, cfg)
 
 
 def _ddp(cfg: DDPStrategyConfig, topology: Topology) -> Strategy:
-    return DDPStrategy(
-        topology,
-        cfg.clip_grad_norm,
-        cfg.precision,
-        backend=cfg.backend,
-        timeout_s=cfg.timeout_s,
-        find_unused_parameters=cfg.find_unused_parameters,
-        comm_hook=CommHook(cfg.comm_hook, cfg.powersgd_rank, cfg.powersgd_start_step),
-        bucket_cap_mb=cfg.bucket_cap_mb,
-    )
+    return DDPStrategy(topology, cfg)
 
 
 def _auto(cfg: AutoStrategyConfig, topology: Topology) -> Strategy:
@@ -70,14 +60,7 @@ def _deepspeed(cfg: DeepSpeedStrategyConfig, topology: Topology) -> Strategy:
     require("deepspeed", "strategy=deepspeed")  # an extra; found without importing it
     from dist_lstm.strategy.deepspeed import DeepSpeedStrategy  # imports deepspeed: slow
 
-    return DeepSpeedStrategy(
-        topology,
-        cfg.clip_grad_norm,
-        zero_stage=cfg.zero_stage,
-        precision=cfg.precision,
-        backend=cfg.backend,
-        timeout_s=cfg.timeout_s,
-    )
+    return DeepSpeedStrategy(topology, cfg)
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,17 @@ def test_group_files_set_no_key_to_the_schema_default(group):
                     )
 
 
+@pytest.mark.parametrize(
+    "group", ["data", "model", "optim", "trainer", "strategy", "checkpoint", "logger", "launcher"]
+)
+def test_group_files_set_only_keys_of_their_own_group(group):
+    """A group file that sets another group's key (optim/sgd.yaml once set
+    strategy.clip_grad_norm) wins or loses by the order of the defaults list; bundles of
+    several groups' keys are experiments."""
+    for path in (CONF_DIR / group).glob("*.yaml"):
+        assert "@package" not in path.read_text(), f"{path.name} sets keys outside `{group}`"
+
+
 def test_validation_offers_the_config_choices_and_the_registries_implement_each():
     from dist_lstm.config.choices import OPTIMIZERS
     from dist_lstm.config.schema import STRATEGY_SCHEMAS

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from dist_lstm.config.schema import StrategyConfig
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment, loopback_rendezvous
@@ -58,6 +59,9 @@ def test_each_strategy_option_is_one_entry_with_its_schema_and_yaml():
 def test_auto_is_single_without_a_launcher():
     strategy = build_strategy(strategy_config(), from_environment("cpu", env={}))
     assert isinstance(strategy, SingleDeviceStrategy)
+    # Its keys come from the config, whose defaults are the schema's (no second default).
+    assert strategy.clip_grad_norm == StrategyConfig.clip_grad_norm == 1.0
+    assert strategy.timeout_s is None  # one process waits for no other
 
 
 def test_single_under_a_launcher_names_the_fix():
@@ -139,8 +143,9 @@ def test_ddp_in_a_plain_process_is_a_world_of_one_on_this_machine(no_launcher):
     MASTER_ADDR; one left in the shell without WORLD_SIZE names no job and is ignored."""
     topology = from_environment("cpu")
     assert topology.master_addr is None
-    strategy = build_strategy(strategy_config(["strategy=ddp"]), topology)
+    strategy = build_strategy(strategy_config(["strategy=ddp", "strategy.timeout_s=42"]), topology)
     try:
+        assert strategy.timeout_s == 42  # how long its ranks wait for each other's data
         assert (dist.get_rank(), dist.get_world_size()) == (0, 1)
         assert strategy.all_reduce_sum(torch.tensor([2.0])).item() == 2.0
         assert os.environ["LOCAL_RANK"] == "0"  # DeepSpeed's engine insists on it
