@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_config import compose_config
+from omegaconf import OmegaConf
 from results_file import write_result
 
 from dist_lstm.model import build_model
@@ -32,8 +33,9 @@ from dist_lstm.topology import from_environment
 
 def trained_strategy(cfg) -> SingleDeviceStrategy:
     vocab = cfg.data.tokenizer.vocab_size
-    strategy = SingleDeviceStrategy(from_environment("cpu"), cfg.strategy.clip_grad_norm)
-    strategy.wrap(build_model(cfg.model, vocab, vocab, 0), lambda m: build_optimizer(m, cfg.optim))
+    strategy = SingleDeviceStrategy(from_environment("cpu"), OmegaConf.to_object(cfg.strategy))
+    optim = OmegaConf.to_object(cfg.optim)
+    strategy.wrap(build_model(cfg.model, vocab, vocab, 0), lambda m: build_optimizer(m, optim))
     src = torch.randint(4, vocab, (8, 12))
     tgt = torch.randint(4, vocab, (8, 13))
     logits = strategy.model(src, torch.full((8,), 12), tgt)

@@ -153,11 +153,13 @@ def loader_rate(overrides: List[str], batches: int) -> float:
     """Batches per second of the training DataLoader alone (prepared data, 1 process)."""
     sys.path.insert(0, str(ROOT))
     from bench_config import compose_config
+    from omegaconf import OmegaConf
 
     from dist_lstm.data.build import build_data, make_train_loader
 
     cfg = compose_config(overrides)
-    loader = make_train_loader(build_data(cfg.data).train, cfg.data.max_tokens, cfg.seed)
+    data = build_data(OmegaConf.to_object(cfg.data))
+    loader = make_train_loader(data.train, cfg.data.max_tokens, cfg.seed)
     loader.batch_sampler.epoch_plan(0)  # planned before timing, as training does
     done, epoch, started = 0, 0, time.perf_counter()
     while done < batches:

@@ -37,9 +37,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import psutil
 import torch
 from bench_config import compose_config
+from omegaconf import OmegaConf
 from results_file import write_result
 
-from dist_lstm.precision import DTYPES, PRECISIONS
+from dist_lstm.config.choices import PRECISIONS
+from dist_lstm.precision import DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]
@@ -241,13 +243,14 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
 
     cfg = compose_config(list(overrides))
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.data)
+    data = build_data(OmegaConf.to_object(cfg.data))
     topology = from_environment(cfg.trainer.device, env={})
-    strategy = build_strategy(cfg.strategy, topology)
+    strategy = build_strategy(OmegaConf.to_object(cfg.strategy), topology)
     model = build_model(
         cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
     )
-    strategy.wrap(model, lambda m: build_optimizer(m, cfg.optim))
+    optim = OmegaConf.to_object(cfg.optim)
+    strategy.wrap(model, lambda m: build_optimizer(m, optim))
     loader = make_train_loader(data.train, cfg.data.max_tokens, cfg.seed, 0, 1)
     sync = torch.cuda.synchronize if strategy.device.type == "cuda" else (lambda: None)
     phases: Dict[str, List[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}

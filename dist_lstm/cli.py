@@ -28,6 +28,8 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint, write_atomically
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints
+from dist_lstm.config.choices import DEVICES, PRECISIONS
+from dist_lstm.config.schema import TrainerConfig
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
@@ -42,7 +44,6 @@ from dist_lstm.inference import (
     load_models,
     resolve_checkpoint_path,
 )
-from dist_lstm.precision import PRECISIONS
 from dist_lstm.tuning import search_grid
 
 log = logging.getLogger("dist_lstm")
@@ -108,7 +109,7 @@ def _add_search_args(parser: argparse.ArgumentParser, one_search: bool = True) -
         help="output limit a*source_len+b (default: the run's trainer.decode_max_len_a)",
     )
     parser.add_argument("--max-len-b", type=int, help="see --max-len-a (default: the run's value)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -120,18 +121,17 @@ def _add_search_args(parser: argparse.ArgumentParser, one_search: bool = True) -
 
 def _model_and_options(args: argparse.Namespace) -> Tuple[LoadedModel, SearchOptions]:
     loaded = load_models(args.checkpoint, _device(args.device))
+    # The run's own length limit; the schema's default for a checkpoint saved without one.
     trainer = loaded.config.get("trainer", {})
+    run_a = trainer.get("decode_max_len_a", TrainerConfig.decode_max_len_a)
+    run_b = trainer.get("decode_max_len_b", TrainerConfig.decode_max_len_b)
     options = SearchOptions(
         beam=args.beam,
         alpha=args.alpha,
         batch_size=args.batch_size,
         precision=args.precision,
-        max_len_a=(
-            args.max_len_a if args.max_len_a is not None else trainer.get("decode_max_len_a", 1.5)
-        ),
-        max_len_b=(
-            args.max_len_b if args.max_len_b is not None else trainer.get("decode_max_len_b", 10)
-        ),
+        max_len_a=args.max_len_a if args.max_len_a is not None else run_a,
+        max_len_b=args.max_len_b if args.max_len_b is not None else run_b,
     )
     options.validate()
     return loaded, options
@@ -357,6 +357,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- prepare
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
     from dist_lstm.config import validate_config
     from dist_lstm.config.compose import compose_config
     from dist_lstm.data.build import verify_inputs
@@ -364,8 +366,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = compose_config(args.overrides)
     validate_config(cfg)
-    verify_inputs(cfg.data)
-    directory = ensure_prepared(cfg.data, prepares=True, wait_s=0, force=args.force)
+    data = OmegaConf.to_object(cfg.data)  # the schema's DataConfig, as training builds it
+    verify_inputs(data)
+    directory = ensure_prepared(data, prepares=True, wait_s=None, force=args.force)
     manifest = json.loads((directory / "manifest.json").read_text())
     train = manifest["splits"]["train"]
     tokens = train["src_tokens"] + train["tgt_tokens"]
@@ -521,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         help="requests that may wait; more are answered 503 (default 32)",
     )
-    serve.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    serve.add_argument("--device", choices=DEVICES, default="auto")
     serve.add_argument("--precision", choices=PRECISIONS, default="32")
     serve.set_defaults(func=cmd_serve)
 

@@ -15,13 +15,10 @@ from sacrebleu.metrics import BLEU, CHRF
 from torch.utils.data import DataLoader
 
 from dist_lstm.batch import Batch
+from dist_lstm.config.choices import MONITOR_MODES
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.model import Seq2Seq
 from dist_lstm.search import best_hypotheses
-
-# The validation metrics `summarize` reports, and which way is better: what
-# trainer.monitor may name, what picks the best checkpoint and drives plateau schedules.
-MONITOR_MODES = {"val_bleu": "max", "val_chrf": "max", "val_loss": "min", "val_ppl": "min"}
 
 
 def monitor_mode(metric: str) -> str:

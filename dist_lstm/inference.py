@@ -20,10 +20,12 @@ from dist_lstm.alignment import pharaoh, word_alignment
 from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import is_checkpoint_folder, load_checkpoint, load_model_weights
 from dist_lstm.config import register_configs
+from dist_lstm.config.choices import PRECISIONS
+from dist_lstm.config.schema import TrainerConfig
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Ensemble, Seq2Seq, build_model
-from dist_lstm.precision import PRECISIONS, autocast, check_precision
+from dist_lstm.precision import autocast, check_precision
 from dist_lstm.search import Hypothesis, beam_search, best_hypotheses, decodes_greedily
 
 log = logging.getLogger(__name__)
@@ -138,8 +140,9 @@ def dataset_split_files(data_config: Dict[str, Any], split: str) -> Tuple[str, s
 class SearchOptions:
     beam: int = 5
     alpha: float = 0.0  # GNMT length penalty
-    max_len_a: float = 1.5
-    max_len_b: int = 10
+    # Output limit a * source length + b: validation's (the schema's trainer.decode_*).
+    max_len_a: float = TrainerConfig.decode_max_len_a
+    max_len_b: int = TrainerConfig.decode_max_len_b
     batch_size: int = 64  # sentences decoded at once (greedy refills places as they finish)
     # 32, or bf16/fp16 autocast: products in 16 bits, scores and softmax in fp32
     precision: str = "32"

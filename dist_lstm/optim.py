@@ -1,41 +1,45 @@
-"""Optimizer and learning-rate schedule factories, from the `optim` config group."""
+"""Optimizer and learning-rate schedule factories, from the `optim` config group (its
+schema dataclass, OptimConfig)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
+from dist_lstm.config.choices import OPTIMIZERS, registry
+from dist_lstm.config.schema import OptimConfig
 
-def _adamw(params, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
+
+def _adamw(params, optim: OptimConfig) -> torch.optim.Optimizer:
     # One fused kernel over all parameters: a fifth of the default's step time on CPU
     # (benchmarks/RESULTS.md), and the CUDA path of choice too.
     return torch.optim.AdamW(
         params,
-        lr=optim["lr"],
-        betas=tuple(optim["betas"]),
-        weight_decay=optim["weight_decay"],
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        weight_decay=optim.weight_decay,
         fused=True,
     )
 
 
-def _sgd(params, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
+def _sgd(params, optim: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        params, lr=optim["lr"], momentum=optim["momentum"], weight_decay=optim["weight_decay"]
+        params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
     )
 
 
-# optim.name -> builder; config validation takes its choices from here.
-OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {"adamw": _adamw, "sgd": _sgd}
-# optim.schedule: the warmup schedules of `lr_factor`, and plateau (steps at validation).
-SCHEDULES = ("constant", "inverse_sqrt", "cosine", "plateau")
+# optim.name -> builder, for each name config/choices.py offers.
+OPTIMIZER_BUILDERS: Dict[str, Callable[..., torch.optim.Optimizer]] = registry(
+    "optim.name", OPTIMIZERS, {"adamw": _adamw, "sgd": _sgd}
+)
 
 
-def build_optimizer(model: torch.nn.Module, optim: Mapping[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS[optim["name"]](params, optim)
+    return OPTIMIZER_BUILDERS[optim.name](params, optim)
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: Optional[int], floor: float) -> float:
@@ -82,26 +86,26 @@ class LRSchedule:
 
 def build_schedule(
     optimizer: torch.optim.Optimizer,
-    optim: Mapping[str, Any],
+    optim: OptimConfig,
     max_steps: Optional[int],
     monitor_mode: str,
 ) -> LRSchedule:
     """monitor_mode: "max" or "min", the direction plateau watches the metric in."""
-    if optim["schedule"] == "plateau":
+    if optim.schedule == "plateau":
         return LRSchedule(
             ReduceLROnPlateau(
                 optimizer,
                 mode=monitor_mode,
-                factor=optim["plateau_factor"],
-                patience=optim["plateau_patience"],
+                factor=optim.plateau_factor,
+                patience=optim.plateau_patience,
             )
         )
-    floor = optim["min_lr"] / optim["lr"]
+    floor = optim.min_lr / optim.lr
     return LRSchedule(
         LambdaLR(
             optimizer,
             lambda step: lr_factor(
-                optim["schedule"], step, optim["warmup_steps"], max_steps, floor
+                optim.schedule, step, optim.warmup_steps, max_steps, floor
             ),
         )
     )

@@ -17,7 +17,6 @@ import torch
 
 from dist_lstm.errors import ConfigError
 
-PRECISIONS = ("32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

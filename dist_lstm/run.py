@@ -25,6 +25,7 @@ from dist_lstm.checkpoint.policy import SavePolicy
 from dist_lstm.checkpoint.resume import find_resume
 from dist_lstm.checkpoint.rng import RNGState
 from dist_lstm.config import validate_config
+from dist_lstm.config.schema import OptimConfig, TrainerConfig
 from dist_lstm.data.build import build_data, make_eval_loader, make_train_loader
 from dist_lstm.data.corpus import ParallelText
 from dist_lstm.errors import UserError
@@ -73,7 +74,9 @@ def train(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
     topology = from_environment(cfg.trainer.device)
     if topology.distributed:
         stop_with_launcher()
-    strategy = build_strategy(cfg.strategy, topology)
+    # Below this point code takes each group as its schema dataclass (typed attributes);
+    # the DictConfig stays for what is saved as the run's config.
+    strategy = build_strategy(OmegaConf.to_object(cfg.strategy), topology)
     try:
         return _train(cfg, strategy, run_dir)
     finally:
@@ -139,9 +142,9 @@ def _train_in(
     )
     resume_from, resume_meta = find_resume(cfg.resume, checkpoints, resolved, strategy)
     data = build_data(
-        cfg.data,
+        OmegaConf.to_object(cfg.data),
         prepares=topology.local_rank == 0,  # one process per node writes the token files
-        wait_s=cfg.strategy.get("timeout_s", 600),
+        wait_s=strategy.timeout_s,  # None for one process, which prepares itself
     )
     check_same_tokenizer(data.tokenizer.fingerprint, strategy)
     if strategy.is_main:
@@ -150,9 +153,10 @@ def _train_in(
         cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
     )
     log.info("model: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
-    strategy.wrap(model, lambda m: build_optimizer(m, cfg.optim))
+    optim: OptimConfig = OmegaConf.to_object(cfg.optim)
+    strategy.wrap(model, lambda m: build_optimizer(m, optim))
     schedule = build_schedule(
-        strategy.optimizer, cfg.optim, cfg.trainer.max_steps, monitor_mode(cfg.trainer.monitor)
+        strategy.optimizer, optim, cfg.trainer.max_steps, monitor_mode(cfg.trainer.monitor)
     )
     max_tokens = cfg.data.max_tokens
     train_loader = make_train_loader(
@@ -174,7 +178,7 @@ def _train_in(
         )
     metrics = MetricsWriter(run_dir / "metrics.jsonl", wandb_logger)
     trainer = Trainer(
-        cfg.trainer,
+        OmegaConf.to_object(cfg.trainer),
         strategy,
         schedule,
         train_loader,
@@ -262,14 +266,18 @@ def fit_and_report(
     result: Dict[str, Any] = {
         "step": state.step,
         "best_val_bleu": max(bleus) if bleus else None,
-        "best_" + cfg.trainer.monitor: trainer.best.best,
+        "best_" + trainer.cfg.monitor: trainer.best.best,
     }
     if state.history:
         result.update(state.history[-1])
     if test is not None and strategy.is_main:
         result.update(
             test_best_model(
-                cfg, test, trainer.checkpoints.named("best"), strategy.device, strategy.precision
+                trainer.cfg,
+                test,
+                trainer.checkpoints.named("best"),
+                strategy.device,
+                strategy.precision,
             )
         )
         trainer.metrics.write(
@@ -301,15 +309,19 @@ def stop_for_signal(signum: int, step: int, strategy: Strategy) -> None:
 
 
 def test_best_model(
-    cfg: DictConfig, test: ParallelText, best_path: Path, device: torch.device, precision: str
+    trainer: TrainerConfig,
+    test: ParallelText,
+    best_path: Path,
+    device: torch.device,
+    precision: str,
 ) -> Dict[str, float]:
     """Decode the test split with the best checkpoint as validation decodes: its beam, in
     the run's `precision` (autocast; the loaded weights are fp32); sacreBLEU."""
     best = load_model(best_path, device)
     options = SearchOptions(
-        beam=cfg.trainer.val_beam,
-        max_len_a=cfg.trainer.decode_max_len_a,
-        max_len_b=cfg.trainer.decode_max_len_b,
+        beam=trainer.val_beam,
+        max_len_a=trainer.decode_max_len_a,
+        max_len_b=trainer.decode_max_len_b,
         precision=precision,
     )
     scores = sacrebleu_scores(Translator(best, options).translate(test.src), test.tgt)

@@ -24,8 +24,9 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig, OmegaConf
 
+from dist_lstm.config.resolvers import log_file_name
 from dist_lstm.errors import UserError
-from dist_lstm.logging.run_dir import log_file_name, quiet_console
+from dist_lstm.logging.run_dir import quiet_console
 from dist_lstm.signals import exit_status
 from dist_lstm.topology import free_local_port
 

@@ -5,29 +5,12 @@ judging time (`StepVote`)."""
 
 from __future__ import annotations
 
-import re
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+from dist_lstm.config.durations import parse_duration
 from dist_lstm.evaluation import monitor_mode
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in "1800", "30:00", "00:30:00" or "1:00:30:00" (DD:HH:MM:SS).
-
-    Raises ValueError on anything else; the caller names the config key.
-    """
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d*)?", text):
-        return float(text)
-    parts = text.split(":")
-    if not 2 <= len(parts) <= 4 or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise ValueError(text)
-    seconds = 0.0
-    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
-        seconds += int(part) * unit
-    return seconds
 
 
 class TrainingLimits:

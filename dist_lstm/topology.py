@@ -126,9 +126,6 @@ def drop_local_rank_argument(argv: List[str]) -> List[str]:
     return out
 
 
-DEVICES = ("auto", "cpu", "cuda")  # trainer.device
-
-
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
     """`auto` picks this process's GPU (cuda:LOCAL_RANK) when CUDA is present, else the CPU;
     one GPU per process, so more local ranks than GPUs are refused."""

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from dist_lstm.checkpoint import CheckpointManager
 from dist_lstm.checkpoint.policy import SavePolicy
+from dist_lstm.config.schema import TrainerConfig
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.evaluation import validation_metrics
 from dist_lstm.logging.console import TrainingProgress
@@ -54,7 +54,7 @@ class TrainState:
 class Trainer:
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: TrainerConfig,
         strategy: Strategy,
         schedule: LRSchedule,
         train_loader: DataLoader,

@@ -4,19 +4,35 @@ Hydra starts in every process a launcher creates. Left alone, each rank would ma
 timestamped directory and write its own `.hydra/`. Instead ranks > 0 start in a private
 scratch directory (`rank_scoped_dir`), write no `.hydra/` (`rank_zero_only`) and log to
 `train.rank<N>.log` (`rank_log_name`); dist_lstm/logging/run_dir.py then moves them into
-rank 0's directory once the process group is up.
+rank 0's directory once the process group is up. The names are owned here
+(`log_file_name`, `scratch_prefix`), where Hydra first needs them.
 """
 
 from __future__ import annotations
 
 import functools
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from dist_lstm.logging.run_dir import log_file_name, make_scratch_dir
 from dist_lstm.topology import launcher_rank
 
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "embedded"
+
+
+def log_file_name(rank: int, job_name: str = "train") -> str:
+    """train.log on rank 0, train.rank<N>.log on the others (`job_name`: Hydra's job name,
+    the script's name)."""
+    return f"{job_name}.log" if rank == 0 else f"{job_name}.rank{rank}.log"
+
+
+def make_scratch_dir(rank: int) -> str:
+    """A private directory where rank > 0 starts, before it knows rank 0's run directory."""
+    return tempfile.mkdtemp(prefix=scratch_prefix(rank))
+
+
+def scratch_prefix(rank: int) -> str:
+    return f"dist-lstm-rank{rank}-"
 
 
 def embedded_data(name: str) -> str:

@@ -9,7 +9,7 @@ ranges (lr > 0, ...) are checked afterwards by `validate.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Type
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -21,7 +21,7 @@ from dist_lstm.config.resolvers import RESOLVERS
 class TokenizerConfig:
     """SentencePiece options; they are part of the tokenizer cache key."""
 
-    type: str = "bpe"  # data/tokenizer.py TOKENIZER_TYPES
+    type: str = "bpe"  # choices.py TOKENIZER_TYPES
     joint: bool = True  # one vocabulary for source and target, or one per language
     vocab_size: int = 8000
     character_coverage: float = 1.0
@@ -90,7 +90,7 @@ class ModelConfig:
     encoder_layers: int = 2
     decoder_layers: int = 2
     bidirectional: bool = True
-    attention: str = "general"  # model/attention.py ATTENTIONS
+    attention: str = "general"  # choices.py ATTENTIONS
     input_feeding: bool = True
     dropout: float = 0.3
     # Fraction of whole input tokens (source, and the target prefix fed back) dropped
@@ -104,12 +104,12 @@ class ModelConfig:
 class OptimConfig:
     """Optimizer and learning-rate schedule."""
 
-    name: str = "adamw"  # optim.py OPTIMIZERS
+    name: str = "adamw"  # choices.py OPTIMIZERS
     lr: float = 0.002
     weight_decay: float = 0.0
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     momentum: float = 0.0  # sgd only
-    schedule: str = "inverse_sqrt"  # optim.py SCHEDULES
+    schedule: str = "inverse_sqrt"  # choices.py SCHEDULES
     warmup_steps: int = 500
     min_lr: float = 0.0  # cosine: the rate reached at trainer.max_steps
     plateau_factor: float = 0.5  # plateau: multiply the rate by this ...
@@ -130,7 +130,7 @@ class TrainerConfig:
     val_every_steps: int = 0
     log_every_steps: int = 50
     # Metric that picks the best checkpoint and drives early stopping / plateau.
-    monitor: str = "val_bleu"  # evaluation.py MONITOR_MODES
+    monitor: str = "val_bleu"  # choices.py MONITOR_MODES
     # Stop after this many validations without improvement of `monitor`; 0 disables.
     early_stopping_patience: int = 5
     # Decoding during validation: beam size (1 = greedy) and the output length limit
@@ -138,7 +138,7 @@ class TrainerConfig:
     val_beam: int = 1
     decode_max_len_a: float = 1.5
     decode_max_len_b: int = 10
-    device: str = "auto"  # topology.py DEVICES
+    device: str = "auto"  # choices.py DEVICES
     # fp32 products as TF32 on GPUs that have it (Ampere and later); no effect on CPUs.
     tf32: bool = True
     progress_bar: bool = True
@@ -150,9 +150,9 @@ class StrategyConfig:
     has. Each option of the group has its own schema below, so a DDP run carries no ZeRO
     stage and `strategy.zero_stage` under strategy=ddp fails naming the key."""
 
-    name: str = MISSING  # strategy/__init__.py STRATEGIES, or auto
+    name: str = MISSING  # each option's schema below sets its own (STRATEGY_SCHEMAS)
     # Numeric precision of training: 32, bf16 (autocast) or fp16 (autocast + loss
-    # scaling; GPUs only). precision.py PRECISIONS.
+    # scaling; GPUs only). choices.py PRECISIONS.
     precision: str = "32"
     clip_grad_norm: float = 1.0  # gradient norm clipping; 0 disables it
 
@@ -164,7 +164,7 @@ class SingleStrategyConfig(StrategyConfig):
 
 @dataclass
 class DistributedStrategyConfig(StrategyConfig):
-    backend: str = "auto"  # strategy/ddp.py BACKENDS: auto is nccl on GPUs, gloo on CPUs
+    backend: str = "auto"  # choices.py BACKENDS: auto is nccl on GPUs, gloo on CPUs
     # A collective that waits longer than this fails the job instead of hanging it.
     timeout_s: int = 600
 
@@ -173,7 +173,7 @@ class DistributedStrategyConfig(StrategyConfig):
 class DDPStrategyConfig(DistributedStrategyConfig):
     name: str = "ddp"
     find_unused_parameters: bool = False  # only for models with unused branches
-    # How gradients cross the network (strategy/comm_hooks.py COMM_HOOKS): none (fp32),
+    # How gradients cross the network (choices.py COMM_HOOKS): none (fp32),
     # fp16 or bf16 (half the bytes), powersgd (low-rank, with error feedback).
     comm_hook: str = "none"
     # PowerSGD's rank r: a gradient matrix is sent as an (n x r)(r x m) product. torch's
@@ -200,11 +200,18 @@ class DeepSpeedStrategyConfig(DistributedStrategyConfig):
     zero_stage: int = 1  # ZeRO stage 0-3 (see conf/strategy/deepspeed.yaml)
 
 
-STRATEGY_SCHEMAS = {
-    "auto": AutoStrategyConfig,
-    "single": SingleStrategyConfig,
-    "ddp": DDPStrategyConfig,
-    "deepspeed": DeepSpeedStrategyConfig,
+# The options of the `strategy` group by name, each named by its schema's `name` default:
+# what validation offers, what conf/strategy/NAME.yaml starts from (NAME_schema) and what
+# a worker types its config with. strategy/__init__.py STRATEGIES pairs each schema with
+# its builder.
+STRATEGY_SCHEMAS: Dict[str, Type[StrategyConfig]] = {
+    schema.name: schema
+    for schema in (
+        AutoStrategyConfig,
+        SingleStrategyConfig,
+        DDPStrategyConfig,
+        DeepSpeedStrategyConfig,
+    )
 }
 
 
@@ -231,7 +238,7 @@ class WandbConfig:
     # auto: online when W&B credentials are present (WANDB_API_KEY or `wandb login`),
     # otherwise offline (upload later with `wandb sync RUN_DIR/wandb/offline-run-*`).
     # A WANDB_MODE environment variable wins over this key.
-    mode: str = "auto"  # logging/wandb.py WANDB_MODES
+    mode: str = "auto"  # choices.py WANDB_MODES
     project: str = "dist-lstm"
     entity: Optional[str] = None
     group: Optional[str] = None

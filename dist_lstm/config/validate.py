@@ -10,18 +10,21 @@ from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig
 
-from dist_lstm.data.tokenizer import TOKENIZER_TYPES
+from dist_lstm.config.choices import (
+    ATTENTIONS,
+    BACKENDS,
+    COMM_HOOKS,
+    DEVICES,
+    MONITOR_MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    TOKENIZER_TYPES,
+    WANDB_MODES,
+)
+from dist_lstm.config.durations import parse_duration
+from dist_lstm.config.schema import STRATEGY_SCHEMAS
 from dist_lstm.errors import ConfigError
-from dist_lstm.evaluation import MONITOR_MODES
-from dist_lstm.logging.wandb import WANDB_MODES
-from dist_lstm.model.attention import ATTENTIONS
-from dist_lstm.optim import OPTIMIZERS, SCHEDULES
-from dist_lstm.precision import PRECISIONS
-from dist_lstm.stopping import parse_duration
-from dist_lstm.strategy import STRATEGIES
-from dist_lstm.strategy.comm_hooks import COMM_HOOKS
-from dist_lstm.strategy.ddp import BACKENDS
-from dist_lstm.topology import DEVICES
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:
@@ -192,7 +195,7 @@ def validate_trainer(trainer: DictConfig) -> None:
 
 
 def validate_strategy(strategy: DictConfig) -> None:
-    _choice("strategy.name", strategy.name, ("auto", *STRATEGIES))
+    _choice("strategy.name", strategy.name, STRATEGY_SCHEMAS)
     _choice("strategy.precision", strategy.precision, PRECISIONS)
     _require(
         strategy.clip_grad_norm >= 0,

@@ -10,10 +10,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, Batch
+from dist_lstm.config.schema import DataConfig
 from dist_lstm.data.corpus import ParallelText, load_parallel, read_checksums, verify_checksum
 from dist_lstm.data.mapped import MappedSplit
 from dist_lstm.data.prepared import MANIFEST, ensure_prepared
@@ -35,23 +35,25 @@ class TranslationData:
     train_shares: List[Tuple[int, int, float]]
 
 
-def verify_inputs(data: DictConfig) -> None:
+def verify_inputs(data: DataConfig) -> None:
     """Check the raw files against data.checksums (a SHA256SUMS file) when it is set."""
     if not data.checksums:
         return
     checksums = read_checksums(data.checksums)
-    for split in ("train", "valid", "test"):
-        for side in ("src", "tgt"):
-            path = data.get(f"{split}_{side}")
-            if path:
-                verify_checksum(path, checksums)
+    splits = (data.train_src, data.train_tgt, data.valid_src, data.valid_tgt)
+    for path in (*splits, data.test_src, data.test_tgt):
+        if path:
+            verify_checksum(path, checksums)
 
 
-def build_data(data: DictConfig, prepares: bool = True, wait_s: float = 600) -> TranslationData:
+def build_data(
+    data: DataConfig, prepares: bool = True, wait_s: Optional[float] = None
+) -> TranslationData:
     """The prepared token files for `data` (written first if missing or stale), opened.
 
     prepares: this process writes them when needed (one per node); the others wait for
-    them up to `wait_s` seconds, then every process reads the same files.
+    them up to `wait_s` seconds (the run's strategy.timeout_s), then every process reads
+    the same files.
     """
     if prepares:
         verify_inputs(data)

@@ -35,9 +35,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import sentencepiece as spm
-from omegaconf import DictConfig
 
 from dist_lstm.atomic import atomic_write
+from dist_lstm.config.schema import DataConfig
 from dist_lstm.data.corpus import count_lines, sha256_of, stream_pairs
 from dist_lstm.data.shaping import INPUT_FILES, PREPARED_KEYS, option_values
 from dist_lstm.data.tokenizer import Tokenizer, TokenizerOptions, train_or_load
@@ -51,30 +51,43 @@ MANIFEST = "manifest.json"
 OPTION_KEYS = tuple(key for key in PREPARED_KEYS if key not in INPUT_FILES)
 
 
-def tokenizer_options(data: DictConfig) -> TokenizerOptions:
-    return TokenizerOptions(**{k: data.tokenizer[k] for k in TokenizerOptions.__annotations__})
+def tokenizer_options(data: DataConfig) -> TokenizerOptions:
+    tokenizer = data.tokenizer
+    return TokenizerOptions(
+        type=tokenizer.type,
+        joint=tokenizer.joint,
+        vocab_size=tokenizer.vocab_size,
+        character_coverage=tokenizer.character_coverage,
+        input_sentence_size=tokenizer.input_sentence_size,
+    )
 
 
-def input_files(data: DictConfig) -> Dict[str, Path]:
+def _values(data: DataConfig, keys: Tuple[str, ...]) -> Dict[str, Any]:
+    """data/shaping.py's {"data.KEY": value} of `keys` (it reads configs as mappings: a
+    checkpoint's saved config is one)."""
+    return option_values(asdict(data), keys)
+
+
+def input_files(data: DataConfig) -> Dict[str, Path]:
     """Every raw file the prepared data is made of, by config key: the training corpus,
     the extra weighted ones (data.corpora) and validation."""
-    return {key: Path(path).expanduser() for key, path in option_values(data, INPUT_FILES).items()}
+    return {key: Path(path).expanduser() for key, path in _values(data, INPUT_FILES).items()}
 
 
-def training_corpora(data: DictConfig) -> List[Tuple[str, str]]:
+def training_corpora(data: DataConfig) -> List[Tuple[str, str]]:
     """(source, target) files of each training corpus, data.train_* first."""
     return [(data.train_src, data.train_tgt)] + [(c.src, c.tgt) for c in data.corpora]
 
 
-def preparation_options(data: DictConfig) -> Dict[str, Any]:
+def preparation_options(data: DataConfig) -> Dict[str, Any]:
     """Everything in the data config the prepared files depend on, by config key (the
     corpora's weights are not: they act when batches are planned)."""
-    options = option_values(data, OPTION_KEYS)
+    options = _values(data, OPTION_KEYS)
     options.update({key: str(path.resolve()) for key, path in input_files(data).items()})
     return options
 
 
-def prepared_location(data: DictConfig) -> Path:
+def prepared_location(data: DataConfig) -> Path:
     """data.prepared_dir, or a folder of the cache named after the options' hash."""
     if data.prepared_dir:
         return Path(data.prepared_dir).expanduser()
@@ -94,7 +107,7 @@ def read_manifest(directory: Path) -> Optional[Dict[str, Any]]:
         raise DataError(f"{path} is damaged ({exc}): delete {directory} to prepare again.")
 
 
-def stale_reason(directory: Path, manifest: Dict[str, Any], data: DictConfig) -> Optional[str]:
+def stale_reason(directory: Path, manifest: Dict[str, Any], data: DataConfig) -> Optional[str]:
     """Why `directory` does not hold the data `data` asks for (None: it does)."""
     if manifest.get("format") != FORMAT:
         return (
@@ -134,12 +147,15 @@ def check_files(directory: Path, manifest: Dict[str, Any]) -> None:
 
 
 def ensure_prepared(
-    data: DictConfig, prepares: bool, wait_s: float, force: bool = False
+    data: DataConfig, prepares: bool, wait_s: Optional[float], force: bool = False
 ) -> Path:
     """The prepared folder for `data`, written here if missing or stale (or `force`) when
-    `prepares` (one process per node), else waited for, at most `wait_s` seconds."""
+    `prepares` (one process per node), else waited for, at most `wait_s` seconds (which
+    a process that waits must be given: strategy.timeout_s)."""
     target = prepared_location(data)
     if not prepares:
+        if wait_s is None:
+            raise ValueError("ensure_prepared: a process that waits for the data needs wait_s")
         return _wait_until_prepared(data, target, wait_s)
     with _preparation_lock(data, target):
         manifest = None if force else read_manifest(target)
@@ -158,7 +174,7 @@ def ensure_prepared(
         return target
 
 
-def _wait_until_prepared(data: DictConfig, target: Path, wait_s: float) -> Path:
+def _wait_until_prepared(data: DataConfig, target: Path, wait_s: float) -> Path:
     deadline = time.monotonic() + wait_s
     while True:
         manifest = read_manifest(target)
@@ -175,7 +191,7 @@ def _wait_until_prepared(data: DictConfig, target: Path, wait_s: float) -> Path:
 
 
 @contextmanager
-def _preparation_lock(data: DictConfig, target: Path) -> Iterator[None]:
+def _preparation_lock(data: DataConfig, target: Path) -> Iterator[None]:
     """One preparer of `target` at a time, on every node that shares its disk: the first
     node's process of each job prepares, so two jobs (or the nodes of one job) starting
     together would otherwise each replace the folder the others had begun to read. The
@@ -227,7 +243,7 @@ def _token_dtype(tokenizer: Tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if largest <= 2**16 else np.int32)
 
 
-def _keep(src: List[List[int]], tgt: List[List[int]], data: DictConfig, train: bool):
+def _keep(src: List[List[int]], tgt: List[List[int]], data: DataConfig, train: bool):
     """Which pairs to keep, and how many were dropped for each reason."""
     src_len = np.fromiter(map(len, src), dtype=np.int64, count=len(src))
     tgt_len = np.fromiter(map(len, tgt), dtype=np.int64, count=len(tgt))
@@ -248,7 +264,7 @@ def _keep(src: List[List[int]], tgt: List[List[int]], data: DictConfig, train: b
 
 
 def _write_split(
-    data: DictConfig,
+    data: DataConfig,
     split: str,
     tokenizer: Tokenizer,
     scratch: Path,
@@ -310,8 +326,8 @@ def _write_split(
     )
     if kept_pairs == 0:
         raise DataError(
-            f"{split} split is empty after filtering ({dropped}) in {data[f'{split}_src']} / "
-            f"{data[f'{split}_tgt']}. Check the files, or raise data.max_len."
+            f"{split} split is empty after filtering ({dropped}) in {sources[0][0]} / "
+            f"{sources[0][1]}. Check the files, or raise data.max_len."
         )
     counts = {
         "pairs": kept_pairs,
@@ -395,7 +411,7 @@ def _file_identity(path: str) -> Dict[str, Any]:
     }
 
 
-def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
+def prepare(data: DataConfig, target: Path) -> Dict[str, Any]:
     """Tokenize the train and valid splits of `data` into `target`, atomically: written
     in a scratch folder beside it and renamed into place; the manifest comes last."""
     started = time.monotonic()
@@ -422,7 +438,7 @@ def prepare(data: DictConfig, target: Path) -> Dict[str, Any]:
     return manifest
 
 
-def _check_inputs(data: DictConfig) -> None:
+def _check_inputs(data: DataConfig) -> None:
     """Every raw file exists and has a line: stop before training a tokenizer on them."""
     for key, path in input_files(data).items():
         if not path.is_file():
@@ -437,7 +453,7 @@ def _check_inputs(data: DictConfig) -> None:
             )
 
 
-def _make_folders(data: DictConfig, target: Path) -> str:
+def _make_folders(data: DataConfig, target: Path) -> str:
     """The cache (the tokenizer is cached there) and `target`'s parent; returns the key
     that names where `target` is."""
     cache, cache_key = Path(data.cache_dir).expanduser(), "data.cache_dir (or $DIST_LSTM_CACHE)"
@@ -464,7 +480,7 @@ def _make_folder(folder: Path, shown: Path, key: str) -> None:
         ) from None
 
 
-def _prepare_into(data: DictConfig, scratch: Path) -> Dict[str, Any]:
+def _prepare_into(data: DataConfig, scratch: Path) -> Dict[str, Any]:
     options = tokenizer_options(data)
     limit = data.max_train_examples
     corpora = training_corpora(data)

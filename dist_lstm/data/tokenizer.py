@@ -36,7 +36,6 @@ from dist_lstm.errors import DataError
 log = logging.getLogger(__name__)
 
 ROLES = ("src", "tgt")
-TOKENIZER_TYPES = ("bpe", "unigram")  # data.tokenizer.type: SentencePiece model types
 TARGET_VOCAB_MULTIPLE = 64  # see Tokenizer.with_target_pieces
 META_FILE = "tokenizer.json"
 

@@ -1,27 +1,22 @@
 """One run directory for all ranks, and a log file per rank inside it.
 
-Ranks > 0 start in a private scratch directory (`make_scratch_dir`, called by the config
-resolvers in dist_lstm/config/resolvers.py) and, once the process group is up, adopt rank
-0's directory here, where each keeps its own log file (`log_file_name`) for debugging.
-This module owns those names and the console format of ranks > 0.
+Ranks > 0 start in a private scratch directory (`make_scratch_dir` in the config
+resolvers, dist_lstm/config/resolvers.py, which own the names Hydra starts with) and, once
+the process group is up, adopt rank 0's directory here, where each keeps its own log file
+(`log_file_name`) for debugging. This module owns the console format of ranks > 0.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
+
+from dist_lstm.config.resolvers import scratch_prefix
 
 log = logging.getLogger(__name__)
 
 CONSOLE_HANDLER_TYPES = ("RichHandler", "StreamHandler")
-
-
-def log_file_name(rank: int, job_name: str = "train") -> str:
-    """train.log on rank 0, train.rank<N>.log on the others (`job_name`: Hydra's job name,
-    the script's name)."""
-    return f"{job_name}.log" if rank == 0 else f"{job_name}.rank{rank}.log"
 
 
 def quiet_console(handler: logging.Handler, rank: int) -> None:
@@ -29,15 +24,6 @@ def quiet_console(handler: logging.Handler, rank: int) -> None:
     N ranks do not print every line N times."""
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
-
-
-def make_scratch_dir(rank: int) -> str:
-    """A private directory where rank > 0 starts, before it knows rank 0's run directory."""
-    return tempfile.mkdtemp(prefix=_scratch_prefix(rank))
-
-
-def _scratch_prefix(rank: int) -> str:
-    return f"dist-lstm-rank{rank}-"
 
 
 def adopt_main_run_dir(own_dir: Path, main_dir: Path, rank: int) -> Path:
@@ -59,6 +45,6 @@ def adopt_main_run_dir(own_dir: Path, main_dir: Path, rank: int) -> Path:
             replacement = logging.FileHandler(main_dir / name)
             replacement.setFormatter(handler.formatter)
             root.addHandler(replacement)
-    if own_dir.resolve() != main_dir.resolve() and own_dir.name.startswith(_scratch_prefix(rank)):
+    if own_dir.resolve() != main_dir.resolve() and own_dir.name.startswith(scratch_prefix(rank)):
         shutil.rmtree(own_dir, ignore_errors=True)
     return main_dir

@@ -23,8 +23,6 @@ from dist_lstm.errors import UserError
 
 log = logging.getLogger(__name__)
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")  # logger.wandb.mode
-
 
 def has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):

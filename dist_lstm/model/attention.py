@@ -11,9 +11,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from dist_lstm.config.choices import ATTENTIONS
 from dist_lstm.model.onednn_weights import Linear
-
-ATTENTIONS = ("dot", "general", "bahdanau")  # model.attention: the scores below
 
 
 class Attention(nn.Module):

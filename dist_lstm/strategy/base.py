@@ -15,6 +15,7 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional
 import torch
 
 from dist_lstm.batch import Batch
+from dist_lstm.config.schema import StrategyConfig
 from dist_lstm.errors import UserError
 from dist_lstm.precision import autocast, check_precision, grad_scaler, limit_onednn_caches
 from dist_lstm.strategy.formats import DCP_METADATA, MODEL_KEY, OPTIM_KEY
@@ -53,11 +54,17 @@ class Strategy(ABC):
     # itself (DeepSpeed); then training adds no autocast or GradScaler of ours.
     engine_casts_model = False
 
-    def __init__(self, topology: Topology, clip_grad_norm: float = 0.0, precision: str = "32"):
+    # How long a collective waits for the other ranks (strategy.timeout_s of the strategies
+    # that have ranks to wait for); None for one process.
+    timeout_s: Optional[float] = None
+
+    def __init__(self, topology: Topology, config: StrategyConfig):
+        """config: the `strategy` group as its option's schema; its keys' defaults are
+        the schema's, written nowhere else."""
         self.topology = topology
-        self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_norm = config.clip_grad_norm
         # The precision used, whoever applies it: what the run logs and records.
-        self.precision = resolve_precision(precision, topology.device)
+        self.precision = resolve_precision(config.precision, topology.device)
         self.scaler = None if self.engine_casts_model else grad_scaler(self.precision, self.device)
         self.model: Optional[torch.nn.Module] = None  # what the trainer calls forward on
         self.optimizer: Optional[torch.optim.Optimizer] = None

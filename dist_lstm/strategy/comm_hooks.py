@@ -36,7 +36,6 @@ from dist_lstm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-COMM_HOOKS = ("none", "fp16", "bf16", "powersgd")  # strategy.comm_hook
 # PowerSGD's per-bucket tensors, by the name they are saved under: its error feedback
 # and its two low-rank factors (P is recomputed from Q each step, but saved all the same).
 KINDS = ("error", "p", "q")

@@ -17,14 +17,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_lstm.config.schema import DDPStrategyConfig
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.comm_hooks import CommHook, check_comm_hook, register_comm_hook
 from dist_lstm.topology import Topology, loopback_rendezvous
 
 log = logging.getLogger(__name__)
-
-
-BACKENDS = ("auto", "nccl", "gloo")  # strategy.backend: auto is nccl on GPUs, gloo on CPUs
 
 
 def default_backend(device: torch.device) -> str:
@@ -127,24 +125,16 @@ class CollectivesMixin:
 
 
 class DDPStrategy(CollectivesMixin, Strategy):
-    def __init__(
-        self,
-        topology: Topology,
-        clip_grad_norm: float = 0.0,
-        precision: str = "32",
-        backend: str = "auto",
-        timeout_s: float = 600,
-        find_unused_parameters: bool = False,
-        comm_hook: Optional[CommHook] = None,  # None: DDP's own fp32 all-reduce
-        bucket_cap_mb: Optional[float] = None,
-    ):
-        super().__init__(topology, clip_grad_norm, precision)
-        self.find_unused_parameters = find_unused_parameters
-        self.comm_hook = comm_hook
-        self.bucket_cap_mb = bucket_cap_mb
-        if comm_hook is not None:  # before waiting for the other ranks
-            check_comm_hook(comm_hook.name, topology.device)
-        init_process_group(topology, backend, timeout_s)
+    def __init__(self, topology: Topology, config: DDPStrategyConfig):
+        super().__init__(topology, config)
+        self.timeout_s = config.timeout_s
+        self.find_unused_parameters = config.find_unused_parameters
+        self.comm_hook = CommHook(
+            config.comm_hook, config.powersgd_rank, config.powersgd_start_step
+        )
+        self.bucket_cap_mb = config.bucket_cap_mb
+        check_comm_hook(self.comm_hook.name, topology.device)  # before waiting for the others
+        init_process_group(topology, config.backend, config.timeout_s)
 
     def wrap(self, model: torch.nn.Module, optimizer_factory) -> None:
         model = model.to(self.device)
@@ -157,7 +147,7 @@ class DDPStrategy(CollectivesMixin, Strategy):
             # one gradient-sized buffer less.
             gradient_as_bucket_view=True,
         )
-        if self.comm_hook is not None and self.comm_hook.name != "none":
+        if self.comm_hook.name != "none":
             self.comm_hook_state = register_comm_hook(self.model, self.comm_hook)
             log.info("gradient communication: %s (torch ddp_comm_hooks)", self.comm_hook.name)
         self.optimizer = optimizer_factory(self.model.module)

@@ -40,6 +40,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from dist_lstm.batch import Batch
+from dist_lstm.config.schema import DeepSpeedStrategyConfig
 from dist_lstm.errors import UserError
 from dist_lstm.strategy.base import Strategy
 from dist_lstm.strategy.ddp import CollectivesMixin, init_process_group
@@ -75,18 +76,11 @@ class DeepSpeedStrategy(CollectivesMixin, Strategy):
     # Precision goes into DeepSpeed's bf16/fp16 sections, as ZeRO checkpoints were written.
     engine_casts_model = True
 
-    def __init__(
-        self,
-        topology: Topology,
-        clip_grad_norm: float,
-        zero_stage: int,
-        precision: str = "32",
-        backend: str = "auto",
-        timeout_s: float = 600,
-    ):
-        super().__init__(topology, clip_grad_norm, precision)
-        self.zero_stage = zero_stage
-        init_process_group(topology, backend, timeout_s)
+    def __init__(self, topology: Topology, config: DeepSpeedStrategyConfig):
+        super().__init__(topology, config)
+        self.timeout_s = config.timeout_s
+        self.zero_stage = config.zero_stage
+        init_process_group(topology, config.backend, config.timeout_s)
         self.engine = None
         # Open from the first backward of an accumulation group until `step`.
         self._pending_reduction = ExitStack()

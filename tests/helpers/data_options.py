@@ -35,6 +35,12 @@ def data_options(corpora: int = 0) -> Dict[str, Any]:
     return data
 
 
+def data_config(values: Mapping[str, Any]) -> DataConfig:
+    """`values` (a data group as a plain mapping) as the schema's DataConfig: what
+    preparation takes, typed as a run's composed config is."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), values))
+
+
 def concrete_keys(keys: Sequence[str]) -> List[str]:
     """Every "data.KEY" that `keys` (an owner's list) spells out, with one extra corpus."""
     return list(option_values(data_options(corpora=1), keys))

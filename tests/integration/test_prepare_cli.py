@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from dist_lstm import cli
 from dist_lstm.data import prepared
@@ -83,7 +84,7 @@ def test_force_rewrites_an_explicit_folder_that_no_longer_fits(tmp_path, capsys,
     # Now it fits: prepare and training's data path take the folder as it is.
     monkeypatch.setattr(prepared, "prepare", lambda *a: pytest.fail("prepared again"))
     assert prepare_command(overrides, capsys)[0] == 0
-    assert len(build_data(compose_config(overrides).data).train) == 40
+    assert len(build_data(OmegaConf.to_object(compose_config(overrides).data)).train) == 40
 
 
 def assert_named_without_traceback(result, folder) -> None:

@@ -9,7 +9,7 @@ from dist_lstm.errors import ConfigError
 from dist_lstm.extras import check_command_line, installed
 from dist_lstm.strategy import build_strategy
 from dist_lstm.topology import from_environment
-from tests.conftest import compose_config
+from tests.helpers.typed_config import strategy_config
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper"
 SUBMITIT_LAUNCHER = "hydra_plugins.hydra_submitit_launcher"
@@ -46,9 +46,9 @@ def test_other_command_lines_pass(monkeypatch):
 
 def test_deepspeed_strategy_without_deepspeed_names_the_install(monkeypatch):
     hide(monkeypatch, "deepspeed")
-    cfg = compose_config(["strategy=deepspeed"])
+    cfg = strategy_config(["strategy=deepspeed"])
     with pytest.raises(ConfigError, match=r'strategy=deepspeed needs .* "\.\[deepspeed\]"'):
-        build_strategy(cfg.strategy, from_environment("cpu", env={}))
+        build_strategy(cfg, from_environment("cpu", env={}))
 
 
 def test_a_module_whose_package_is_missing_is_not_installed():

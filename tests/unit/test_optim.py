@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from dist_lstm.config.schema import OptimConfig
 from dist_lstm.optim import build_optimizer, build_schedule, lr_factor
 
 
@@ -22,21 +23,8 @@ def test_constant_after_warmup():
 
 
 def optim_cfg(**kw):
-    base = dict(
-        name="adamw",
-        lr=0.1,
-        weight_decay=0.0,
-        betas=[0.9, 0.98],
-        momentum=0.0,
-        schedule="constant",
-        warmup_steps=0,
-        min_lr=0.0,
-        plateau_factor=0.5,
-        plateau_patience=0,
-        clip_grad_norm=1.0,
-    )
-    base.update(kw)
-    return base
+    """The schema's optim group with a quick plateau and no warm-up, then `kw`."""
+    return OptimConfig(**{"lr": 0.1, "warmup_steps": 0, "plateau_patience": 0, **kw})
 
 
 def test_plateau_halves_rate_when_metric_stalls():

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from dist_lstm import precision as prec
+from dist_lstm.config.schema import SingleStrategyConfig
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment
-from tests.conftest import ROOT, bf16_supported, compose_config, needs_bf16
+from tests.conftest import ROOT, bf16_supported, needs_bf16
+from tests.helpers.typed_config import strategy_config
 
 CPU = torch.device("cpu")
 
@@ -28,7 +30,7 @@ def test_fp16_on_cpu_is_refused_with_the_fix():
 def test_every_strategy_refuses_a_precision_its_device_cannot_run_before_joining_a_group(name):
     """The base class resolves the precision for every strategy, DeepSpeed included,
     before a process group is joined (a refused rank never leaves the others waiting)."""
-    cfg = compose_config([f"strategy={name}", "strategy.precision=fp16"]).strategy
+    cfg = strategy_config([f"strategy={name}", "strategy.precision=fp16"])
     with pytest.raises(ConfigError, match="strategy.precision=fp16 is invalid on a CPU"):
         build_strategy(cfg, from_environment("cpu", env={}))
     assert not torch.distributed.is_initialized()
@@ -85,7 +87,8 @@ def test_a_cpu_without_bf16_instructions_is_refused_at_start_up():
 
 @needs_bf16
 def test_bf16_micro_batch_autocasts_and_trains():
-    strategy = SingleDeviceStrategy(from_environment("cpu", env={}), 1.0, precision="bf16")
+    config = SingleStrategyConfig(precision="bf16")
+    strategy = SingleDeviceStrategy(from_environment("cpu", env={}), config)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
     strategy.wrap(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
     before = model[0].weight.detach().clone()
@@ -99,7 +102,7 @@ def test_bf16_micro_batch_autocasts_and_trains():
 
 
 def test_full_precision_has_no_autocast_or_scaler():
-    strategy = SingleDeviceStrategy(from_environment("cpu", env={}), 1.0)
+    strategy = SingleDeviceStrategy(from_environment("cpu", env={}), SingleStrategyConfig())
     assert strategy.scaler is None
     with strategy.micro_batch(sync_gradients=True):
         assert torch.nn.Linear(2, 2)(torch.randn(1, 2)).dtype == torch.float32

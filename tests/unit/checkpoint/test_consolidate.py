@@ -15,6 +15,7 @@ from dist_lstm import cli
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.manager import CheckpointManager
 from dist_lstm.checkpoint.metadata import run_metadata
+from dist_lstm.config.schema import SingleStrategyConfig
 from dist_lstm.errors import UserError
 from dist_lstm.model import build_model
 from dist_lstm.strategy import SingleDeviceStrategy
@@ -32,7 +33,7 @@ def save_dcp_checkpoint(run_dir, dtype=torch.float32):
     folder and the model's own state dict."""
     torch.manual_seed(0)
     model = build_model(MODEL, 11, 13).to(dtype)
-    strategy = SingleDeviceStrategy(from_environment("cpu", env={}))
+    strategy = SingleDeviceStrategy(from_environment("cpu", env={}), SingleStrategyConfig())
     strategy.wrap(model, lambda m: torch.optim.Adam(m.parameters(), lr=0.1))
     for param in model.parameters():
         param.grad = torch.randn_like(param)
@@ -123,6 +124,7 @@ DEEPSPEED_SCRIPT = """
 import json, sys, torch
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.manager import CheckpointManager
+from dist_lstm.config.schema import DeepSpeedStrategyConfig
 from dist_lstm.model import build_model
 from dist_lstm.strategy.deepspeed import DeepSpeedStrategy
 from dist_lstm.topology import from_environment
@@ -130,7 +132,8 @@ from dist_lstm.topology import from_environment
 model_cfg, stage, run_dir = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 model = build_model(model_cfg, 11, 13)
-strategy = DeepSpeedStrategy(from_environment("cpu", env={}), 0.0, zero_stage=stage)
+config = DeepSpeedStrategyConfig(clip_grad_norm=0.0, zero_stage=stage)
+strategy = DeepSpeedStrategy(from_environment("cpu", env={}), config)
 strategy.wrap(model, lambda m: torch.optim.Adam(m.parameters(), lr=0.1))
 manager = CheckpointManager(run_dir, keep_last=1)
 manager.register_model_state(strategy)

@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from dist_lstm.config import validate_config
+from dist_lstm.config.durations import parse_duration
 from dist_lstm.errors import ConfigError
-from dist_lstm.stopping import parse_duration
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -219,14 +219,35 @@ def test_group_files_set_no_key_to_the_schema_default(group):
                     )
 
 
-def test_choices_come_from_the_builders_registries():
-    from dist_lstm.optim import OPTIMIZERS
-    from dist_lstm.strategy import STRATEGIES
+@pytest.mark.parametrize(
+    "group", ["data", "model", "optim", "trainer", "strategy", "checkpoint", "logger", "launcher"]
+)
+def test_group_files_set_only_keys_of_their_own_group(group):
+    """A group file that sets another group's key (optim/sgd.yaml once set
+    strategy.clip_grad_norm) wins or loses by the order of the defaults list; bundles of
+    several groups' keys are experiments."""
+    for path in (CONF_DIR / group).glob("*.yaml"):
+        assert "@package" not in path.read_text(), f"{path.name} sets keys outside `{group}`"
 
-    with pytest.raises(ConfigError, match=", ".join(OPTIMIZERS)):
+
+def test_validation_offers_the_config_choices_and_the_registries_implement_each():
+    from dist_lstm.config.choices import OPTIMIZERS
+    from dist_lstm.config.schema import STRATEGY_SCHEMAS
+    from dist_lstm.optim import OPTIMIZER_BUILDERS
+
+    assert tuple(OPTIMIZER_BUILDERS) == OPTIMIZERS
+    with pytest.raises(ConfigError, match="choose one of " + ", ".join(OPTIMIZERS)):
         validate_config(compose_config(["optim.name=adam"]))
-    with pytest.raises(ConfigError, match=", ".join(STRATEGIES)):
+    with pytest.raises(ConfigError, match="choose one of " + ", ".join(STRATEGY_SCHEMAS)):
         validate_config(compose_config(["strategy.name=fsdp"]))
+
+
+def test_a_registry_out_of_step_with_the_choices_fails_at_import():
+    from dist_lstm.config.choices import registry
+
+    assert list(registry("optim.name", ("b", "a"), {"a": 1, "b": 2})) == ["b", "a"]
+    with pytest.raises(RuntimeError, match="optim.name: config/choices.py offers a, b but"):
+        registry("optim.name", ("a", "b"), {"a": 1})
 
 
 @pytest.mark.parametrize("strategy", ["auto", "single", "ddp", "deepspeed"])

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from dist_lstm.batch import BOS_ID, EOS_ID
+from dist_lstm.config.schema import DataConfig
 from dist_lstm.data import prepared
 from dist_lstm.data.build import build_data, collate
 from dist_lstm.data.mapped import MappedSplit
@@ -22,9 +24,10 @@ SRC = ["ein kleiner hund läuft", "zwei männer spielen fußball", "eine frau li
 TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"]
 
 
-def corpus(tmp_path, train_src, train_tgt, *overrides):
-    """data.* overrides of a custom corpus (validation: the first training lines)."""
-    return compose_config(
+def corpus(tmp_path, train_src, train_tgt, *overrides) -> DataConfig:
+    """The data group of a custom corpus with `overrides` (validation: the first training
+    lines), as run.train hands it to preparation: the schema's dataclass."""
+    composed = compose_config(
         [
             "data=custom",
             f"data.train_src={write_lines(tmp_path / 'train.de', train_src)}",
@@ -35,7 +38,8 @@ def corpus(tmp_path, train_src, train_tgt, *overrides):
             f"data.cache_dir={tmp_path / 'cache'}",
             *overrides,
         ]
-    ).data
+    )
+    return OmegaConf.to_object(composed.data)
 
 
 @pytest.fixture
@@ -184,9 +188,9 @@ def fails_to_prepare(data, message: str) -> None:
 )
 def test_invalid_utf8_names_file_and_line(tmp_path, key, name, line):
     data = corpus(tmp_path, SRC * 4, TGT * 4)
-    good = Path(data[key]).read_bytes().splitlines(keepends=True)
+    good = Path(getattr(data, key)).read_bytes().splitlines(keepends=True)
     good[line - 1] = b"kaputt \xff\xfe\n"
-    Path(data[key]).write_bytes(b"".join(good))
+    Path(getattr(data, key)).write_bytes(b"".join(good))
     fails_to_prepare(data, rf"{name} line {line} is not valid UTF-8.*iconv")
 
 
@@ -194,9 +198,9 @@ def test_invalid_utf8_names_file_and_line(tmp_path, key, name, line):
 def test_an_empty_corpus_is_named_with_its_key(tmp_path, split):
     data = corpus(tmp_path, SRC * 4, TGT * 4)
     for side in ("src", "tgt"):
-        write_lines(Path(data[f"{split}_{side}"]), [])
+        write_lines(Path(getattr(data, f"{split}_{side}")), [])
     key = f"{split}_src"  # the first of the two empty files
-    fails_to_prepare(data, rf"empty corpus: {data[key]} \(data\.{key}\) contains no lines")
+    fails_to_prepare(data, rf"empty corpus: {getattr(data, key)} \(data\.{key}\) contains no lines")
 
 
 @pytest.mark.parametrize(
@@ -205,11 +209,11 @@ def test_an_empty_corpus_is_named_with_its_key(tmp_path, split):
 )
 def test_files_of_different_length_name_the_line_where_they_part(tmp_path, shorter, lines, longer):
     data = corpus(tmp_path, SRC * 4, TGT * 4)  # 12 training pairs, 4 validation pairs
-    path = Path(data[shorter])
+    path = Path(getattr(data, shorter))
     write_lines(path, path.read_text().splitlines()[:lines])
     fails_to_prepare(
         data,
-        rf"part at line {lines + 1}, which {data[longer]} has and {path} does not "
+        rf"part at line {lines + 1}, which {getattr(data, longer)} has and {path} does not "
         rf"\(it ends after {lines} lines\)",
     )
 
@@ -227,9 +231,11 @@ def test_a_cache_folder_that_cannot_be_created_is_named_with_its_key(data, tmp_p
 PREPARING_PROCESS = """
 import logging, sys
 from omegaconf import OmegaConf
+from dist_lstm.config.schema import DataConfig
 from dist_lstm.data.build import build_data
 logging.basicConfig(level=logging.INFO)
-data = build_data(OmegaConf.load(sys.argv[1]))
+typed = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(sys.argv[1]))
+data = build_data(OmegaConf.to_object(typed))
 print(data.tokenizer.fingerprint, len(data.train), data.train[len(data.train) - 1][1].tolist())
 """
 
@@ -241,10 +247,8 @@ def test_processes_starting_together_prepare_once_and_all_read_that_folder(data,
     import subprocess
     import sys
 
-    from omegaconf import OmegaConf
-
     config = tmp_path / "data.yaml"
-    config.write_text(OmegaConf.to_yaml(data, resolve=True))
+    config.write_text(OmegaConf.to_yaml(data))
     command = [sys.executable, "-c", PREPARING_PROCESS, str(config)]
     processes = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,13 @@ from omegaconf import OmegaConf
 from dist_lstm.config.schema import CorpusConfig, DataConfig
 from dist_lstm.data import shaping
 from dist_lstm.data.prepared import FORMAT, preparation_options, prepared_location, stale_reason
-from tests.helpers.data_options import another_value, concrete_keys, data_options, with_value
+from tests.helpers.data_options import (
+    another_value,
+    concrete_keys,
+    data_config,
+    data_options,
+    with_value,
+)
 
 
 def declared_fields(keys):
@@ -41,8 +47,9 @@ def test_option_values_spell_out_each_corpus_and_tokenizer_key():
 
 @pytest.mark.parametrize("key", concrete_keys(shaping.PREPARED_KEYS))
 def test_each_prepared_key_names_its_own_folder_and_makes_a_prepared_one_stale(key, tmp_path):
-    before = OmegaConf.create(data_options(corpora=1))
-    after = OmegaConf.create(with_value(before, key, another_value(before, key)))
+    before = data_options(corpora=1)
+    after = data_config(with_value(before, key, another_value(before, key)))
+    before = data_config(before)
     assert prepared_location(after) != prepared_location(before)
     manifest = {"format": FORMAT, "options": preparation_options(before)}
     assert stale_reason(tmp_path, manifest, after).startswith(f"it was prepared with {key}=")
@@ -50,6 +57,6 @@ def test_each_prepared_key_names_its_own_folder_and_makes_a_prepared_one_stale(k
 
 @pytest.mark.parametrize("key", concrete_keys(shaping.BATCHES))
 def test_batch_keys_reuse_the_prepared_files(key):
-    before = OmegaConf.create(data_options(corpora=1))
-    after = OmegaConf.create(with_value(before, key, another_value(before, key)))
-    assert prepared_location(after) == prepared_location(before)
+    before = data_options(corpora=1)
+    after = data_config(with_value(before, key, another_value(before, key)))
+    assert prepared_location(after) == prepared_location(data_config(before))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dist_lstm.config.resolvers import rank_log_name, rank_scoped_dir
-from dist_lstm.logging.run_dir import adopt_main_run_dir, log_file_name
+from dist_lstm.config.resolvers import log_file_name, rank_log_name, rank_scoped_dir
+from dist_lstm.logging.run_dir import adopt_main_run_dir
 
 
 @pytest.fixture

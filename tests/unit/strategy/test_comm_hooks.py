@@ -21,7 +21,8 @@ from dist_lstm.strategy.comm_hooks import (
     register_comm_hook,
 )
 from dist_lstm.topology import free_local_port, from_environment
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT
+from tests.helpers.typed_config import strategy_config
 
 
 def test_bf16_without_a_cuda_build_is_refused_before_the_rendezvous(monkeypatch):
@@ -32,10 +33,10 @@ def test_bf16_without_a_cuda_build_is_refused_before_the_rendezvous(monkeypatch)
     check_comm_hook("fp16", torch.device("cpu"))
     env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
     env["MASTER_PORT"] = str(free_local_port())
-    cfg = compose_config(["strategy=ddp", "strategy.comm_hook=bf16", "strategy.timeout_s=20"])
+    cfg = strategy_config(["strategy=ddp", "strategy.comm_hook=bf16", "strategy.timeout_s=20"])
     fix = r"^strategy.comm_hook='bf16'.*use strategy.comm_hook=fp16"
     with pytest.raises(ConfigError, match=fix):
-        build_strategy(cfg.strategy, from_environment("cpu", env=env))
+        build_strategy(cfg, from_environment("cpu", env=env))
     assert not dist.is_initialized()
 
 

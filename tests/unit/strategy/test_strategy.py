@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from dist_lstm.config.schema import StrategyConfig
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment, loopback_rendezvous
-from tests.conftest import compose_config, needs_bf16
+from tests.conftest import CONF_DIR, compose_config, needs_bf16
+from tests.helpers.typed_config import strategy_config
 
 
 def test_plain_process_is_rank_zero_of_one():
@@ -37,17 +39,35 @@ def test_world_size_without_rendezvous_address_is_explained():
         from_environment("cpu", env={"RANK": "0", "WORLD_SIZE": "2"})
 
 
+def test_each_strategy_option_is_one_entry_with_its_schema_and_yaml():
+    """conf/strategy/NAME.yaml, the schema NAME_schema that file starts from and the
+    registry entry that builds it: no option without the other two."""
+    from omegaconf import OmegaConf
+
+    from dist_lstm.config.schema import STRATEGY_SCHEMAS
+    from dist_lstm.strategy import STRATEGIES
+
+    files = {path.stem for path in (CONF_DIR / "strategy").glob("*.yaml")}
+    assert files == set(STRATEGIES) == set(STRATEGY_SCHEMAS)
+    for name, entry in STRATEGIES.items():
+        assert entry.name == name and entry.schema is STRATEGY_SCHEMAS[name]
+        assert f"{name}_schema" in OmegaConf.load(CONF_DIR / "strategy" / f"{name}.yaml").defaults
+        composed = compose_config([f"strategy={name}"]).strategy
+        assert composed.name == name and OmegaConf.get_type(composed) is entry.schema
+
+
 def test_auto_is_single_without_a_launcher():
-    cfg = compose_config([])
-    strategy = build_strategy(cfg.strategy, from_environment("cpu", env={}))
+    strategy = build_strategy(strategy_config(), from_environment("cpu", env={}))
     assert isinstance(strategy, SingleDeviceStrategy)
+    # Its keys come from the config, whose defaults are the schema's (no second default).
+    assert strategy.clip_grad_norm == StrategyConfig.clip_grad_norm == 1.0
+    assert strategy.timeout_s is None  # one process waits for no other
 
 
 def test_single_under_a_launcher_names_the_fix():
-    cfg = compose_config(["strategy=single"])
     env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
     with pytest.raises(ConfigError, match="use strategy=ddp"):
-        build_strategy(cfg.strategy, from_environment("cpu", env=env))
+        build_strategy(strategy_config(["strategy=single"]), from_environment("cpu", env=env))
 
 
 def test_cuda_request_without_cuda_is_a_config_error():
@@ -122,8 +142,9 @@ def test_ddp_in_a_plain_process_is_a_world_of_one_on_this_machine(no_launcher):
     MASTER_ADDR; one left in the shell without WORLD_SIZE names no job and is ignored."""
     topology = from_environment("cpu")
     assert topology.master_addr is None
-    strategy = build_strategy(compose_config(["strategy=ddp"]).strategy, topology)
+    strategy = build_strategy(strategy_config(["strategy=ddp", "strategy.timeout_s=42"]), topology)
     try:
+        assert strategy.timeout_s == 42  # how long its ranks wait for each other's data
         assert (dist.get_rank(), dist.get_world_size()) == (0, 1)
         assert strategy.all_reduce_sum(torch.tensor([2.0])).item() == 2.0
         assert os.environ["LOCAL_RANK"] == "0"  # DeepSpeed's engine insists on it
@@ -139,7 +160,7 @@ def test_deepspeed_runs_and_reports_the_configured_precision_through_its_engine(
     scaler on top of the engine's cast, while decoding autocasts like every strategy."""
     from dist_lstm.strategy.deepspeed import deepspeed_config
 
-    cfg = compose_config(["strategy=deepspeed", "strategy.precision=bf16"]).strategy
+    cfg = strategy_config(["strategy=deepspeed", "strategy.precision=bf16"])
     strategy = build_strategy(cfg, from_environment("cpu"))
     try:
         assert strategy.precision == "bf16" and strategy.scaler is None
