@@ -102,6 +102,20 @@ class SlurmCluster:
                 return
             time.sleep(0.5)
 
+    def wait_until_messages_delivered(self, timeout: float = 120.0) -> None:
+        """Wait until the controller has no message left to deliver (`sdiag`: agent queue
+        empty, no pending RPC), e.g. the end of a lost attempt, queued for its node while
+        the node was down. With SLURM's default cred_expire (120 s) a requeued job starts
+        long after that; this cluster's short one would let the message reach the next
+        attempt of the same job id and end it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            report = subprocess.run(["sdiag"], env=self.env, capture_output=True, text=True).stdout
+            if _nothing_pending(report):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"SLURM controller still has messages to deliver: {report}")
+
     def stop(self) -> None:
         """Every process of the cluster ends: daemons, job steps and their tasks (all of
         them carry this cluster's SLURM_CONF in their environment), then munged."""
@@ -264,6 +278,12 @@ def _command(pid: int) -> str:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _nothing_pending(sdiag_report: str) -> bool:
+    queue = re.search(r"Agent queue size:\s+(\d+)", sdiag_report)
+    pending = sdiag_report.partition("Pending RPC statistics")[2]
+    return bool(queue) and queue.group(1) == "0" and "count:" not in pending
 
 
 def _text(path: Path) -> str:

@@ -127,7 +127,10 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     assert time.monotonic() - lost_at < 60
     complete = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
     slurm.wait_for_job(job, ("PENDING",), timeout=120)  # requeued after n2's failure
-    slurm.start_node("n2")
+    slurm.scontrol("hold", job)  # until n2 is back and has heard the lost attempt's end
+    slurm.restart_lost_nodes()
+    slurm.wait_until_messages_delivered()
+    slurm.scontrol("release", job)
     slurm.wait_until_completed(job, timeout=300, logs=logs)
     resumed = re.search(r"resumed from \S+/(step_\d+)", logged(logs[0]))
     assert resumed and resumed.group(1) == complete[-1]  # the newest, intact
