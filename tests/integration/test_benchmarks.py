@@ -267,6 +267,9 @@ def test_resume_identity_smoke_compares_an_interrupted_run_with_a_whole_one():
     assert report["stopped_at_step"] == report["resumed_from_step"] == 25
     assert report["final_step"] == [60, 60]
     assert report["weights_identical"] and report["logged_losses_identical"]
+    # bitwise on a CPU: the tolerance gpu_check gives a GPU is not needed here
+    assert report["atol"] == report["max_abs_weight_difference"] == 0.0
+    assert report["weights_within_atol"] and report["logged_losses_within_atol"]
     assert report["logged_losses_compared"] == report["logged_losses_uninterrupted"] >= 6
 
 
