@@ -270,9 +270,9 @@ def plan(work: Path, python: str = sys.executable) -> List[Check]:
     torchrun = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     speed = [python, "benchmarks/train_speed.py", "--steps", "40", "--warmup", "10"]
     speed_figures = judge_benchmark(positive("tokens_per_sec"))
-    mfu_figures = judge_benchmark(
-        positive("tokens_per_sec", "mfu.vs_measured_gemm.mfu", "mfu.vs_rated_peak.mfu")
-    )
+    # MFU against the rated peak too where train_speed knows the GPU (not required: a
+    # part missing from its table is reported as null, not a failed check)
+    mfu_figures = judge_benchmark(positive("tokens_per_sec", "mfu.vs_measured_gemm.mfu"))
     checks = [
         Check(
             "train_32",

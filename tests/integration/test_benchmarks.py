@@ -101,12 +101,27 @@ def test_train_speed_smoke_reports_throughput_mfu_and_breakdown():
     if report["onednn_gemm_gflops"] is not None:
         onednn = report["onednn_gemm_gflops"]["2048^3"]
         assert report["mfu_vs_2048_onednn"] == pytest.approx(achieved / onednn)
+    # the named MFU: on a CPU the products are fp32 and there is no rated GPU peak
+    mfu = report["mfu"]
+    assert mfu["products"] == report["products"] == report["gemm_products"] == "fp32"
+    assert mfu["achieved_tflops"] == pytest.approx(achieved / 1e3)
+    assert mfu["vs_measured_gemm"]["mfu"] == pytest.approx(achieved / gemm["2048^3"])
+    assert mfu["vs_measured_gemm"]["tflops"] == pytest.approx(gemm["2048^3"] / 1e3)
+    assert mfu["vs_rated_peak"] is None and report["gpu"] is None
     for peak in ("peak_rss_mb", "peak_tree_rss_mb"):
         assert TRAINING_PROCESS_MIN_MB < report[peak] < physical_memory_mb(), peak
     phases = report["breakdown_per_step"]
     parts = [phases[f"{name}_s"] for name in ("data", "forward", "backward", "optimizer")]
     assert all(part > 0 for part in parts) and phases["communication_s"] == 0.0
     assert phases["total_s"] == pytest.approx(sum(parts))
+
+
+def test_train_speed_throughput_only_runs_train_py_alone():
+    """gpu_check's extra precisions: tokens/s and memory, no breakdown, GEMM or MFU."""
+    report = run_benchmark("train_speed.py", "--smoke", "--throughput-only", "--tf32", "off")
+    assert report["tokens_per_sec"] > 0 and report["windows"] == 4
+    assert "trainer.tf32=false" in report["overrides"]
+    assert not {"mfu", "gemm_gflops", "breakdown_per_step"} & set(report)
 
 
 def test_quality_then_translate_speed_smoke(tmp_path):
