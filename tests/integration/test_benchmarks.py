@@ -162,6 +162,20 @@ def test_quality_then_translate_speed_smoke(tmp_path):
         assert tokens >= 64  # at least the end-of-sentence token each
 
 
+def test_decode_speed_smoke_counts_tokens_within_the_fixed_number_of_steps():
+    report = run_benchmark("decode_speed.py", "--smoke")
+    assert (report["sentences"], report["decoding_steps"]) == (48, 8)
+    assert report["weights"].startswith("random")
+    for search in ("greedy", "beam5"):
+        figures = report["results"][search]
+        assert figures["longest_output"] <= 8  # the limit holds: max_len_b = steps
+        # each sentence: its tokens + EOS; those at the limit 8 + 1, the others fewer
+        at_limit = figures["sentences_at_the_limit"]
+        assert 9 * at_limit + (48 - at_limit) <= figures["target_tokens"] <= 9 * 48
+        assert_rate(figures["target_tokens_per_sec"], figures["target_tokens"],
+                    figures["seconds"], 1, 3)  # fmt: skip
+
+
 def test_checkpoint_io_smoke():
     report = run_benchmark("checkpoint_io.py", "--smoke")
     parameters = sum(p.numel() for p in smoke_model(1000, 1000).parameters())  # vocab 1000
