@@ -10,6 +10,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -38,7 +39,7 @@ def run_gpu_check(tmp_path: Path, *args: str, **env: str) -> subprocess.Complete
     return subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--out", str(tmp_path / "report.json"), *args],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, "TMPDIR": str(tmp_path), **env},  # the call's folder goes there
         capture_output=True,
         text=True,
         timeout=120,
@@ -223,3 +224,54 @@ def test_resume_identity_judge_fails_beyond_the_tolerance():
         "weights differ by up to 0.002 (tolerance 0.0001) in 1 tensors"
     )
     assert gpu_check.resume_problem({**whole, "resumed_from_step": 20}) == "resumed from 20"
+
+
+def fake_h100_machine(monkeypatch, checks, tmp_path):
+    """gpu_check.main on a machine that shows an H100 whose torch sees it, running
+    `checks` (commands that need no GPU) as its plan; its folder under `tmp_path`."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(gpu_check, "gpu_signs", lambda: ["GPU 0: NVIDIA H100 80GB HBM3"])
+    monkeypatch.setattr(
+        gpu_check, "driver_facts", lambda: {"gpu": "NVIDIA H100 80GB HBM3", "driver": "580.1"}
+    )
+    facts = {"torch": "2.11.0+cu130", "torch_cuda": "13.0", "cuda_available": True}
+    monkeypatch.setattr(gpu_check, "preflight", lambda python, env: {**facts, "missing": {}})
+    monkeypatch.setattr(gpu_check, "plan", lambda work, python=sys.executable: checks)
+
+
+def said(outcome):
+    return None, {"said": outcome.output.strip()}
+
+
+def test_every_check_passing_on_a_gpu_machine_exits_0_with_each_checks_figures(
+    tmp_path, monkeypatch
+):
+    """The checks see the working tree first on PYTHONPATH (its dist_lstm, not an
+    installed copy) and W&B off."""
+    command = (
+        "import os; print(os.environ['PYTHONPATH'].split(os.pathsep)[0], os.environ['WANDB_MODE'])"
+    )
+    fake_h100_machine(
+        monkeypatch,
+        [gpu_check.Check("env", "", [sys.executable, "-c", command], 60, said)],
+        tmp_path,
+    )
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--out", str(out), "--wheels", str(tmp_path / "none")]) == 0
+    report = json.loads(out.read_text())
+    assert report["all_ok"] and report["error"] is None and report["not_run"] == []
+    assert (report["torch_cuda"], report["driver"]) == ("13.0", "580.1")
+    assert report["checks"][0]["figures"] == {"said": f"{ROOT} disabled"}
+
+
+def test_one_failing_check_on_a_gpu_machine_exits_1(tmp_path, monkeypatch):
+    checks = [
+        gpu_check.Check("fine", "", ["true"], 60, said),
+        gpu_check.Check("broken", "", ["false"], 60, said),
+    ]
+    fake_h100_machine(monkeypatch, checks, tmp_path)
+    out = tmp_path / "report.json"
+    assert gpu_check.main(["--out", str(out), "--wheels", str(tmp_path / "none")]) == 1
+    report = json.loads(out.read_text())
+    assert [c["ok"] for c in report["checks"]] == [True, False] and not report["all_ok"]
+    assert report["checks"][1]["problem"] == "exit status 1"
