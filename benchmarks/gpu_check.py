@@ -253,10 +253,16 @@ def positive(*keys: str) -> Callable[[Dict[str, Any]], Optional[str]]:
     return required
 
 
-def judge_translate(outcome: Outcome) -> Tuple[Optional[str], Dict[str, Any]]:
-    lines = [line for line in outcome.output.splitlines() if line.strip()]
-    translation = lines[-1] if lines else ""
-    return (None if translation else "no translation printed"), {"translation": translation}
+def judge_translate(output_file: Path) -> Callable[[Outcome], Tuple]:
+    """One non-empty translation in the file `dist-lstm translate --output` wrote."""
+
+    def judge(outcome: Outcome) -> Tuple[Optional[str], Dict[str, Any]]:
+        lines = output_file.read_text().splitlines() if output_file.is_file() else []
+        if len(lines) != 1 or not lines[0].strip():
+            return f"expected one translation in {output_file}, found {lines!r}", {}
+        return None, {"translation": lines[0]}
+
+    return judge
 
 
 # ----------------------------------------------------------------------------------------
@@ -378,13 +384,15 @@ def plan(work: Path, python: str = sys.executable) -> List[Check]:
                 str(runs["32"]),
                 "--input",
                 str(work / TRANSLATE_INPUT[0]),
+                "--output",
+                str(work / "translate_output.en"),
                 "--device",
                 "cuda",
                 "--beam",
                 "5",
             ],
             45,
-            judge_translate,
+            judge_translate(work / "translate_output.en"),
         ),
         Check(
             "train_speed_tf32",

@@ -275,3 +275,12 @@ def test_one_failing_check_on_a_gpu_machine_exits_1(tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     assert [c["ok"] for c in report["checks"]] == [True, False] and not report["all_ok"]
     assert report["checks"][1]["problem"] == "exit status 1"
+
+
+def test_the_translate_check_wants_one_translation_in_its_output_file(tmp_path):
+    output = tmp_path / "translate_output.en"
+    judge = gpu_check.judge_translate(output)
+    outcome = gpu_check.Outcome(0, "INFO loading\n", tmp_path)
+    assert judge(outcome)[0].startswith("expected one translation")  # nothing written
+    output.write_text("A dog runs through the snow.\n")
+    assert judge(outcome) == (None, {"translation": "A dog runs through the snow."})
