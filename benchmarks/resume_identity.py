@@ -4,6 +4,8 @@ same?
 
     python benchmarks/resume_identity.py                     # cpu_small, 360 steps (~8 min)
     python benchmarks/resume_identity.py --smoke             # smoke model, 60 steps, no file
+    python benchmarks/resume_identity.py --experiment bench_lstm512 --steps 60 \
+        --stop-after 30 --atol 1e-4                           # on a GPU (gpu_check.sh)
 
 The interrupted run gets SIGTERM (as a scheduler's preemption sends it) during optimizer
 step `--stop-after`: it finishes that step, saves, and exits 143; `resume=auto` then
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -79,6 +82,22 @@ def losses(run_dir: Path) -> dict:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def max_abs_difference(a: dict, b: dict) -> float:
+    """The largest element-wise difference between two state dicts' floating tensors
+    (inf where their keys or shapes differ)."""
+    if a.keys() != b.keys():
+        return math.inf
+    largest = 0.0
+    for key, x in a.items():
+        if x.shape != b[key].shape:
+            return math.inf
+        if x.is_floating_point():
+            largest = max(largest, (x.double() - b[key].double()).abs().max().item())
+        elif not torch.equal(x, b[key]):
+            return math.inf
+    return largest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,6 +105,13 @@ def main() -> None:
     parser.add_argument("--experiment", default="cpu_small")
     parser.add_argument("--steps", type=int, default=360)
     parser.add_argument("--stop-after", type=int, default=170, help="SIGTERM during this step")
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=0.0,
+        help="weights and losses may differ by this much (0: bitwise; a GPU's atomic adds "
+        "need ~1e-4, benchmarks/gpu_check.py)",
+    )
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
@@ -110,6 +136,8 @@ def main() -> None:
         differing = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
         loss_a, loss_b = losses(whole), losses(cut)
         common = sorted(set(loss_a) & set(loss_b))
+        weight_difference = max_abs_difference(a["model"], b["model"])
+        loss_difference = max((abs(loss_a[s] - loss_b[s]) for s in common), default=0.0)
         report = {
             "experiment": args.experiment,
             "steps": args.steps,
@@ -123,6 +151,11 @@ def main() -> None:
             "logged_losses_compared": len(common),
             "logged_losses_uninterrupted": len(loss_a),
             "logged_losses_identical": all(loss_a[s] == loss_b[s] for s in common),
+            "atol": args.atol,
+            "max_abs_weight_difference": weight_difference,
+            "weights_within_atol": weight_difference <= args.atol and a["step"] == b["step"],
+            "max_abs_loss_difference": loss_difference,
+            "logged_losses_within_atol": bool(common) and loss_difference <= args.atol,
             "uninterrupted_seconds": round(uninterrupted_s, 1),
             "command": "python benchmarks/resume_identity.py " + " ".join(sys.argv[1:]),
         }

@@ -11,13 +11,19 @@ Three measurements in one run, so their ratios are comparable on any machine:
    over the steady-state windows (after `--warmup` steps) are the figure. Peak resident
    memory: the training process's maximum RSS, and the peak sum over its whole process
    tree (W&B's offline service included; no data-loader workers are started).
-2. The machine's fp32 GEMM rate, at 2048^3 and at the model's own GEMM shapes.
+2. The machine's GEMM rate, at 2048^3 and at the model's own GEMM shapes, in the precision
+   the training's products run in: fp32 with TF32 as trainer.tf32 sets it on a GPU
+   (step_breakdown configures it as train.py does; --tf32 off is strict fp32), or the
+   16-bit dtype of --precision.
 3. A step breakdown from an instrumented loop over the same parts (data, forward + loss,
    backward, optimizer), single process.
 The model's FLOPs per target token are counted analytically from the config and the
-batches' measured source/target lengths; MFU = tokens/s x FLOPs/token / GEMM rate.
-Writes benchmarks/results/train_speed_<device>[_bf16].json (committed); --smoke writes
-nothing.
+batches' measured source/target lengths; MFU = tokens/s x FLOPs/token / GEMM rate. The
+"mfu" block names its denominators: the measured GEMM in the products' precision, and on a
+known GPU its rated dense peak in that precision (RATED_DENSE_TFLOPS).
+--throughput-only measures 1. alone (gpu_check's extra precisions).
+Writes benchmarks/results/train_speed_<device>[_bf16][_strict_fp32].json (committed);
+--smoke writes nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from omegaconf import OmegaConf
 from results_file import write_result
 
 from dist_lstm.config.choices import PRECISIONS
-from dist_lstm.precision import DTYPES
+from dist_lstm.precision import DTYPES, configure_tf32
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]
@@ -95,21 +101,78 @@ def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional
 def tf32_gemm_rates(
     device: torch.device, shapes: Dict[str, Tuple], seconds: float
 ) -> Optional[Dict[str, Dict[str, Optional[float]]]]:
-    """fp32 GEMM rates with TF32 off and on, on a GPU that has TF32 (compute capability
-    8.0+); None elsewhere. Leaves the TF32 switch as it found it."""
+    """fp32 GEMM rates with TF32 off and on (matmul and cuDNN switches both), on a GPU
+    that has TF32 (compute capability 8.0+); None elsewhere. Leaves the switches as it
+    found them."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
         return None
-    before = torch.backends.cuda.matmul.allow_tf32
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     rates = {}
     try:
         for name, allowed in (("tf32_off", False), ("tf32_on", True)):
-            torch.backends.cuda.matmul.allow_tf32 = allowed
+            configure_tf32(allowed, device)
             rates[name] = rates_at_shapes(
                 lambda m, k, n: gemm_gflops(m, k, n, device, seconds), shapes
             )
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     return rates
+
+
+# Rated dense (no sparsity) tensor-core TFLOP/s by GPU part, from NVIDIA's datasheets:
+# the denominator of MFU against the part's peak. fp16 runs at the bf16 rate. Matched on
+# torch.cuda.get_device_name(): the first row whose words all appear in it (the PCIe and
+# NVL parts before the SXM ones, whose names carry neither word).
+RATED_DENSE_TFLOPS: Tuple[Tuple[Tuple[str, ...], str, Dict[str, float]], ...] = (
+    (("H100", "NVL"), "H100 NVL", {"bf16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    (("H100", "PCIE"), "H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    (("H100",), "H100 SXM", {"bf16": 989.0, "tf32": 495.0, "fp32": 67.0}),
+    (("H200", "NVL"), "H200 NVL", {"bf16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    (("H200",), "H200", {"bf16": 989.0, "tf32": 495.0, "fp32": 67.0}),
+    (("A100",), "A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+)
+
+
+def rated_peak(gpu_name: str) -> Optional[Tuple[str, Dict[str, float]]]:
+    """(part, {precision: rated dense TFLOP/s}) of a GPU by its name; None if unknown."""
+    upper = gpu_name.upper()
+    for words, part, rates in RATED_DENSE_TFLOPS:
+        if all(word in upper for word in words):
+            return part, {**rates, "fp16": rates["bf16"]}
+    return None
+
+
+def product_precision(precision: str, tf32: bool) -> str:
+    """What a step's matrix products run in: bf16/fp16 under autocast, else TF32 where
+    training turned it on (trainer.tf32 on a GPU that has it), else fp32."""
+    if precision != "32":
+        return precision
+    return "tf32" if tf32 else "fp32"
+
+
+def mfu_figures(
+    achieved_gflops: float, products: str, gemm_2048_gflops: float, gpu_name: Optional[str]
+) -> Dict[str, object]:
+    """MFU against the measured 2048^3 GEMM in the products' own precision and against
+    the GPU's rated dense peak in that precision, each naming its denominator."""
+    peak = rated_peak(gpu_name) if gpu_name else None
+    return {
+        "products": products,
+        "achieved_tflops": achieved_gflops / 1e3,
+        "vs_measured_gemm": {
+            "denominator": f"measured 2048^3 GEMM, {products}",
+            "tflops": gemm_2048_gflops / 1e3,
+            "mfu": achieved_gflops / gemm_2048_gflops,
+        },
+        "vs_rated_peak": None
+        if peak is None
+        else {
+            "denominator": f"{peak[0]} rated dense {products}",
+            "gpu": gpu_name,
+            "tflops": peak[1][products],
+            "mfu": achieved_gflops / 1e3 / peak[1][products],
+        },
+    }
 
 
 def rates_at_shapes(
@@ -245,6 +308,7 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
     torch.manual_seed(cfg.seed)
     data = build_data(OmegaConf.to_object(cfg.data))
     topology = from_environment(cfg.trainer.device, env={})
+    tf32 = configure_tf32(cfg.trainer.tf32, topology.device)  # as train.py: run.py
     strategy = build_strategy(OmegaConf.to_object(cfg.strategy), topology)
     model = build_model(
         cfg.model, data.tokenizer.src_vocab_size, data.tokenizer.tgt_vocab_size, PAD_ID
@@ -292,6 +356,7 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
     out["communication_s"] = 0.0  # one process; see benchmarks/scaling.py for all-reduce
     out.update({f"mean_{k}": statistics.mean(v) for k, v in shape.items()})
     out["tgt_vocab"] = data.tokenizer.tgt_vocab_size
+    out["tf32"] = tf32
     return out
 
 
@@ -306,66 +371,112 @@ def main() -> None:
         default="32",
         help="strategy.precision: 32 (the reference's), or bf16 on CPUs with avx512_bf16",
     )
+    parser.add_argument(
+        "--tf32",
+        choices=("on", "off"),
+        default="on",
+        help="trainer.tf32 (GPUs of compute capability 8.0+): off is strict fp32",
+    )
+    parser.add_argument(
+        "--gemm-seconds", type=float, default=2.0, help="timing of each GEMM rate (GPU: 0.25)"
+    )
+    parser.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="train.py's tokens/s and memory only: no step breakdown, GEMM rates or MFU",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, few steps, no file")
     args = parser.parse_args()
     overrides = ["experiment=bench_lstm512"]
     if args.smoke:
         overrides = SMOKE
-        args.steps, args.warmup, args.breakdown_steps = 12, 4, 3
-    overrides = [*overrides, f"strategy.precision={args.precision}"]
+        args.steps, args.warmup, args.breakdown_steps, args.gemm_seconds = 12, 4, 3, 0.2
+    overrides = [
+        *overrides,
+        f"strategy.precision={args.precision}",
+        f"trainer.tf32={'true' if args.tf32 == 'on' else 'false'}",
+    ]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log_every = 2 if args.smoke else 10
+    report: Dict[str, object] = {
+        "benchmark": "train_speed",
+        "overrides": overrides,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+    }
+    if not args.throughput_only:
+        report.update(measure_mfu(overrides, args, device))
+    throughput = trainer_throughput(overrides, args.steps, args.warmup, log_every)
+    report.update(throughput)
+    if not args.throughput_only:
+        achieved = throughput["tokens_per_sec"] * report["model_gflop_per_target_token"]
+        report.update(derived_mfu(report, achieved))
+    suffix = "" if args.precision == "32" else f"_{args.precision}"
+    suffix += "" if args.tf32 == "on" else "_strict_fp32"
+    suffix += "_throughput" if args.throughput_only else ""
+    write_result(f"train_speed_{device.type}{suffix}", report, smoke=args.smoke)
 
+
+def measure_mfu(overrides: Sequence[str], args, device: torch.device) -> Dict[str, object]:
+    """The step breakdown, the model's FLOPs per target token and the GEMM rates; the
+    products' precision is the training's (step_breakdown configures TF32 as train.py)."""
     breakdown = step_breakdown(overrides, args.breakdown_steps)
-    model_cfg = compose_config(overrides).model
+    model_cfg = compose_config(list(overrides)).model
     vocab = breakdown["tgt_vocab"]
     src_per_tgt = breakdown["mean_src_tokens"] / breakdown["mean_tgt_tokens"]
     flops = flops_per_target_token(model_cfg, vocab, src_per_tgt, breakdown["mean_src_len"])
-    seconds = 0.2 if args.smoke else 2.0
+    seconds = args.gemm_seconds
     shapes = model_gemm_shapes(
         model_cfg, vocab, round(breakdown["mean_sentences"]), round(breakdown["mean_tgt_tokens"])
     )
+    # fp32 products as training runs them: TF32 where step_breakdown turned it on
     gemm = rates_at_shapes(lambda m, k, n: gemm_gflops(m, k, n, device, seconds), shapes)
-    tf32 = tf32_gemm_rates(device, shapes, seconds)
+    products = product_precision(args.precision, breakdown["tf32"])
+    out: Dict[str, object] = {
+        "model_gflop_per_target_token": flops / 1e9,
+        "breakdown_per_step": breakdown,
+        "gemm_gflops": gemm,
+        "gemm_products": product_precision("32", breakdown["tf32"]),
+    }
+    if args.precision != "32":  # the 16-bit rate the products ran at
+        dtype = DTYPES[args.precision]
+        out[f"gemm_gflops_{args.precision}"] = rates_at_shapes(
+            lambda m, k, n: gemm_gflops(m, k, n, device, seconds, dtype), shapes
+        )
+    if device.type == "cuda" and not args.smoke:  # TF32 off and on, for comparison
+        out["gemm_gflops_tf32"] = tf32_gemm_rates(device, shapes, seconds)
     uses_onednn = device.type == "cpu" and onednn_gemm_gflops(8, 8, 8, 0.0) is not None
-    onednn = (  # CPU only: search's oneDNN products do not run on a GPU
+    out["onednn_gemm_gflops"] = (  # CPU only: search's oneDNN products do not run on a GPU
         rates_at_shapes(lambda m, k, n: onednn_gemm_gflops(m, k, n, seconds), shapes)
         if uses_onednn
         else None
     )
+    out["products"] = products
+    return out
 
-    log_every = 2 if args.smoke else 10
-    throughput = trainer_throughput(overrides, args.steps, args.warmup, log_every)
-    achieved = throughput["tokens_per_sec"] * flops / 1e9
-    report = {
-        "benchmark": "train_speed",
-        "overrides": overrides,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "steps": args.steps,
-        "warmup_steps": args.warmup,
-        **throughput,
-        "model_gflop_per_target_token": flops / 1e9,
+
+def derived_mfu(report: Dict[str, object], achieved: float) -> Dict[str, object]:
+    """Achieved GFLOP/s over each denominator: MFU in the products' precision first."""
+    gemm, products = report["gemm_gflops"], report["products"]
+    own_gemm = report.get(f"gemm_gflops_{products}", gemm)  # bf16/fp16 runs: their rate
+    onednn = report["onednn_gemm_gflops"]
+    out: Dict[str, object] = {
         "achieved_gflops": achieved,
-        "gemm_gflops": gemm,
+        "mfu": mfu_figures(achieved, products, own_gemm["2048^3"], report["gpu"]),
+        # against the fp32 (TF32 as trained) GEMM: 2048^3 and the model's own shapes
         "mfu_vs_2048_gemm": achieved / gemm["2048^3"],
         "mfu_vs_model_shape_gemm": achieved / mean_shape_rate(gemm),
         # oneDNN (which search uses, dist_lstm/model/onednn_weights.py) may multiply faster
         # than torch.mm on this machine: MFU against the faster library's rate too
-        "onednn_gemm_gflops": onednn if uses_onednn else None,
-        "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if uses_onednn else None,
-        "breakdown_per_step": breakdown,
-        # GPUs: fp32 products with TF32 off and on (trainer.tf32), and peak device memory
-        "gemm_gflops_tf32": tf32,
-        "peak_cuda_memory_mb": throughput.get("peak_cuda_memory_mb"),
+        "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if onednn else None,
     }
-    if args.precision != "32":  # MFU against the 16-bit rate the products ran at, too
-        dtype = DTYPES[args.precision]
-        low = rates_at_shapes(lambda m, k, n: gemm_gflops(m, k, n, device, seconds, dtype), shapes)
-        report[f"gemm_gflops_{args.precision}"] = low
-        report[f"mfu_vs_2048_gemm_{args.precision}"] = achieved / low["2048^3"]
-        report[f"mfu_vs_model_shape_gemm_{args.precision}"] = achieved / mean_shape_rate(low)
-    suffix = "" if args.precision == "32" else f"_{args.precision}"
-    write_result(f"train_speed_{device.type}{suffix}", report, smoke=args.smoke)
+    if products in ("bf16", "fp16"):
+        out[f"mfu_vs_2048_gemm_{products}"] = achieved / own_gemm["2048^3"]
+        out[f"mfu_vs_model_shape_gemm_{products}"] = achieved / mean_shape_rate(own_gemm)
+    return out
 
 
 if __name__ == "__main__":

@@ -50,15 +50,24 @@ class Batch:
         )
 
     def to(self, device: torch.device) -> "Batch":
-        """The batch on `device`; src_lengths and indices stay on the host."""
+        """The batch on `device`; src_lengths and indices stay on the host. To a GPU
+        from pinned memory: a copy from pageable memory waits for the device, a pinned
+        one is queued behind its work."""
         positions = self.tgt_positions
         if positions is None:
             positions = real_token_positions(self.tgt_out)
+        pin = torch.device(device).type == "cuda"
+
+        def moved(tensor: torch.Tensor) -> torch.Tensor:
+            if pin and tensor.device.type == "cpu" and not tensor.is_pinned():
+                tensor = tensor.pin_memory()
+            return tensor.to(device, non_blocking=True)
+
         return Batch(
-            src=self.src.to(device, non_blocking=True),
+            src=moved(self.src),
             src_lengths=self.src_lengths,
-            tgt_in=self.tgt_in.to(device, non_blocking=True),
-            tgt_out=self.tgt_out.to(device, non_blocking=True),
+            tgt_in=moved(self.tgt_in),
+            tgt_out=moved(self.tgt_out),
             indices=self.indices,
-            tgt_positions=positions.to(device, non_blocking=True),
+            tgt_positions=moved(positions),
         )

@@ -25,7 +25,7 @@ from dist_lstm.config.schema import TrainerConfig
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Ensemble, Seq2Seq, build_model
-from dist_lstm.precision import autocast, check_precision
+from dist_lstm.precision import autocast, check_precision, configure_tf32
 from dist_lstm.search import Hypothesis, beam_search, best_hypotheses, decodes_greedily
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,10 @@ class Translator:
         self.max_source_len = max_source_len or loaded.config["data"]["max_len"]
         self.device = next(loaded.model.parameters()).device
         check_precision(options.precision, self.device, option="--precision")
+        # fp32 products as the run trained them: TF32 or not (trainer.tf32; older
+        # checkpoints without the key trained with the schema's default)
+        trained_tf32 = loaded.config.get("trainer", {}).get("tf32", TrainerConfig.tf32)
+        configure_tf32(bool(trained_tf32), self.device)
 
     def translate(self, sentences: Sequence[str], first_line: int = 1) -> List[str]:
         """One output per input; an empty (or blank) line gives an empty line.
@@ -294,12 +298,15 @@ class Translator:
         return out
 
     def _padded(self, batch: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Source ids (B, S) padded, on the model's device, and lengths (B,) on the host."""
+        """Source ids (B, S) padded, on the model's device, and lengths (B,) on the host.
+        To a GPU from pinned memory, so the copy does not wait for the device."""
         lengths = torch.tensor([len(s) for s in batch])
         src = torch.nn.utils.rnn.pad_sequence(
             [torch.tensor(s) for s in batch], batch_first=True, padding_value=PAD_ID
-        ).to(self.device)
-        return src, lengths
+        )
+        if self.device.type == "cuda":
+            src = src.pin_memory()
+        return src.to(self.device, non_blocking=True), lengths
 
     def _decode(self, batch: Sequence[Sequence[int]]) -> List[List[int]]:
         opts = self.options

@@ -7,7 +7,12 @@ from typing import Tuple
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import (
+    PackedSequence,
+    invert_permutation,
+    pack_padded_sequence,
+    pad_packed_sequence,
+)
 
 from dist_lstm.model.lstm import EncoderLSTM
 from dist_lstm.model.word_dropout import WordDropout
@@ -59,9 +64,7 @@ class Encoder(nn.Module):
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         """src: (B, S) ids; src_lengths: (B,) on CPU, every length >= 1."""
         embedded = self.dropout(self.word_dropout(self.embedding(src)))  # (B, S, E)
-        packed = pack_padded_sequence(
-            embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
+        packed = pack_by_length(embedded, src_lengths.cpu())
         packed_out, (h, c) = self.lstm(packed)
         memory, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.size(1))
         # h, c: (layers * directions, B, H / directions); keep the top layer's directions.
@@ -71,3 +74,20 @@ class Encoder(nn.Module):
         return EncoderOutput(
             memory=self.dropout(memory), mask=src != self.padding_idx, final=(top_h, top_c)
         )
+
+
+def pack_by_length(embedded: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
+    """pack_padded_sequence(enforce_sorted=False) without its wait for the GPU: the same
+    length order (sorted on the host, as it sorts) goes to the device from pinned memory
+    without blocking, where pack_padded_sequence copies it from pageable memory, which
+    waits for all the device's queued work at every step. The same PackedSequence.
+
+    embedded (B, S, E) on any device; lengths (B,) on the host."""
+    lengths, order = torch.sort(lengths.to(torch.int64), descending=True)
+    if embedded.is_cuda:
+        order = order.pin_memory()
+    order = order.to(embedded.device, non_blocking=True)
+    packed = pack_padded_sequence(
+        embedded.index_select(0, order), lengths, batch_first=True, enforce_sorted=True
+    )
+    return PackedSequence(packed.data, packed.batch_sizes, order, invert_permutation(order))

@@ -1,7 +1,8 @@
 """LSTM layers with nn.LSTM's parameters and state-dict keys, for the calls where
 nn.LSTM's own CPU kernels do needless work: the encoder's packed sequences under autograd
-and the decoder's one-position steps. Everywhere else (GPU, whole sequences) they defer to
-nn.LSTM, so checkpoints and cuDNN are unaffected.
+and the decoder's one-position steps; and, on a GPU, for the encoder's dropout between
+layers, which cuDNN would draw from a state no checkpoint holds. Everywhere else (whole
+sequences, search) they defer to nn.LSTM, so checkpoints are unaffected.
 """
 
 from __future__ import annotations
@@ -94,9 +95,14 @@ class _AutocastSafeLSTM(nn.LSTM):
     def _lstm_forward(self, input, hx=None):
         """nn.LSTM's own forward; in fp32 outside autocast where bf16 autocast would make
         it float16 (see lstm_outside_autocast)."""
+        return self._autocast_safe(lambda i, h: nn.LSTM.forward(self, i, h), input, hx)
+
+    @staticmethod
+    def _autocast_safe(run, input, hx):
+        """`run(input, hx)`, in fp32 outside autocast where lstm_outside_autocast says so."""
         data = input.data if isinstance(input, PackedSequence) else input
         if not lstm_outside_autocast(data.device):
-            return nn.LSTM.forward(self, input, hx)
+            return run(input, hx)
         if isinstance(input, PackedSequence):
             input = input._replace(data=input.data.float())
         else:
@@ -104,23 +110,92 @@ class _AutocastSafeLSTM(nn.LSTM):
         if hx is not None:
             hx = tuple(state.float() for state in hx)
         with torch.autocast(data.device.type, enabled=False):
-            return nn.LSTM.forward(self, input, hx)
+            return run(input, hx)
 
 
 class EncoderLSTM(_AutocastSafeLSTM):
     """nn.LSTM (same parameters and state-dict keys) that runs its own recurrence over a
-    packed sequence when it trains on CPU.
+    packed sequence when it trains on CPU, and on a GPU runs one cuDNN call per layer
+    when there is dropout between layers.
 
-    Why: nn.LSTM's CPU backward turns each time step's slice of the packed input
+    Why, CPU: nn.LSTM's CPU backward turns each time step's slice of the packed input
     projection into a zero-filled (N, 4H) gradient; splitting the projection once makes
-    that one concatenation. GPU (cuDNN) and search keep nn.LSTM's kernels. Figures:
-    benchmarks/RESULTS.md, training speed.
+    that one concatenation. Search keeps nn.LSTM's kernels. Figures: benchmarks/RESULTS.md,
+    training speed.
+
+    Why, GPU: cuDNN's multi-layer call draws the dropout between layers from a state of
+    its own, seeded anew in every process and absent from torch.cuda.get_rng_state(), so
+    a resumed run drew other masks than the uninterrupted one. Layer by layer, the dropout
+    between is F.dropout on torch's generator, which checkpoints restore
+    (checkpoint/rng.py). Each layer's weights get a cuDNN buffer of their own
+    (flatten_parameters), so no call copies them.
     """
 
     def forward(self, input, hx=None):
-        if not self._runs_own_recurrence(input, hx):
-            return self._lstm_forward(input, hx)
-        return self._packed_forward(input)
+        if self._runs_own_recurrence(input, hx):
+            return self._packed_forward(input)
+        if isinstance(input, PackedSequence) and hx is None:
+            if self.runs_layer_by_layer(input.data.device):
+                return self._autocast_safe(lambda i, _: self._layer_by_layer(i), input, None)
+        return self._lstm_forward(input, hx)
+
+    @property
+    def _dropout_between_layers(self) -> bool:
+        return self.num_layers > 1 and self.dropout > 0 and self.proj_size == 0
+
+    def runs_layer_by_layer(self, device: torch.device) -> bool:
+        """On a GPU, with dropout between layers: one cuDNN call per layer (see above)."""
+        return device.type == "cuda" and self._dropout_between_layers
+
+    def _layer_by_layer(
+        self, packed: PackedSequence
+    ) -> Tuple[PackedSequence, Tuple[torch.Tensor, torch.Tensor]]:
+        """nn.LSTM's packed forward one layer at a time, F.dropout between layers."""
+        data, batch_sizes = packed.data, packed.batch_sizes
+        directions = 2 if self.bidirectional else 1
+        zeros = data.new_zeros(directions, int(batch_sizes[0]), self.hidden_size)
+        per_layer = len(self._flat_weights_names) // self.num_layers
+        finals_h, finals_c = [], []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.training:
+                data = F.dropout(data, self.dropout, training=True)
+            names = self._flat_weights_names[layer * per_layer : (layer + 1) * per_layer]
+            weights = [getattr(self, name) for name in names]
+            data, h, c = torch._VF.lstm(
+                data, batch_sizes, (zeros, zeros), weights, self.bias, 1, 0.0,
+                self.training, self.bidirectional,
+            )  # fmt: skip
+            finals_h.append(h)
+            finals_c.append(c)
+        hidden = (torch.cat(finals_h), torch.cat(finals_c))  # (L * D, B, H), packed order
+        return packed._replace(data=data), self.permute_hidden(hidden, packed.unsorted_indices)
+
+    def flatten_parameters(self) -> None:
+        """nn.LSTM's one cuDNN buffer for all layers; with dropout between layers, one
+        buffer per layer instead, as _layer_by_layer's calls take them."""
+        if not self._dropout_between_layers:
+            return super().flatten_parameters()
+        weights = self._flat_weights
+        if len(weights) != len(self._flat_weights_names) or not _cudnn_can_flatten(weights):
+            return None
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        per_layer = len(weights) // self.num_layers
+        directions = 2 if self.bidirectional else 1
+        with torch.cuda.device_of(weights[0]), torch.no_grad():
+            for layer in range(self.num_layers):
+                torch._cudnn_rnn_flatten_weight(
+                    weights[layer * per_layer : (layer + 1) * per_layer],
+                    4 if self.bias else 2,
+                    self.input_size if layer == 0 else self.hidden_size * directions,
+                    cudnn_rnn.get_cudnn_mode(self.mode),
+                    self.hidden_size,
+                    self.proj_size,
+                    1,
+                    self.batch_first,
+                    bool(self.bidirectional),
+                )
+        return None
 
     def _runs_own_recurrence(self, input, hx) -> bool:
         return (
@@ -159,6 +234,21 @@ class EncoderLSTM(_AutocastSafeLSTM):
             h = h.index_select(1, packed.unsorted_indices)
             c = c.index_select(1, packed.unsorted_indices)
         return packed._replace(data=data), (h, c)
+
+
+def _cudnn_can_flatten(weights: Sequence[object]) -> bool:
+    """nn.LSTM.flatten_parameters' conditions: CUDA tensors of one dtype that cuDNN takes,
+    none aliasing another, and torch using flattened cuDNN weights at all."""
+    if not all(isinstance(w, torch.Tensor) for w in weights):
+        return False
+    dtype = weights[0].dtype
+    if not all(
+        w.dtype == dtype and w.is_cuda and torch.backends.cudnn.is_acceptable(w) for w in weights
+    ):
+        return False
+    return len({w.data_ptr() for w in weights}) == len(weights) and bool(
+        torch._use_cudnn_rnn_flatten_weight()
+    )
 
 
 class DecoderLSTM(_AutocastSafeLSTM):

@@ -101,12 +101,27 @@ def test_train_speed_smoke_reports_throughput_mfu_and_breakdown():
     if report["onednn_gemm_gflops"] is not None:
         onednn = report["onednn_gemm_gflops"]["2048^3"]
         assert report["mfu_vs_2048_onednn"] == pytest.approx(achieved / onednn)
+    # the named MFU: on a CPU the products are fp32 and there is no rated GPU peak
+    mfu = report["mfu"]
+    assert mfu["products"] == report["products"] == report["gemm_products"] == "fp32"
+    assert mfu["achieved_tflops"] == pytest.approx(achieved / 1e3)
+    assert mfu["vs_measured_gemm"]["mfu"] == pytest.approx(achieved / gemm["2048^3"])
+    assert mfu["vs_measured_gemm"]["tflops"] == pytest.approx(gemm["2048^3"] / 1e3)
+    assert mfu["vs_rated_peak"] is None and report["gpu"] is None
     for peak in ("peak_rss_mb", "peak_tree_rss_mb"):
         assert TRAINING_PROCESS_MIN_MB < report[peak] < physical_memory_mb(), peak
     phases = report["breakdown_per_step"]
     parts = [phases[f"{name}_s"] for name in ("data", "forward", "backward", "optimizer")]
     assert all(part > 0 for part in parts) and phases["communication_s"] == 0.0
     assert phases["total_s"] == pytest.approx(sum(parts))
+
+
+def test_train_speed_throughput_only_runs_train_py_alone():
+    """gpu_check's extra precisions: tokens/s and memory, no breakdown, GEMM or MFU."""
+    report = run_benchmark("train_speed.py", "--smoke", "--throughput-only", "--tf32", "off")
+    assert report["tokens_per_sec"] > 0 and report["windows"] == 4
+    assert "trainer.tf32=false" in report["overrides"]
+    assert not {"mfu", "gemm_gflops", "breakdown_per_step"} & set(report)
 
 
 def test_quality_then_translate_speed_smoke(tmp_path):
@@ -145,6 +160,20 @@ def test_quality_then_translate_speed_smoke(tmp_path):
         assert abs(tokens - figures["mean_output_tokens"] * 64) <= 64 * 0.005
         assert_rate(figures["target_tokens_per_sec"], tokens, figures["seconds"], 1, 2)
         assert tokens >= 64  # at least the end-of-sentence token each
+
+
+def test_decode_speed_smoke_counts_tokens_within_the_fixed_number_of_steps():
+    report = run_benchmark("decode_speed.py", "--smoke")
+    assert (report["sentences"], report["decoding_steps"]) == (48, 8)
+    assert report["weights"].startswith("random")
+    for search in ("greedy", "beam5"):
+        figures = report["results"][search]
+        assert figures["longest_output"] <= 8  # the limit holds: max_len_b = steps
+        # each sentence: its tokens + EOS; those at the limit 8 + 1, the others fewer
+        at_limit = figures["sentences_at_the_limit"]
+        assert 9 * at_limit + (48 - at_limit) <= figures["target_tokens"] <= 9 * 48
+        assert_rate(figures["target_tokens_per_sec"], figures["target_tokens"],
+                    figures["seconds"], 1, 3)  # fmt: skip
 
 
 def test_checkpoint_io_smoke():
@@ -267,6 +296,9 @@ def test_resume_identity_smoke_compares_an_interrupted_run_with_a_whole_one():
     assert report["stopped_at_step"] == report["resumed_from_step"] == 25
     assert report["final_step"] == [60, 60]
     assert report["weights_identical"] and report["logged_losses_identical"]
+    # bitwise on a CPU: the tolerance gpu_check gives a GPU is not needed here
+    assert report["atol"] == report["max_abs_weight_difference"] == 0.0
+    assert report["weights_within_atol"] and report["logged_losses_within_atol"]
     assert report["logged_losses_compared"] == report["logged_losses_uninterrupted"] >= 6
 
 
