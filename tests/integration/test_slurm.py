@@ -110,7 +110,9 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
 ):
     """Everything of node n2 is killed (its slurmd, step daemon, torchrun and worker): the
     rank left says what happened at once, SLURM requeues the job (--requeue), and once
-    the node is back the job continues from its newest complete checkpoint."""
+    the node is back the job continues from its newest complete checkpoint. n2 is not
+    the first node, which hosts the rendezvous store (the template says so; the loss of
+    that host is tests/integration/test_two_hosts.py's)."""
     training = [*corpus, "trainer.max_steps=400", "trainer.val_every_steps=0"]
     job, run_dir = submit(slurm, tmp_path, "lost", [*training, "checkpoint.every_steps=20"])
     wait_for_step(run_dir, 30)
