@@ -235,9 +235,9 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
     from dist_lstm.batch import PAD_ID
     from dist_lstm.data.build import build_data, make_train_loader
     from dist_lstm.model import build_model
-    from dist_lstm.optim import build_optimizer
     from dist_lstm.strategy import build_strategy
     from dist_lstm.topology import from_environment
+    from dist_lstm.train.optim import build_optimizer
 
     cfg = compose_config(list(overrides))
     torch.manual_seed(cfg.seed)

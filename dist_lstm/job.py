@@ -26,8 +26,8 @@ from dist_lstm.config import validate_config
 from dist_lstm.errors import ConfigError, UserError
 from dist_lstm.evaluation import monitor_mode
 from dist_lstm.exit_policy import user_errors
-from dist_lstm.run import train
 from dist_lstm.topology import launcher_rank, launcher_world_size
+from dist_lstm.train.run import train
 
 log = logging.getLogger(__name__)
 

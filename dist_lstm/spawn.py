@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dist_lstm.errors import UserError
 from dist_lstm.logging.run_dir import log_file_name, quiet_console
-from dist_lstm.signals import exit_status
 from dist_lstm.topology import free_local_port
+from dist_lstm.train.signals import exit_status
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ def run_worker(config: Dict[str, Any], run_dir: str, nproc: int) -> Dict[str, An
     from dist_lstm.config import register_configs
     from dist_lstm.config.schema import typed_config
     from dist_lstm.exit_policy import user_errors
-    from dist_lstm.run import train
     from dist_lstm.topology import launcher_rank
+    from dist_lstm.train.run import train
 
     register_configs()
     rank = launcher_rank()

@@ -50,7 +50,7 @@ def _isolated_cache(tmp_path_factory):
 def smoke_run(tmp_path_factory) -> Path:
     """A run directory of the smoke experiment (150 steps), trained once for every test
     that uses a trained model (translate, evaluate, serve). Tests must not change it."""
-    from dist_lstm.run import train
+    from dist_lstm.train.run import train
 
     path = tmp_path_factory.mktemp("smoke")
     train(compose_config(["experiment=smoke", "trainer.progress_bar=false"]), run_dir=path)

@@ -15,13 +15,13 @@ from dist_lstm.errors import ConfigError
 from dist_lstm.evaluation import MONITOR_MODES
 from dist_lstm.logging.wandb import WANDB_MODES
 from dist_lstm.model.attention import ATTENTIONS
-from dist_lstm.optim import OPTIMIZERS, SCHEDULES
 from dist_lstm.precision import PRECISIONS
-from dist_lstm.stopping import parse_duration
 from dist_lstm.strategy import STRATEGIES
 from dist_lstm.strategy.comm_hooks import COMM_HOOKS
 from dist_lstm.strategy.ddp import BACKENDS
 from dist_lstm.topology import DEVICES
+from dist_lstm.train.optim import OPTIMIZERS, SCHEDULES
+from dist_lstm.train.stopping import parse_duration
 
 
 def _require(ok: bool, key: str, value: Any, fix: str) -> None:

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.model import lstm
 from dist_lstm.model.encoder import Encoder
-from dist_lstm.run import train
+from dist_lstm.train.run import train
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.cuda

@@ -13,8 +13,8 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint, read_meta
 from dist_lstm.checkpoint.manager import step_name
-from dist_lstm.run import train
 from dist_lstm.topology import free_local_port
+from dist_lstm.train.run import train
 from tests.conftest import ROOT, TINY_RUN, compose_config, needs_bf16, reversal_corpus
 from tests.helpers.runs import last_params, logged, train_losses
 
@@ -526,7 +526,7 @@ def test_ctrl_c_in_a_plain_process_checkpoints_the_step_reached_and_exits_130(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     step = stopped_with_a_checkpoint(run_dir, "SIGINT", ranks=1)
-    caplog.set_level("INFO", logger="dist_lstm.run")
+    caplog.set_level("INFO", logger="dist_lstm.train.run")
     train(compose_config([*common, f"trainer.max_steps={step + 1}", "resume=auto"]), run_dir)
     assert f"resumed from {run_dir / 'checkpoints' / step_name(step)}: step {step}" in caplog.text
     assert read_meta((run_dir / "checkpoints" / "last").resolve())["step"] == step + 1

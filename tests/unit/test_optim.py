@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dist_lstm.optim import build_optimizer, build_schedule, lr_factor
+from dist_lstm.train.optim import build_optimizer, build_schedule, lr_factor
 
 
 def test_warmup_then_inverse_sqrt():

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from dist_lstm.signals import STOP_SIGNALS, StopRequest, exit_status
+from dist_lstm.train.signals import STOP_SIGNALS, StopRequest, exit_status
 
 
 def previous_handler(signum, frame):
@@ -30,7 +30,7 @@ def _own_handlers():
 @pytest.mark.parametrize("first", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_the_first_signal_is_kept_and_a_second_is_logged_and_ignored(first, caplog):
     second = signal.SIGTERM if first != signal.SIGTERM else signal.SIGUSR1
-    caplog.set_level(logging.WARNING, logger="dist_lstm.signals")
+    caplog.set_level(logging.WARNING, logger="dist_lstm.train.signals")
     with StopRequest() as stop:
         assert stop.signum is None
         os.kill(os.getpid(), first)

@@ -2,7 +2,7 @@
 
 import signal
 
-from dist_lstm.stopping import BestTracker, StepVote, TrainingLimits
+from dist_lstm.train.stopping import BestTracker, StepVote, TrainingLimits
 
 
 def test_best_tracker_follows_the_metric_direction_and_counts_stale_validations():

@@ -10,7 +10,7 @@ import torch
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.manager import CheckpointManager
 from dist_lstm.errors import UserError
-from dist_lstm.run import train
+from dist_lstm.train.run import train
 from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, reversal_corpus
 
 
@@ -114,7 +114,7 @@ def test_resume_from_a_run_directory_continues_its_newest_complete_checkpoint(
     unfinished = earlier / "checkpoints" / "step_00000020"
     shutil.copytree(earlier / "checkpoints" / "step_00000014", unfinished)
     (unfinished / "COMPLETE").unlink()
-    caplog.set_level(logging.INFO, logger="dist_lstm.run")
+    caplog.set_level(logging.INFO, logger="dist_lstm.train.run")
     records = run(tmp_path / "continued", corpus, "trainer.max_steps=16", f"resume={earlier}")
     newest = earlier / "checkpoints" / "step_00000014"
     assert f"resumed from {newest}: step 14" in caplog.text

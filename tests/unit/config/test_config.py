@@ -8,7 +8,7 @@ from omegaconf.errors import ValidationError
 
 from dist_lstm.config import validate_config
 from dist_lstm.errors import ConfigError
-from dist_lstm.stopping import parse_duration
+from dist_lstm.train.stopping import parse_duration
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -220,8 +220,8 @@ def test_group_files_set_no_key_to_the_schema_default(group):
 
 
 def test_choices_come_from_the_builders_registries():
-    from dist_lstm.optim import OPTIMIZERS
     from dist_lstm.strategy import STRATEGIES
+    from dist_lstm.train.optim import OPTIMIZERS
 
     with pytest.raises(ConfigError, match=", ".join(OPTIMIZERS)):
         validate_config(compose_config(["optim.name=adam"]))

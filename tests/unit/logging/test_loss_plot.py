@@ -9,7 +9,10 @@ from tests.conftest import ROOT
 
 
 def test_training_starts_without_importing_matplotlib():
-    probe = "import sys, dist_lstm.run; print(sorted(m for m in sys.modules if 'matplotlib' in m))"
+    probe = (
+        "import sys, dist_lstm.train.run; "
+        "print(sorted(m for m in sys.modules if 'matplotlib' in m))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )

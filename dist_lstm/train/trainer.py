@@ -25,10 +25,10 @@ from dist_lstm.evaluation import validation_metrics
 from dist_lstm.logging.console import TrainingProgress
 from dist_lstm.logging.metrics import MetricsWriter, peak_memory_mb
 from dist_lstm.logging.window import LossWindow
-from dist_lstm.optim import LRSchedule
-from dist_lstm.signals import StopRequest
-from dist_lstm.stopping import BestTracker, StepVote, TrainingLimits
 from dist_lstm.strategy import Strategy
+from dist_lstm.train.optim import LRSchedule
+from dist_lstm.train.signals import StopRequest
+from dist_lstm.train.stopping import BestTracker, StepVote, TrainingLimits
 
 log = logging.getLogger(__name__)
 

@@ -35,15 +35,15 @@ from dist_lstm.logging.run_dir import adopt_main_run_dir
 from dist_lstm.logging.run_lock import RunDirectoryClaim
 from dist_lstm.logging.wandb import WandbLogger
 from dist_lstm.model import build_model
-from dist_lstm.optim import build_optimizer, build_schedule
 from dist_lstm.precision import configure_tf32
-from dist_lstm.signals import exit_status, stop_with_launcher
 from dist_lstm.strategy import Strategy, build_strategy
 from dist_lstm.topology import (
     from_environment,
     job_identity,
 )
-from dist_lstm.trainer import Trainer
+from dist_lstm.train.optim import build_optimizer, build_schedule
+from dist_lstm.train.signals import exit_status, stop_with_launcher
+from dist_lstm.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
