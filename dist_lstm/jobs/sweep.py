@@ -1,7 +1,7 @@
 """The summary of a Hydra multirun sweep: `sweep_summary.csv` and a table at the end.
 
 A Hydra callback (registered in conf/config.yaml) collects every job's `result.json`
-(written by `dist_lstm.job`) from the sweep directory. The CSV is rewritten after each job,
+(written by `dist_lstm.jobs.job`) from the sweep directory. The CSV is rewritten after each job,
 by whichever process ran it (a submitit job on a cluster node too: one atomic rename, so
 a reader never sees half a file), and once more at the end by the process that ran the
 sweep, which also prints the table. When a job failed, the sweep exits with status 1 after
@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dist_lstm.atomic import atomic_write
-from dist_lstm.job import read_result
+from dist_lstm.jobs.job import read_result
 from dist_lstm.topology import launcher_rank
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ overrides), fills the W&B run name and group from it, trains in this process or 
 returns the objective a sweeper optimises: the best value of `trainer.monitor`.
 
 In a sweep, a failing job is recorded as failed (result.json, the sweep summary) and the
-sweep goes on with the next one; `dist_lstm.sweep` reports the failures at the end.
+sweep goes on with the next one; `dist_lstm.jobs.sweep` reports the failures at the end.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             "but this process is already one of a launched job (torchrun, srun or deepspeed): "
             "leave launcher.nproc_per_node=1 there."
         )
-    from dist_lstm.spawn import launch_local_workers
+    from dist_lstm.jobs.spawn import launch_local_workers
 
     return launch_local_workers(cfg, run_dir)
 
