@@ -22,8 +22,8 @@ from results_file import write_result
 from train_speed import gemm_gflops, onednn_gemm_gflops
 
 from dist_lstm.data.corpus import read_lines
-from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
 from dist_lstm.precision import PRECISIONS
+from dist_lstm.translate.inference import SearchOptions, Translator, dataset_split_files, load_model
 
 
 def measure(translator: Translator, sources: list[list[int]], repeats: int) -> dict:

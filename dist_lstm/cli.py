@@ -32,7 +32,8 @@ from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import sacrebleu_scores
 from dist_lstm.exit_policy import exit_status_for
-from dist_lstm.inference import (
+from dist_lstm.precision import PRECISIONS
+from dist_lstm.translate.inference import (
     MAX_BEAM,
     LoadedModel,
     SearchOptions,
@@ -42,8 +43,7 @@ from dist_lstm.inference import (
     load_models,
     resolve_checkpoint_path,
 )
-from dist_lstm.precision import PRECISIONS
-from dist_lstm.tuning import search_grid
+from dist_lstm.translate.tuning import search_grid
 
 log = logging.getLogger("dist_lstm")
 
@@ -219,7 +219,9 @@ def _write_with_attention(
 ) -> None:
     """Translations with a tab and their word alignment (--alignments), and heatmaps of
     the first --plot-lines lines (--attention-plot DIR)."""
-    from dist_lstm.attention_plot import save_attention_heatmap  # matplotlib: only when used
+    from dist_lstm.translate.attention_plot import (
+        save_attention_heatmap,  # matplotlib: only when used
+    )
 
     for number, item in enumerate(
         translator.translate_detailed(lines, with_attention=True, first_line=first), start=first
@@ -300,7 +302,7 @@ def cmd_tune_search(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from dist_lstm.serve import ServeLimits, TranslationService, create_app
+    from dist_lstm.translate.serve import ServeLimits, TranslationService, create_app
 
     options = SearchOptions(
         beam=args.beam, alpha=args.alpha, batch_size=args.batch_size, precision=args.precision

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from dist_lstm.batch import Batch
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.model import Seq2Seq
-from dist_lstm.search import best_hypotheses
+from dist_lstm.translate.search import best_hypotheses
 
 # The validation metrics `summarize` reports, and which way is better: what
 # trainer.monitor may name, what picks the best checkpoint and drives plateau schedules.

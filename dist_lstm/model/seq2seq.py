@@ -32,7 +32,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         return self.encoder(src, src_lengths)
 
-    # The stepwise interface search uses (dist_lstm/search.py); an Ensemble offers it too.
+    # The stepwise interface search uses (dist_lstm/translate/search.py); an Ensemble offers it too.
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
         return self.decoder.init_state(encoded)
 

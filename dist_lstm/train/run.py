@@ -29,7 +29,6 @@ from dist_lstm.data.build import build_data, make_eval_loader, make_train_loader
 from dist_lstm.data.corpus import ParallelText
 from dist_lstm.errors import UserError
 from dist_lstm.evaluation import monitor_mode, sacrebleu_scores
-from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.logging.metrics import MetricsWriter, plot_losses
 from dist_lstm.logging.run_dir import adopt_main_run_dir
 from dist_lstm.logging.run_lock import RunDirectoryClaim
@@ -44,6 +43,7 @@ from dist_lstm.topology import (
 from dist_lstm.train.optim import build_optimizer, build_schedule
 from dist_lstm.train.signals import exit_status, stop_with_launcher
 from dist_lstm.train.trainer import Trainer
+from dist_lstm.translate.inference import SearchOptions, Translator, load_model
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from dist_lstm.inference import SearchOptions, Translator, load_model
 from dist_lstm.model import lstm
 from dist_lstm.model.encoder import Encoder
 from dist_lstm.train.run import train
+from dist_lstm.translate.inference import SearchOptions, Translator, load_model
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.cuda

@@ -17,7 +17,13 @@ from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import ConfigError
-from dist_lstm.inference import MAX_BEAM, SearchOptions, Translator, load_model, load_models
+from dist_lstm.translate.inference import (
+    MAX_BEAM,
+    SearchOptions,
+    Translator,
+    load_model,
+    load_models,
+)
 from tests.conftest import ROOT, needs_bf16, write_lines
 
 SENTENCES = [

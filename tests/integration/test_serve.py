@@ -23,8 +23,8 @@ import pytest
 import uvicorn
 
 from dist_lstm import cli
-from dist_lstm.inference import MAX_BEAM, SearchOptions, Translator, load_model
-from dist_lstm.serve import ServeLimits, TranslationService, create_app
+from dist_lstm.translate.inference import MAX_BEAM, SearchOptions, Translator, load_model
+from dist_lstm.translate.serve import ServeLimits, TranslationService, create_app
 from tests.conftest import ROOT
 
 SENTENCE = "Ein Hund läuft durch den Schnee."

@@ -2,7 +2,12 @@
 
 import numpy as np
 
-from dist_lstm.alignment import pharaoh, word_alignment, word_attention, word_of_each_piece
+from dist_lstm.translate.alignment import (
+    pharaoh,
+    word_alignment,
+    word_attention,
+    word_of_each_piece,
+)
 
 
 def test_pieces_are_grouped_into_words_at_the_boundary_mark():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dist_lstm.batch import EOS_ID
-from dist_lstm.search import beam_search, greedy_search, length_penalty
+from dist_lstm.translate.search import beam_search, greedy_search, length_penalty
 from tests.unit.model.test_model import SRC, padded, tiny
 
 
@@ -99,7 +99,7 @@ def test_invalid_beam_arguments():
 
 
 def test_reusing_an_encoder_pass_gives_the_same_output():
-    from dist_lstm.search import best_hypotheses
+    from dist_lstm.translate.search import best_hypotheses
 
     model = tiny()
     src, lengths = padded(SRC)

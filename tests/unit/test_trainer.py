@@ -10,9 +10,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from dist_lstm.checkpoint import load_checkpoint, read_meta
-from dist_lstm.inference import Translator
 from dist_lstm.train.run import train
 from dist_lstm.train.trainer import Trainer
+from dist_lstm.translate.inference import Translator
 from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, needs_bf16, reversal_corpus
 
 

@@ -1,6 +1,6 @@
 """Choosing beam size and length penalty from a grid."""
 
-from dist_lstm.tuning import GridPoint, GridResult, grid_options
+from dist_lstm.translate.tuning import GridPoint, GridResult, grid_options
 
 
 def test_greedy_is_tried_once_and_every_other_beam_with_every_alpha():

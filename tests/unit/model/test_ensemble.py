@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dist_lstm.model import Ensemble
-from dist_lstm.search import beam_search, greedy_search
+from dist_lstm.translate.search import beam_search, greedy_search
 from tests.unit.model.test_model import SRC, padded, tiny
 from tests.unit.test_search import sequence_log_prob, source_dependent_model
 

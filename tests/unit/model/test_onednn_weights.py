@@ -13,7 +13,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks
 from dist_lstm.model import onednn_weights
 from dist_lstm.model.lstm import DecoderLSTM
 from dist_lstm.model.onednn_weights import Linear, ReorderedWeight, reordered_weights
-from dist_lstm.search import greedy_search
+from dist_lstm.translate.search import greedy_search
 from tests.conftest import needs_bf16
 from tests.unit.model.test_model import SRC, padded, tiny
 

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from dist_lstm.serve.batching import Batcher, Overloaded
-from dist_lstm.serve.service import JobOptions
+from dist_lstm.translate.serve.batching import Batcher, Overloaded
+from dist_lstm.translate.serve.service import JobOptions
 
 BEAM2 = JobOptions("m", 2, False)
 BEAM5 = JobOptions("m", 5, False)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Sequence
 
 from dist_lstm.evaluation import sacrebleu_scores
-from dist_lstm.inference import LoadedModel, SearchOptions, Translator
+from dist_lstm.translate.inference import LoadedModel, SearchOptions, Translator
 
 log = logging.getLogger(__name__)
 

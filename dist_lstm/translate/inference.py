@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from dist_lstm.alignment import pharaoh, word_alignment
 from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import is_checkpoint_folder, load_checkpoint, load_model_weights
 from dist_lstm.config import register_configs
@@ -24,7 +23,8 @@ from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.errors import UserError
 from dist_lstm.model import Ensemble, Seq2Seq, build_model
 from dist_lstm.precision import PRECISIONS, autocast, check_precision
-from dist_lstm.search import Hypothesis, beam_search, best_hypotheses, decodes_greedily
+from dist_lstm.translate.alignment import pharaoh, word_alignment
+from dist_lstm.translate.search import Hypothesis, beam_search, best_hypotheses, decodes_greedily
 
 log = logging.getLogger(__name__)
 

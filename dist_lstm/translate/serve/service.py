@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from dist_lstm.inference import LoadedModel, SearchOptions, Translator, load_model
+from dist_lstm.translate.inference import LoadedModel, SearchOptions, Translator, load_model
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from dist_lstm.serve.service import JobOptions
+from dist_lstm.translate.serve.service import JobOptions
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ app.py       the Starlette application: routes, request validation, JSON errors
 page.html    the self-contained page served at / (no CDN: works offline)
 """
 
-from dist_lstm.serve.app import create_app
-from dist_lstm.serve.service import ServeLimits, TranslationService
+from dist_lstm.translate.serve.app import create_app
+from dist_lstm.translate.serve.service import ServeLimits, TranslationService
 
 __all__ = ["ServeLimits", "TranslationService", "create_app"]

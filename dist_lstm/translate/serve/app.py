@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from dist_lstm.serve.batching import Batcher, Overloaded
-from dist_lstm.serve.service import JobOptions, ServeLimits, TranslationService
+from dist_lstm.translate.serve.batching import Batcher, Overloaded
+from dist_lstm.translate.serve.service import JobOptions, ServeLimits, TranslationService
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def parse_translate_request(
 
 def create_app(service: TranslationService, limits: ServeLimits) -> Starlette:
     batcher = Batcher(service.run, limits.queue_size, limits.batch_texts)
-    page = resources.files("dist_lstm.serve").joinpath("page.html").read_text(encoding="utf-8")
+    page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
