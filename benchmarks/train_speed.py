@@ -76,8 +76,8 @@ def gemm_gflops(
 
 def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional[float]:
     """Sustained fp32 rate of oneDNN on a weight reordered once, as search's CPU products
-    run (dist_lstm/model/onednn_weights.py); None where this torch has no oneDNN."""
-    from dist_lstm.model.onednn_weights import ONEDNN_LINEAR
+    run (dist_lstm/model/cpu/onednn_weights.py); None where this torch has no oneDNN."""
+    from dist_lstm.model.cpu.onednn_weights import ONEDNN_LINEAR
 
     if not ONEDNN_LINEAR:
         return None
@@ -346,7 +346,7 @@ def main() -> None:
         "gemm_gflops": gemm,
         "mfu_vs_2048_gemm": achieved / gemm["2048^3"],
         "mfu_vs_model_shape_gemm": achieved / mean_shape_rate(gemm),
-        # oneDNN (which search uses, dist_lstm/model/onednn_weights.py) may multiply faster
+        # oneDNN (which search uses, dist_lstm/model/cpu/onednn_weights.py) may multiply faster
         # than torch.mm on this machine: MFU against the faster library's rate too
         "onednn_gemm_gflops": onednn if uses_onednn else None,
         "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if uses_onednn else None,

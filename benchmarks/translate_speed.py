@@ -95,7 +95,7 @@ def main() -> None:
         "gemm_gflops_2048": round(
             gemm_gflops(2048, 2048, 2048, torch.device(args.device), 0.2 if args.smoke else 2.0), 1
         ),
-        # the model's CPU products run through oneDNN (dist_lstm/model/onednn_weights.py)
+        # the model's CPU products run through oneDNN (dist_lstm/model/cpu/onednn_weights.py)
         "onednn_gemm_gflops_2048": onednn_rate_on_cpu(args.device, 0.2 if args.smoke else 2.0),
         "results": results,
     }

@@ -11,7 +11,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from dist_lstm.model.onednn_weights import Linear
+from dist_lstm.model.cpu.onednn_weights import Linear
 
 ATTENTIONS = ("dot", "general", "bahdanau")  # model.attention: the scores below
 

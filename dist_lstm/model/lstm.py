@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from dist_lstm.model.onednn_weights import (
+from dist_lstm.model.cpu.onednn_weights import (
     ONEDNN_LINEAR,
     ReorderedWeight,
     linear_of_concatenation,

@@ -7,9 +7,9 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from dist_lstm.model.cpu.onednn_weights import invalidate_reordered_weights, track_weight_changes
 from dist_lstm.model.decoder import Decoder, DecoderState
 from dist_lstm.model.encoder import Encoder, EncoderOutput
-from dist_lstm.model.onednn_weights import invalidate_reordered_weights, track_weight_changes
 
 
 class Seq2Seq(nn.Module):

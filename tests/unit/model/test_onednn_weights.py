@@ -1,4 +1,4 @@
-"""Search's oneDNN products on reordered weights (dist_lstm/model/onednn_weights.py): the same
+"""Search's oneDNN products on reordered weights (dist_lstm/model/cpu/onednn_weights.py): the same
 numbers as F.linear, and a reordered copy that never outlives a change of its weight."""
 
 import copy
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import _global_optimizer_post_hooks
 
-from dist_lstm.model import onednn_weights
+from dist_lstm.model.cpu import onednn_weights
+from dist_lstm.model.cpu.onednn_weights import Linear, ReorderedWeight, reordered_weights
 from dist_lstm.model.lstm import DecoderLSTM
-from dist_lstm.model.onednn_weights import Linear, ReorderedWeight, reordered_weights
 from dist_lstm.translate.search import greedy_search
 from tests.conftest import needs_bf16
 from tests.unit.model.test_model import SRC, padded, tiny
