@@ -201,7 +201,7 @@ def test_training_steps_read_no_values_from_the_device_between_logging_steps(
     # Only host-side batch preparation (collate, Batch.to before the copy, the data
     # loader's seed) may read tensor values in a step that neither logs nor saves; and
     # the encoder's CPU recurrence, which reads a packed batch's sizes (always on the host).
-    allowed = {"to", "collate", "__iter__", "_log_train", "validate", "_save", "_packed_forward"}
+    allowed = {"to", "collate", "__iter__", "_log_train", "validate", "_save", "packed_recurrence"}
     reads = HostReads()
     with reads:
         result, _ = run(
