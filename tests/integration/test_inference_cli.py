@@ -310,6 +310,18 @@ def test_not_a_checkpoint(tmp_path, capsys):
     assert code == 2 and "directory without a checkpoint" in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("command", ["translate", "evaluate", "tune-search", "serve"])
+def test_device_cuda_without_cuda_is_refused_naming_the_option(run_dir, capsys, command):
+    """Every decoding command resolves --device through topology.resolve_device, which
+    names the option as the command line spells it."""
+    extra = ["--split", "valid"] if command == "evaluate" else []
+    code, out, err = call([command, "--checkpoint", run_dir, "--device", "cuda", *extra], capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"dist-lstm {command}: error: --device cuda is invalid" in err
+    assert "use --device cpu or --device auto" in err
+
+
 @pytest.mark.parametrize("missing", ["tokenizer", "config"])
 def test_checkpoint_missing_tokenizer_or_config(run_dir, tmp_path, capsys, missing):
     payload = load_checkpoint(run_dir / "checkpoints" / "best")

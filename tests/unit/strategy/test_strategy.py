@@ -53,7 +53,7 @@ def test_single_under_a_launcher_names_the_fix():
 def test_cuda_request_without_cuda_is_a_config_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(ConfigError, match="trainer.device='cuda'"):
+    with pytest.raises(ConfigError, match="trainer.device=cuda is invalid"):
         from_environment("cuda", env={})
 
 
