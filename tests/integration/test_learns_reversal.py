@@ -14,7 +14,7 @@ from dist_lstm.train.run import train
 from dist_lstm.translate.inference import SearchOptions, Translator, load_model
 from dist_lstm.translate.search import beam_search, greedy_search
 from tests.conftest import compose_config, write_lines
-from tests.unit.test_search import sequence_log_prob
+from tests.unit.translate.test_search import sequence_log_prob
 
 SYMBOLS = list("abcdefghij")
 

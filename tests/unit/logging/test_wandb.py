@@ -11,7 +11,7 @@ from dist_lstm.checkpoint import read_meta
 from dist_lstm.errors import ConfigError, UserError
 from dist_lstm.logging.wandb import resolve_mode
 from tests.helpers.wandb_records import offline_runs
-from tests.unit.checkpoint.test_resume import corpus, run  # noqa: F401  (the fixture and the runner)
+from tests.integration.test_resume import corpus, run  # noqa: F401  (the fixture and the runner)
 
 
 @pytest.fixture

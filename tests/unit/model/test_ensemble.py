@@ -6,7 +6,7 @@ import torch
 from dist_lstm.model import Ensemble
 from dist_lstm.translate.search import beam_search, greedy_search
 from tests.unit.model.test_model import SRC, padded, tiny
-from tests.unit.test_search import sequence_log_prob, source_dependent_model
+from tests.unit.translate.test_search import sequence_log_prob, source_dependent_model
 
 
 def test_an_ensemble_of_one_decodes_exactly_like_its_model():

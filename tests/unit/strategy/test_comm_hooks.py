@@ -1,6 +1,6 @@
 """DDP's gradient communication hooks (strategy.comm_hook): what is refused at start-up,
 PowerSGD's checkpoint state, and PowerSGD under gloo with many buckets. Exact resume of
-whole runs: tests/integration/test_distributed.py and tests/unit/checkpoint/test_resume.py."""
+whole runs: tests/integration/test_distributed.py and tests/integration/test_resume.py."""
 
 import logging
 import os
