@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from dist_lstm.config.compose import compose_config
 from dist_lstm.model import lstm
 from dist_lstm.model.encoder import Encoder
 from dist_lstm.train.run import train
 from dist_lstm.translate.inference import SearchOptions, Translator, load_model
-from tests.conftest import compose_config
 
 pytestmark = pytest.mark.cuda
 

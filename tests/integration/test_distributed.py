@@ -13,9 +13,13 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint, read_meta
 from dist_lstm.checkpoint.manager import step_name
+from dist_lstm.config.compose import compose_config
 from dist_lstm.topology import free_local_port
 from dist_lstm.train.run import train
-from tests.conftest import ROOT, TINY_RUN, compose_config, needs_bf16, reversal_corpus
+from tests.helpers.configs import TINY_RUN
+from tests.helpers.corpus import reversal_corpus
+from tests.helpers.hardware import needs_bf16
+from tests.helpers.paths import ROOT
 from tests.helpers.runs import last_params, logged, train_losses
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")

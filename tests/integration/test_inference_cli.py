@@ -24,7 +24,9 @@ from dist_lstm.translate.inference import (
     load_model,
     load_models,
 )
-from tests.conftest import ROOT, needs_bf16, write_lines
+from tests.helpers.corpus import write_lines
+from tests.helpers.hardware import needs_bf16
+from tests.helpers.paths import ROOT
 
 SENTENCES = [
     "Ein Mann fährt Fahrrad.",

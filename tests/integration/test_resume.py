@@ -9,9 +9,11 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.manager import CheckpointManager
+from dist_lstm.config.compose import compose_config
 from dist_lstm.errors import UserError
 from dist_lstm.train.run import train
-from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, reversal_corpus
+from tests.helpers.configs import TINIER_MODEL, TINY_RUN
+from tests.helpers.corpus import reversal_corpus
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import List
 import pytest
 
 from dist_lstm.checkpoint import read_meta
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 from tests.helpers.runs import assert_same_training, logged, wait_for_step
 from tests.helpers.slurm_cluster import SlurmCluster, why_it_cannot_start
 from tests.helpers.wandb_records import offline_runs

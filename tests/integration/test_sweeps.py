@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from dist_lstm.checkpoint import read_meta
-from tests.conftest import ROOT, TINIER_MODEL, TINY_RUN, reversal_corpus
+from tests.helpers.configs import TINIER_MODEL, TINY_RUN
+from tests.helpers.corpus import reversal_corpus
+from tests.helpers.paths import ROOT
 from tests.helpers.wandb_records import offline_runs
 
 

@@ -10,10 +10,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from dist_lstm.checkpoint import load_checkpoint, read_meta
+from dist_lstm.config.compose import compose_config
 from dist_lstm.train.run import train
 from dist_lstm.train.trainer import Trainer
 from dist_lstm.translate.inference import Translator
-from tests.conftest import TINIER_MODEL, TINY_RUN, compose_config, needs_bf16, reversal_corpus
+from tests.helpers.configs import TINIER_MODEL, TINY_RUN
+from tests.helpers.corpus import reversal_corpus
+from tests.helpers.hardware import needs_bf16
 
 
 @pytest.fixture(scope="module")

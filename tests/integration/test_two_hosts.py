@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 from tests.helpers.runs import assert_same_training, logged, wait_for_step
 from tests.integration.test_distributed import (  # noqa: F401  (corpus is a fixture)
     corpus,

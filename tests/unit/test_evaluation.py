@@ -19,7 +19,7 @@ from dist_lstm.evaluation import (
 )
 from dist_lstm.model import build_model
 from dist_lstm.translate.search import greedy_search
-from tests.conftest import model_config
+from tests.helpers.configs import model_config
 
 CPU = torch.device("cpu")
 

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
+from dist_lstm.config.compose import compose_config
 from dist_lstm.errors import ConfigError
 from dist_lstm.extras import check_command_line, installed
 from dist_lstm.strategy import build_strategy
 from dist_lstm.topology import from_environment
-from tests.conftest import compose_config
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper"
 SUBMITIT_LAUNCHER = "hydra_plugins.hydra_submitit_launcher"

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from dist_lstm import precision as prec
+from dist_lstm.config.compose import compose_config
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment
-from tests.conftest import ROOT, bf16_supported, compose_config, needs_bf16
+from tests.helpers.hardware import bf16_supported, needs_bf16
+from tests.helpers.paths import ROOT
 
 CPU = torch.device("cpu")
 
@@ -52,7 +54,7 @@ CAPPED_PROBE = """
 import json, torch
 from dist_lstm import precision
 from dist_lstm.errors import ConfigError
-from tests.conftest import bf16_supported
+from tests.helpers.hardware import bf16_supported
 supported = bf16_supported()
 try:
     precision.check_precision("bf16", torch.device("cpu"))

@@ -8,10 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from dist_lstm.config import register_configs
+from dist_lstm.config.compose import CONF_DIR, compose_config
 from dist_lstm.errors import ConfigError
 from dist_lstm.jobs.job import HydraJob, check_sweeper_direction, objective
 from dist_lstm.jobs.sweep import shared_overrides, write_summary
-from tests.conftest import CONF_DIR, compose_config
 
 
 def write_job(sweep_dir, name, **result):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from dist_lstm.logging.metrics import plot_losses
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 
 def test_training_starts_without_importing_matplotlib():

@@ -4,29 +4,10 @@ import pytest
 import torch
 
 from dist_lstm.batch import PAD_ID
-from dist_lstm.model import build_model
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import Encoder
-from tests.conftest import model_config
+from tests.helpers.models import SRC, SRC_V, TGT_V, padded, tiny
 
-SRC_V, TGT_V = 30, 40
-
-
-def tiny(**overrides):
-    sizes = {"emb_dim": 12, "hidden_size": 16, "encoder_layers": 2, "decoder_layers": 2}
-    cfg = model_config(**{**sizes, **overrides})
-    torch.manual_seed(0)
-    return build_model(cfg, SRC_V, TGT_V, PAD_ID).eval()
-
-
-def padded(seqs):
-    out = torch.full((len(seqs), max(map(len, seqs))), PAD_ID, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s)
-    return out, torch.tensor([len(s) for s in seqs])
-
-
-SRC = [[5, 6, 7, 8, 9], [4, 11], [12, 13, 14]]
 TGT = [[2, 7, 8, 9], [2, 10], [2, 5, 6, 7, 8, 9]]
 
 

@@ -8,7 +8,7 @@ from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.average import average_checkpoints
 from dist_lstm.model import build_model
 from dist_lstm.model.word_dropout import WordDropout
-from tests.conftest import model_config
+from tests.helpers.configs import model_config
 
 
 def test_training_zeroes_whole_tokens_and_scales_the_rest():

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_lstm.config.compose import compose_config
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import build_strategy
 from dist_lstm.strategy.comm_hooks import (
@@ -21,7 +22,7 @@ from dist_lstm.strategy.comm_hooks import (
     register_comm_hook,
 )
 from dist_lstm.topology import free_local_port, from_environment
-from tests.conftest import ROOT, compose_config
+from tests.helpers.paths import ROOT
 
 
 def test_bf16_without_a_cuda_build_is_refused_before_the_rendezvous(monkeypatch):

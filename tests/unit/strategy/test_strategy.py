@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from dist_lstm.config.compose import compose_config
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment, loopback_rendezvous
-from tests.conftest import compose_config, needs_bf16
+from tests.helpers.hardware import needs_bf16
 
 
 def test_plain_process_is_rank_zero_of_one():

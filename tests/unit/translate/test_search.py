@@ -7,7 +7,7 @@ import torch
 
 from dist_lstm.batch import EOS_ID
 from dist_lstm.translate.search import beam_search, greedy_search, length_penalty
-from tests.unit.model.test_model import SRC, padded, tiny
+from tests.helpers.models import SRC, padded, sequence_log_prob, source_dependent_model, tiny
 
 
 @pytest.mark.parametrize("input_feeding", [True, False])
@@ -34,18 +34,6 @@ def test_log_prob_is_the_model_score_of_the_tokens():
     assert hyp.log_prob == pytest.approx(
         sequence_log_prob(model, src, lengths, hyp.tokens), abs=1e-4
     )
-
-
-@torch.no_grad()
-def sequence_log_prob(model, src, lengths, tokens):
-    """Teacher-forced sum of log-probabilities of tokens + EOS for one sentence."""
-    state = model.decoder.init_state(model.encode(src, lengths))
-    total, prev = 0.0, torch.tensor([2])
-    for token in [*tokens, EOS_ID]:
-        logp, state = model.decoder.step(prev, state)
-        total += float(logp[0, token])
-        prev = torch.tensor([token])
-    return total
 
 
 class ScriptedModel:
@@ -107,18 +95,6 @@ def test_reusing_an_encoder_pass_gives_the_same_output():
     for beam in (1, 3):
         fresh = best_hypotheses(model, src, lengths, beam, 1.5, 4)
         assert best_hypotheses(model, src, lengths, beam, 1.5, 4, encoded=encoded) == fresh
-
-
-def source_dependent_model(sentences, **overrides):
-    """A tiny model with weights large enough that its outputs depend on the source (at
-    init they barely do), and `sentences` random sources of 1-8 tokens, lengths mixed."""
-    torch.manual_seed(3)
-    model = tiny(**overrides)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4.0)
-    lengths = (6, 1, 4, 8, 2, 5, 3, 7, 2)[:sentences]
-    return model, [torch.randint(4, 30, (n,)).tolist() for n in lengths]
 
 
 @pytest.mark.parametrize("input_feeding", [True, False])

@@ -14,8 +14,8 @@ from dist_lstm.model.cpu import onednn_weights
 from dist_lstm.model.cpu.onednn_weights import Linear, ReorderedWeight, reordered_weights
 from dist_lstm.model.lstm import DecoderLSTM
 from dist_lstm.translate.search import greedy_search
-from tests.conftest import needs_bf16
-from tests.unit.model.test_model import SRC, padded, tiny
+from tests.helpers.hardware import needs_bf16
+from tests.helpers.models import SRC, padded, tiny
 
 
 def _torch_has_onednn_linear() -> bool:
