@@ -15,6 +15,16 @@ TINY_RUN = (
     "trainer.early_stopping_patience=0",
 )
 TINIER_MODEL = ("model.emb_dim=16", "model.hidden_size=16")
+# The multi-rank tests' runs (test_distributed, test_slurm, test_two_hosts) on the
+# shared corpus: no dropout and a constant LR, so runs at different world sizes compare;
+# every step logged, so a stopped run's step can be read back.
+DISTRIBUTED_RUN = (
+    *TINY_RUN,
+    "model.dropout=0.0",
+    "optim.schedule=constant",
+    "trainer.max_epochs=null",
+    "trainer.log_every_steps=1",
+)
 # A `python train.py` run that only has to start, train 4 steps, validate and save.
 SHORT_SMOKE_RUN = (
     "experiment=smoke",

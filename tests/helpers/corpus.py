@@ -48,7 +48,8 @@ REVERSAL_TASK = {
     "max_words": 9,
 }
 # The tokenizer and batch size that fit the task.
-REVERSAL_TASK_DATA = ("data.tokenizer.vocab_size=16", "data.max_tokens=160")
+VOCAB_SIZE, MAX_TOKENS = 16, 160
+REVERSAL_TASK_DATA = (f"data.tokenizer.vocab_size={VOCAB_SIZE}", f"data.max_tokens={MAX_TOKENS}")
 
 
 def write_reversal_task(root: Path) -> List[str]:

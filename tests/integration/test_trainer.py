@@ -1,7 +1,6 @@
 """Stopping rules, accumulation and best-checkpoint selection of the training loop."""
 
 import functools
-import json
 import traceback
 from typing import Set
 
@@ -10,37 +9,25 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from dist_lstm.checkpoint import load_checkpoint, read_meta
-from dist_lstm.config.compose import compose_config
-from dist_lstm.train.run import train
 from dist_lstm.train.trainer import Trainer
 from dist_lstm.translate.inference import Translator
 from tests.helpers.configs import TINIER_MODEL, TINY_RUN
 from tests.helpers.corpus import reversal_corpus
 from tests.helpers.hardware import needs_bf16
+from tests.helpers.runs import train_here
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return reversal_corpus(root, 1, {"train": 300, "valid": 40}, "abcdef", 6)
+# Half the shared corpus: the epoch-based tests train whole epochs.
+TRAINER_RUN = (
+    *TINY_RUN,
+    *TINIER_MODEL,
+    "data.max_train_examples=300",
+    "optim.schedule=constant",
+    "trainer.log_every_steps=1",
+)
 
 
 def run(tmp_path, corpus, *overrides):
-    cfg = compose_config(
-        [
-            *corpus,
-            "data.tokenizer.vocab_size=12",
-            "data.max_tokens=200",
-            *TINY_RUN,
-            *TINIER_MODEL,
-            "optim.schedule=constant",
-            "trainer.log_every_steps=1",
-            *overrides,
-        ]
-    )
-    result = train(cfg, run_dir=tmp_path)
-    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    return result, records
+    return train_here(tmp_path, [*corpus, *TRAINER_RUN, *overrides])
 
 
 def steps_per_epoch(records):
