@@ -20,7 +20,7 @@ from dist_lstm.config.moved_keys import refuse_moved_keys
 from dist_lstm.errors import ConfigError
 from dist_lstm.exit_policy import user_errors
 from dist_lstm.extras import check_command_line, command_line_overrides
-from dist_lstm.job import run_job
+from dist_lstm.jobs.job import run_job
 from dist_lstm.topology import drop_local_rank_argument
 
 register_configs()

@@ -26,9 +26,9 @@ from omegaconf import OmegaConf
 from results_file import write_result
 
 from dist_lstm.model import build_model
-from dist_lstm.optim import build_optimizer
 from dist_lstm.strategy.single import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
+from dist_lstm.train.optim import build_optimizer
 
 
 def trained_strategy(cfg) -> SingleDeviceStrategy:

@@ -37,14 +37,14 @@ from dist_lstm.checkpoint import completed_checkpoints, write_atomically  # noqa
 from dist_lstm.checkpoint.average import average_checkpoints, last_step_checkpoints  # noqa: E402
 from dist_lstm.data.corpus import read_lines  # noqa: E402
 from dist_lstm.evaluation import sacrebleu_scores  # noqa: E402
-from dist_lstm.inference import (  # noqa: E402
+from dist_lstm.translate.inference import (  # noqa: E402
     SearchOptions,
     Translator,
     dataset_split_files,
     load_models,
     resolve_checkpoint_path,
 )
-from dist_lstm.tuning import search_grid  # noqa: E402
+from dist_lstm.translate.tuning import search_grid  # noqa: E402
 
 SELECTION_RULE = (
     "Fixed on 2026-12-06 and applied by benchmarks/decode_choices.py:choose from "

@@ -28,8 +28,8 @@ from results_file import write_result
 
 from dist_lstm.batch import PAD_ID
 from dist_lstm.config.choices import PRECISIONS
-from dist_lstm.inference import LoadedModel, SearchOptions, Translator
 from dist_lstm.model import build_model
+from dist_lstm.translate.inference import LoadedModel, SearchOptions, Translator
 
 # Source lengths drawn uniformly from this range: Multi30k's BPE-8k sentences.
 SOURCE_LENGTHS = (8, 30)

@@ -50,7 +50,12 @@ def test_scores(checkpoint: Path, beam: int) -> dict:
     """Test-split BLEU/chrF of `checkpoint` (a run directory means its best) with `beam`."""
     from dist_lstm.data.corpus import read_lines
     from dist_lstm.evaluation import sacrebleu_scores
-    from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
+    from dist_lstm.translate.inference import (
+        SearchOptions,
+        Translator,
+        dataset_split_files,
+        load_model,
+    )
 
     loaded = load_model(checkpoint)
     trainer = loaded.config["trainer"]

@@ -59,7 +59,7 @@ def command(experiment: str, run_dir: Path, steps: int, *extra: str) -> list:
 # optimizer step N (before the step runs: the trainer finishes it, then stops and saves).
 SIGTERM_AT_STEP = """
 import os, runpy, signal, sys
-from dist_lstm.trainer import Trainer
+from dist_lstm.train.trainer import Trainer
 stop_at, optimizer_step = int(sys.argv[1]), Trainer._optimizer_step
 def step_with_sigterm(self, *args, **kwargs):
     if self.state.step + 1 == stop_at:

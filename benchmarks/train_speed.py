@@ -84,8 +84,8 @@ def gemm_gflops(
 
 def onednn_gemm_gflops(m: int, k: int, n: int, seconds: float = 1.0) -> Optional[float]:
     """Sustained fp32 rate of oneDNN on a weight reordered once, as search's CPU products
-    run (dist_lstm/model/onednn_weights.py); None where this torch has no oneDNN."""
-    from dist_lstm.model.onednn_weights import ONEDNN_LINEAR
+    run (dist_lstm/model/cpu/onednn_weights.py); None where this torch has no oneDNN."""
+    from dist_lstm.model.cpu.onednn_weights import ONEDNN_LINEAR
 
     if not ONEDNN_LINEAR:
         return None
@@ -300,9 +300,9 @@ def step_breakdown(overrides: Sequence[str], steps: int) -> Dict[str, float]:
     from dist_lstm.batch import PAD_ID
     from dist_lstm.data.build import build_data, make_train_loader
     from dist_lstm.model import build_model
-    from dist_lstm.optim import build_optimizer
     from dist_lstm.strategy import build_strategy
     from dist_lstm.topology import from_environment
+    from dist_lstm.train.optim import build_optimizer
 
     cfg = compose_config(list(overrides))
     torch.manual_seed(cfg.seed)
@@ -469,7 +469,7 @@ def derived_mfu(report: Dict[str, object], achieved: float) -> Dict[str, object]
         # against the fp32 (TF32 as trained) GEMM: 2048^3 and the model's own shapes
         "mfu_vs_2048_gemm": achieved / gemm["2048^3"],
         "mfu_vs_model_shape_gemm": achieved / mean_shape_rate(gemm),
-        # oneDNN (which search uses, dist_lstm/model/onednn_weights.py) may multiply faster
+        # oneDNN (which search uses, dist_lstm/model/cpu/onednn_weights.py) may multiply faster
         # than torch.mm on this machine: MFU against the faster library's rate too
         "mfu_vs_2048_onednn": achieved / onednn["2048^3"] if onednn else None,
     }

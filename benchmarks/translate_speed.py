@@ -23,7 +23,7 @@ from train_speed import gemm_gflops, onednn_gemm_gflops
 
 from dist_lstm.config.choices import PRECISIONS
 from dist_lstm.data.corpus import read_lines
-from dist_lstm.inference import SearchOptions, Translator, dataset_split_files, load_model
+from dist_lstm.translate.inference import SearchOptions, Translator, dataset_split_files, load_model
 
 
 def measure(translator: Translator, sources: list[list[int]], repeats: int) -> dict:
@@ -95,7 +95,7 @@ def main() -> None:
         "gemm_gflops_2048": round(
             gemm_gflops(2048, 2048, 2048, torch.device(args.device), 0.2 if args.smoke else 2.0), 1
         ),
-        # the model's CPU products run through oneDNN (dist_lstm/model/onednn_weights.py)
+        # the model's CPU products run through oneDNN (dist_lstm/model/cpu/onednn_weights.py)
         "onednn_gemm_gflops_2048": onednn_rate_on_cpu(args.device, 0.2 if args.smoke else 2.0),
         "results": results,
     }

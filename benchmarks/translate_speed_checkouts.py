@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dist_lstm.data.corpus import read_lines  # noqa: E402
-from dist_lstm.inference import dataset_split_files, load_model  # noqa: E402
+from dist_lstm.translate.inference import dataset_split_files, load_model  # noqa: E402
 
 
 def git(*args: str) -> str:

@@ -18,7 +18,7 @@ from dist_lstm.batch import Batch
 from dist_lstm.config.choices import MONITOR_MODES
 from dist_lstm.data.tokenizer import Tokenizer
 from dist_lstm.model import Seq2Seq
-from dist_lstm.search import best_hypotheses
+from dist_lstm.translate.search import best_hypotheses
 
 
 def monitor_mode(metric: str) -> str:

@@ -126,13 +126,16 @@ def drop_local_rank_argument(argv: List[str]) -> List[str]:
     return out
 
 
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+def resolve_device(
+    preference: str, local_rank: int = 0, option: str = "trainer.device="
+) -> torch.device:
     """`auto` picks this process's GPU (cuda:LOCAL_RANK) when CUDA is present, else the CPU;
-    one GPU per process, so more local ranks than GPUs are refused."""
+    one GPU per process, so more local ranks than GPUs are refused. `option`: how the
+    setting is written where it was given (`--device ` on the dist-lstm command line)."""
     if preference == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "trainer.device='cuda' is invalid: CUDA is not available on this machine; "
-            "use trainer.device=cpu or auto."
+            f"{option}cuda is invalid: CUDA is not available on this machine; "
+            f"use {option}cpu or {option}auto."
         )
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         gpus = torch.cuda.device_count()
@@ -140,7 +143,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
             raise ConfigError(
                 f"LOCAL_RANK={local_rank} but this machine has {gpus} GPU(s): run at most "
                 f"{gpus} process(es) per node (torchrun --nproc_per_node={gpus}), or train on "
-                "the CPU with trainer.device=cpu."
+                f"the CPU with {option}cpu."
             )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

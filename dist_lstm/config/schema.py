@@ -253,7 +253,7 @@ class LoggerConfig:
 
 @dataclass
 class LauncherConfig:
-    """Processes this job starts itself, without torchrun (see dist_lstm/spawn.py)."""
+    """Processes this job starts itself, without torchrun (see dist_lstm/jobs/spawn.py)."""
 
     # Above 1: run the job as this many local processes (DDP or DeepSpeed) through
     # torch.distributed's elastic launch API: `python train.py -m ... launcher.nproc_per_node=2`

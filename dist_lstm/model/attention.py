@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dist_lstm.config.choices import ATTENTIONS
-from dist_lstm.model.onednn_weights import Linear
+from dist_lstm.model.cpu.onednn_weights import Linear
 
 
 class Attention(nn.Module):

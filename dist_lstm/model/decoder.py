@@ -16,10 +16,10 @@ from torch import nn
 
 from dist_lstm.batch import real_token_positions
 from dist_lstm.model.attention import Attention
+from dist_lstm.model.cpu.onednn_weights import Linear, ReorderedWeight, linear
 from dist_lstm.model.encoder import EncoderOutput
 from dist_lstm.model.loss import linear_cross_entropy
 from dist_lstm.model.lstm import DecoderLSTM
-from dist_lstm.model.onednn_weights import Linear, ReorderedWeight, linear
 from dist_lstm.model.word_dropout import WordDropout
 
 

@@ -1,65 +1,22 @@
 """LSTM layers with nn.LSTM's parameters and state-dict keys, for the calls where
 nn.LSTM's own CPU kernels do needless work: the encoder's packed sequences under autograd
-and the decoder's one-position steps; and, on a GPU, for the encoder's dropout between
-layers, which cuDNN would draw from a state no checkpoint holds. Everywhere else (whole
-sequences, search) they defer to nn.LSTM, so checkpoints are unaffected.
+and the decoder's one-position steps, whose recurrences live in model/cpu/lstm.py;
+and, on a GPU, for the encoder's dropout between layers, which cuDNN would draw
+from a state no checkpoint holds. Everywhere else (whole sequences, search) they
+defer to nn.LSTM, so checkpoints are unaffected.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from dist_lstm.model.onednn_weights import (
-    ONEDNN_LINEAR,
-    ReorderedWeight,
-    linear_of_concatenation,
-)
-
-
-def lstm_cell_from_gates(gates: torch.Tensor, c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """gates (B, 4H) pre-activations in nn.LSTM's order (input, forget, cell, output),
-    c (B, H) -> the next (h, c)."""
-    i, f, g, o = gates.chunk(4, 1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def run_packed_direction(
-    gates_in: Sequence[torch.Tensor], w_hh: torch.Tensor, reverse: bool
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One direction of one layer over a packed batch.
-
-    gates_in: per time step t, (B_t, 4H) input projections of the B_t sentences still
-    running at t (packed order: sentences sorted longest first, so B_t never grows).
-    Returns the outputs (N, H) in packed order and each sentence's final (h, c), (B, H)
-    each: after its last token going forward, after its first going backward.
-    """
-    hidden = w_hh.size(1)
-    outputs: List[Optional[torch.Tensor]] = [None] * len(gates_in)
-    finished_h: List[torch.Tensor] = []  # rows that ended, shortest sentences first
-    finished_c: List[torch.Tensor] = []
-    steps = range(len(gates_in) - 1, -1, -1) if reverse else range(len(gates_in))
-    h = c = gates_in[0].new_zeros(0, hidden)
-    for t in steps:
-        rows = gates_in[t].size(0)
-        if rows > h.size(0):  # going backward, shorter sentences start with zero state
-            start = h.new_zeros(rows - h.size(0), hidden)
-            h, c = torch.cat([h, start]), torch.cat([c, start])
-        elif rows < h.size(0):  # going forward, the shortest sentences have ended
-            finished_h.append(h[rows:])
-            finished_c.append(c[rows:])
-            h, c = h[:rows], c[:rows]
-        h, c = lstm_cell_from_gates(torch.addmm(gates_in[t], h, w_hh.t()), c)
-        outputs[t] = h
-    finals_h = torch.cat([h, *reversed(finished_h)])
-    finals_c = torch.cat([c, *reversed(finished_c)])
-    return torch.cat(outputs), finals_h, finals_c
-
+from dist_lstm.model.cpu.lstm import packed_recurrence, search_cell
+from dist_lstm.model.cpu.onednn_weights import ONEDNN_LINEAR, ReorderedWeight
 
 # (device type, autocast dtype) -> the dtype nn.LSTM outputs under that autocast.
 _AUTOCAST_RNN_DTYPES: Dict[Tuple[str, torch.dtype], torch.dtype] = {}
@@ -133,7 +90,7 @@ class EncoderLSTM(_AutocastSafeLSTM):
 
     def forward(self, input, hx=None):
         if self._runs_own_recurrence(input, hx):
-            return self._packed_forward(input)
+            return packed_recurrence(self, input)
         if isinstance(input, PackedSequence) and hx is None:
             if self.runs_layer_by_layer(input.data.device):
                 return self._autocast_safe(lambda i, _: self._layer_by_layer(i), input, None)
@@ -206,35 +163,6 @@ class EncoderLSTM(_AutocastSafeLSTM):
             and self.proj_size == 0
         )
 
-    def _packed_forward(
-        self, packed: PackedSequence
-    ) -> Tuple[PackedSequence, Tuple[torch.Tensor, torch.Tensor]]:
-        sizes = packed.batch_sizes.tolist()  # sentences running at each time step
-        data = packed.data  # (N, I)
-        finals_h, finals_c = [], []
-        directions = ("", "_reverse") if self.bidirectional else ("",)
-        for layer in range(self.num_layers):
-            if layer > 0 and self.dropout and self.training:
-                data = F.dropout(data, self.dropout, training=True)
-            outputs = []
-            for suffix in directions:
-                name = f"_l{layer}{suffix}"
-                w_ih, w_hh = getattr(self, "weight_ih" + name), getattr(self, "weight_hh" + name)
-                bias = None
-                if self.bias:
-                    bias = getattr(self, "bias_ih" + name) + getattr(self, "bias_hh" + name)
-                gates_in = F.linear(data, w_ih, bias).split(sizes)  # all tokens in one GEMM
-                out, h, c = run_packed_direction(gates_in, w_hh, reverse=bool(suffix))
-                outputs.append(out)
-                finals_h.append(h)
-                finals_c.append(c)
-            data = torch.cat(outputs, dim=1)  # (N, H * directions)
-        h, c = torch.stack(finals_h), torch.stack(finals_c)  # (L * D, B, H), packed order
-        if packed.unsorted_indices is not None:
-            h = h.index_select(1, packed.unsorted_indices)
-            c = c.index_select(1, packed.unsorted_indices)
-        return packed._replace(data=data), (h, c)
-
 
 def _cudnn_can_flatten(weights: Sequence[object]) -> bool:
     """nn.LSTM.flatten_parameters' conditions: CUDA tensors of one dtype that cuDNN takes,
@@ -259,7 +187,7 @@ class DecoderLSTM(_AutocastSafeLSTM):
     that copy for backward, once per target position. Training runs one
     `torch.lstm_cell` per layer (cells save only their gates); search runs one product
     per layer of [input | hidden] against [W_ih | W_hh] reordered once
-    (onednn_weights.py), or without oneDNN two GEMMs up to SEARCH_CELL_MAX_ROWS rows. A
+    (model/cpu/), or without oneDNN two GEMMs up to SEARCH_CELL_MAX_ROWS rows. A
     module call either way, so ZeRO-3 gathers the weights for it. Figures:
     benchmarks/RESULTS.md.
     """
@@ -302,6 +230,4 @@ class DecoderLSTM(_AutocastSafeLSTM):
         w_ih, w_hh, b_ih, b_hh = (getattr(self, f"{name}_l{layer}") for name in names)
         if torch.is_grad_enabled():
             return torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
-        reordered = self.reordered[layer]
-        gates = linear_of_concatenation((x, h), (w_ih, w_hh), (b_ih, b_hh), reordered)  # (B, 4H)
-        return lstm_cell_from_gates(gates, c)
+        return search_cell(x, h, c, (w_ih, w_hh, b_ih, b_hh), self.reordered[layer])

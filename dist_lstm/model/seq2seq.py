@@ -7,9 +7,9 @@ from typing import Any, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from dist_lstm.model.cpu.onednn_weights import invalidate_reordered_weights, track_weight_changes
 from dist_lstm.model.decoder import Decoder, DecoderState
 from dist_lstm.model.encoder import Encoder, EncoderOutput
-from dist_lstm.model.onednn_weights import invalidate_reordered_weights, track_weight_changes
 
 
 class Seq2Seq(nn.Module):
@@ -32,7 +32,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         return self.encoder(src, src_lengths)
 
-    # The stepwise interface search uses (dist_lstm/search.py); an Ensemble offers it too.
+    # The stepwise interface search uses (dist_lstm/translate/search.py); an Ensemble offers it too.
     def init_state(self, encoded: EncoderOutput) -> DecoderState:
         return self.decoder.init_state(encoded)
 

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from dist_lstm.inference import SearchOptions, Translator, load_model
+from dist_lstm.config.compose import compose_config
 from dist_lstm.model import lstm
 from dist_lstm.model.encoder import Encoder, pack_by_length
-from dist_lstm.run import train
-from tests.conftest import compose_config
+from dist_lstm.train.run import train
+from dist_lstm.translate.inference import SearchOptions, Translator, load_model
 
 pytestmark = pytest.mark.cuda
 

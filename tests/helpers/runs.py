@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -45,3 +45,19 @@ def assert_same_training(run_dir: Path, reference: Path) -> None:
     expected, actual = last_params(reference), last_params(run_dir)
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
+
+
+def metric_records(run_dir: Path) -> List[Dict[str, Any]]:
+    """Every record of a run's metrics.jsonl, in order."""
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_here(run_dir: Path, overrides: Sequence[str]) -> Tuple[Dict[str, Any], List[Dict]]:
+    """Train in this process, with the config train.py composes from `overrides`: the
+    run's result and its metrics records. Cheaper than a child process where the exit
+    status or a signal is not what is tested."""
+    from dist_lstm.config.compose import compose_config
+    from dist_lstm.train.run import train
+
+    result = train(compose_config(list(overrides)), run_dir=run_dir)
+    return result, metric_records(run_dir)

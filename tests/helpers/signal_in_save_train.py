@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from dist_lstm.checkpoint.manager import COMPLETE, step_name
-from dist_lstm.trainer import Trainer
+from dist_lstm.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 original_step = Trainer._optimizer_step

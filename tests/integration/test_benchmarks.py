@@ -17,8 +17,9 @@ from typing import Set
 
 import pytest
 
+from dist_lstm.config.compose import compose_config
 from dist_lstm.model import build_model
-from tests.conftest import ROOT, compose_config
+from tests.helpers.paths import ROOT
 
 
 def run_benchmark(script, *args):

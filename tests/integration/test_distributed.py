@@ -13,9 +13,14 @@ import torch
 
 from dist_lstm.checkpoint import load_checkpoint, read_meta
 from dist_lstm.checkpoint.manager import step_name
-from dist_lstm.run import train
+from dist_lstm.config.compose import compose_config
 from dist_lstm.topology import free_local_port
-from tests.conftest import ROOT, TINY_RUN, compose_config, needs_bf16, reversal_corpus
+from dist_lstm.train.run import train
+from tests.helpers.configs import DISTRIBUTED_RUN
+from tests.helpers.corpus import TRAIN_PAIRS
+from tests.helpers.hardware import needs_bf16
+from tests.helpers.launch import run, torchrun
+from tests.helpers.paths import ROOT
 from tests.helpers.runs import last_params, logged, train_losses
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on POSIX")
@@ -24,30 +29,9 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo
 HELPERS = ROOT / "tests" / "helpers"  # train.py with a fault injected or a record kept
 
 
-def run(args, timeout=300, status=0, **env):
-    """Run a command to its end and check its exit status; `env` adds variables."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env}
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == status, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
-
-
 def said(proc):
     """A command's output with the console's line wrapping undone."""
     return " ".join((proc.stdout + proc.stderr).split())
-
-
-def torchrun(*overrides, nproc=2):
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--rdzv_backend=c10d",
-        f"--rdzv_endpoint=127.0.0.1:{free_local_port()}",
-        "train.py",
-        *overrides,
-    ]
 
 
 def start_training(args, run_dir, env=None, output=None):
@@ -81,21 +65,6 @@ def stopped_with_a_checkpoint(run_dir, signal_name, ranks):
     return step
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return [
-        *reversal_corpus(root, 2, {"train": 600, "valid": 30}, "abcdefgh", 9),
-        "data.tokenizer.vocab_size=16",
-        "data.max_tokens=160",
-        *TINY_RUN,
-        "model.dropout=0.0",
-        "optim.schedule=constant",
-        "trainer.max_epochs=null",
-        "trainer.log_every_steps=1",
-    ]
-
-
 def test_two_ranks_match_one_process_with_accumulation(corpus, tmp_path):
     """Rank r takes every other batch; DDP averages two ranks' gradients. One process
     accumulating the same two batches per step must land on the same parameters."""
@@ -106,12 +75,13 @@ def test_two_ranks_match_one_process_with_accumulation(corpus, tmp_path):
             sys.executable,
             "train.py",
             *corpus,
+            *DISTRIBUTED_RUN,
             *steps,
             "trainer.accumulate_grad_batches=2",
             f"hydra.run.dir={single}",
         ]
     )
-    run(torchrun(*corpus, *steps, "strategy=ddp", f"hydra.run.dir={ddp}"))
+    run(torchrun(*corpus, *DISTRIBUTED_RUN, *steps, "strategy=ddp", f"hydra.run.dir={ddp}"))
     a, b = last_params(single), last_params(ddp)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
@@ -126,7 +96,7 @@ def test_torchrun_ranks_share_the_default_run_dir(corpus, tmp_path):
     workdir.mkdir()
     for name in ("train.py", "conf"):
         (workdir / name).symlink_to(ROOT / name)
-    args = torchrun(*corpus, "trainer.max_epochs=3", "trainer.val_every_steps=0")
+    args = torchrun(*corpus, *DISTRIBUTED_RUN, "trainer.max_epochs=3", "trainer.val_every_steps=0")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -152,7 +122,7 @@ def test_torchrun_ranks_share_the_default_run_dir(corpus, tmp_path):
 @pytest.fixture(scope="module")
 def ddp_reference(corpus, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ddp_reference")
-    run(torchrun(*corpus, *DS_STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}"))
+    run(torchrun(*corpus, *DISTRIBUTED_RUN, *DS_STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}"))
     return run_dir
 
 
@@ -166,6 +136,7 @@ def test_deepspeed_zero1_tracks_ddp(corpus, ddp_reference, tmp_path):
     run(
         torchrun(
             *corpus,
+            *DISTRIBUTED_RUN,
             *DS_STEPS,
             "strategy=deepspeed",
             "strategy.zero_stage=1",
@@ -185,6 +156,7 @@ def test_a_failing_rank_ends_the_job_and_names_itself(corpus, tmp_path):
     out instead of passing."""
     args = torchrun(
         *corpus,
+        *DISTRIBUTED_RUN,
         "trainer.max_steps=200",
         "strategy.timeout_s=3600",
         f"hydra.run.dir={tmp_path / 'run'}",
@@ -212,6 +184,7 @@ def test_two_nodes_on_loopback_match_one_node(corpus, ddp_reference, tmp_path):
         "--rdzv_id=loopback",
         "train.py",
         *corpus,
+        *DISTRIBUTED_RUN,
         *DS_STEPS,
         "strategy=ddp",
         f"hydra.run.dir={run_dir}",
@@ -238,6 +211,7 @@ def test_srun_tasks_without_torchrun_match_torchrun(corpus, ddp_reference, tmp_p
         sys.executable,
         "train.py",
         *corpus,
+        *DISTRIBUTED_RUN,
         *DS_STEPS,
         "strategy=ddp",
         f"hydra.run.dir={run_dir}",
@@ -284,6 +258,7 @@ def test_bf16_trains_under_ddp_and_deepspeed(corpus, tmp_path, strategy):
     run(
         torchrun(
             *corpus,
+            *DISTRIBUTED_RUN,
             *strategy,
             "strategy.precision=bf16",
             "trainer.max_steps=4",
@@ -306,7 +281,9 @@ def test_ctrl_c_checkpoints_every_rank_which_exits_130(corpus, tmp_path):
     both ranks' files, each rank exits with 128 + 2, and no worker survives. torchrun's
     own status is 1: it ends by raising its SignalException."""
     run_dir, statuses = tmp_path / "interrupted", tmp_path / "statuses"
-    args = torchrun(*corpus, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}")
+    args = torchrun(
+        *corpus, *DISTRIBUTED_RUN, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}"
+    )
     args[args.index("train.py")] = str(HELPERS / "recording_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EXIT_STATUS_DIR": str(statuses)}
     proc = start_training(args, run_dir, {**env, "PYTHONPATH": str(ROOT)})
@@ -338,6 +315,7 @@ def test_deepspeed_launcher_runs_train_py(corpus, tmp_path):
             *launcher,
             "train.py",
             *corpus,
+            *DISTRIBUTED_RUN,
             "strategy=deepspeed",
             "trainer.max_steps=2",
             "trainer.val_every_steps=2",
@@ -355,7 +333,14 @@ def test_ddp_run_resumed_midway_matches_the_uninterrupted_one(
 ):
     """Also with a background save after every step while DDP trains."""
     run_dir = tmp_path / "resumed"
-    first = [*corpus, *DS_STEPS[1:], *saving, "strategy=ddp", f"hydra.run.dir={run_dir}"]
+    first = [
+        *corpus,
+        *DISTRIBUTED_RUN,
+        *DS_STEPS[1:],
+        *saving,
+        "strategy=ddp",
+        f"hydra.run.dir={run_dir}",
+    ]
     run(torchrun(*first, "trainer.max_steps=3"))
     assert {p.name for p in (run_dir / "checkpoints" / "last" / "rank").iterdir()} == {
         "rank_00000.pt",
@@ -382,7 +367,7 @@ def test_powersgd_run_resumed_midway_matches_the_uninterrupted_one(corpus, ddp_r
     same weights as an unbroken PowerSGD run. Each rank's checkpoint holds its own error
     feedback; the projections Q agree. The resumed DDP reduces its first step in one bucket
     holding every parameter (as any new DDP does), so the state must be re-cut to fit."""
-    common = [*corpus, *DS_STEPS[1:], "strategy=ddp", *POWERSGD]
+    common = [*corpus, *DISTRIBUTED_RUN, *DS_STEPS[1:], "strategy=ddp", *POWERSGD]
     unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
     run(torchrun(*common, "trainer.max_steps=6", f"hydra.run.dir={unbroken}"))
     run(torchrun(*common, "trainer.max_steps=3", f"hydra.run.dir={resumed}"))
@@ -415,6 +400,7 @@ def test_deepspeed_run_resumed_midway_tracks_ddp(corpus, ddp_reference, tmp_path
     run_dir = tmp_path / f"zero{stage}_resumed"
     first = [
         *corpus,
+        *DISTRIBUTED_RUN,
         *DS_STEPS[1:],
         "strategy=deepspeed",
         f"strategy.zero_stage={stage}",
@@ -435,7 +421,7 @@ def test_world_size_2_then_1_then_2_trains_every_batch_of_the_epoch_once(corpus,
     world size) with none skipped or repeated. The tokenizer is trained once, by rank 0.
     A deepspeed run refuses to resume this checkpoint, naming its strategy."""
     run_dir, batches, cache = tmp_path / "two_one_two", tmp_path / "batches", tmp_path / "cache"
-    common = [*corpus, "trainer.val_every_steps=0", f"data.cache_dir={cache}"]
+    common = [*corpus, *DISTRIBUTED_RUN, "trainer.val_every_steps=0", f"data.cache_dir={cache}"]
     common += ["resume=auto", f"hydra.run.dir={run_dir}"]
     recording = str(HELPERS / "recording_train.py")
     two_ranks = torchrun(*common, "strategy=ddp")
@@ -465,7 +451,7 @@ def test_world_size_2_then_1_then_2_trains_every_batch_of_the_epoch_once(corpus,
         trained += [batch for step in zip(*ranks, strict=True) for batch in step]
     plan = plans[0]
     assert all(other == plan for other in plans)
-    assert sorted(i for batch in plan for i in batch) == list(range(600))
+    assert sorted(i for batch in plan for i in batch) == list(range(TRAIN_PAIRS))
     # The epoch's last round on 2 ranks is short when an odd number of batches was left
     # after step 5 (7 consumed): rank 1 then fills it with the epoch's first batch.
     assert trained == plan + plan[: (len(plan) - 7) % 2]
@@ -480,7 +466,7 @@ def test_sigterm_checkpoints_every_rank_which_exits_143_and_the_run_resumes(corp
     itself ends with 1 and does not print its workers' statuses; rank 0's last message
     in its console gives them, as the README says."""
     run_dir, statuses, console = tmp_path / "preempted", tmp_path / "statuses", tmp_path / "out"
-    common = [*corpus, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}"]
+    common = [*corpus, *DISTRIBUTED_RUN, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}"]
     args = torchrun(*common, "trainer.max_steps=100000")
     args[args.index("train.py")] = str(HELPERS / "recording_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -503,7 +489,7 @@ def test_sigterm_checkpoints_every_rank_which_exits_143_and_the_run_resumes(corp
 def test_sigusr1_in_one_process_checkpoints_and_exits_138(corpus, tmp_path):
     """SLURM's `--signal=USR1@120` warning: checkpoint, then exit with 128 + 10."""
     run_dir = tmp_path / "warned"
-    args = [sys.executable, "train.py", *corpus, "trainer.max_steps=100000"]
+    args = [sys.executable, "train.py", *corpus, *DISTRIBUTED_RUN, "trainer.max_steps=100000"]
     proc = start_training([*args, f"hydra.run.dir={run_dir}"], run_dir)
     proc.send_signal(signal.SIGUSR1)
     proc.send_signal(signal.SIGUSR1)  # a second one must not cut the checkpoint short
@@ -520,13 +506,13 @@ def test_ctrl_c_in_a_plain_process_checkpoints_the_step_reached_and_exits_130(
     would end it by the signal itself: status -2 here), and resume=auto continues from
     that checkpoint."""
     run_dir = tmp_path / "ctrl_c"
-    common = [*corpus, "trainer.val_every_steps=0"]
+    common = [*corpus, *DISTRIBUTED_RUN, "trainer.val_every_steps=0"]
     args = [sys.executable, "train.py", *common, "trainer.max_steps=100000"]
     proc = start_training([*args, f"hydra.run.dir={run_dir}"], run_dir)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     step = stopped_with_a_checkpoint(run_dir, "SIGINT", ranks=1)
-    caplog.set_level("INFO", logger="dist_lstm.run")
+    caplog.set_level("INFO", logger="dist_lstm.train.run")
     train(compose_config([*common, f"trainer.max_steps={step + 1}", "resume=auto"]), run_dir)
     assert f"resumed from {run_dir / 'checkpoints' / step_name(step)}: step {step}" in caplog.text
     assert read_meta((run_dir / "checkpoints" / "last").resolve())["step"] == step + 1
@@ -546,6 +532,7 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(corpus, ddp_reference
         f"--rdzv_endpoint=127.0.0.1:{free_local_port()}",
         str(ROOT / "tests" / "helpers" / "failing_train.py"),
         *corpus,
+        *DISTRIBUTED_RUN,
         *DS_STEPS,
         "strategy=ddp",
         "checkpoint.every_steps=2",
@@ -569,13 +556,20 @@ def test_deepspeed_checkpoint_resumes_at_another_world_size(corpus, tmp_path):
     run_dir = tmp_path / "zero2_two_then_one"
     common = [
         *corpus,
+        *DISTRIBUTED_RUN,
         "strategy=deepspeed",
         "strategy.zero_stage=2",
         "trainer.val_every_steps=2",
         f"hydra.run.dir={run_dir}",
     ]
     run(torchrun(*common, "trainer.max_steps=2"))
-    single = [*corpus, "strategy=single", "resume=auto", f"hydra.run.dir={run_dir}"]
+    single = [
+        *corpus,
+        *DISTRIBUTED_RUN,
+        "strategy=single",
+        "resume=auto",
+        f"hydra.run.dir={run_dir}",
+    ]
     refused = run([sys.executable, "train.py", *single, "trainer.max_steps=4"], status=2)
     assert "written with strategy=deepspeed" in said(refused)
     written = load_checkpoint(run_dir / "checkpoints" / "last")["model"]
@@ -609,6 +603,7 @@ def test_sigterm_stops_a_sweep_of_two_process_jobs_after_a_checkpoint(corpus, tm
         "train.py",
         "-m",
         *corpus,
+        *DISTRIBUTED_RUN,
         "launcher.nproc_per_node=2",
         "trainer.max_steps=100000",
         "seed=1,2",
@@ -631,7 +626,7 @@ def test_nproc_per_node_without_m_runs_local_workers_with_cores_over_n_threads(c
     SIGTERM sweep test above."""
     run_dir = tmp_path / "two_workers"
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    args = [sys.executable, "train.py", *corpus, "launcher.nproc_per_node=2"]
+    args = [sys.executable, "train.py", *corpus, *DISTRIBUTED_RUN, "launcher.nproc_per_node=2"]
     args += ["trainer.max_steps=2", "trainer.val_every_steps=2", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -651,7 +646,7 @@ def test_a_save_killed_midway_is_never_loaded_and_a_second_signal_cannot_cut_one
     and the run resumes from it."""
     run_dir = tmp_path / "killed"
     checkpoints = run_dir / "checkpoints"
-    args = [*corpus, "trainer.val_every_steps=0", "checkpoint.every_steps=2"]
+    args = [*corpus, *DISTRIBUTED_RUN, "trainer.val_every_steps=0", "checkpoint.every_steps=2"]
     args += ["resume=auto", f"hydra.run.dir={run_dir}"]
     signalled = [sys.executable, str(HELPERS / "signal_in_save_train.py"), *args]
     signalled.append("trainer.max_steps=100")
@@ -684,7 +679,9 @@ def test_workers_stop_with_their_launcher_when_it_is_killed(corpus, tmp_path):
     import psutil
 
     run_dir = tmp_path / "orphaned"
-    args = torchrun(*corpus, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}")
+    args = torchrun(
+        *corpus, *DISTRIBUTED_RUN, "trainer.val_every_steps=0", f"hydra.run.dir={run_dir}"
+    )
     launcher = start_training([*args, "trainer.max_steps=100000"], run_dir)
     workers = [p for p in psutil.Process(launcher.pid).children() if "train.py" in p.cmdline()]
     assert len(workers) == 2
@@ -702,7 +699,7 @@ def test_workers_stop_with_their_launcher_when_it_is_killed(corpus, tmp_path):
 
 def test_a_second_job_in_a_run_directory_in_use_is_refused_naming_the_first(corpus, tmp_path):
     run_dir = tmp_path / "shared"
-    args = [sys.executable, "train.py", *corpus, "trainer.val_every_steps=0"]
+    args = [sys.executable, "train.py", *corpus, *DISTRIBUTED_RUN, "trainer.val_every_steps=0"]
     first = start_training([*args, "trainer.max_steps=100000", f"hydra.run.dir={run_dir}"], run_dir)
     try:
         second = run(

@@ -17,8 +17,16 @@ from dist_lstm.batch import PAD_ID
 from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import ConfigError
-from dist_lstm.inference import MAX_BEAM, SearchOptions, Translator, load_model, load_models
-from tests.conftest import ROOT, needs_bf16, write_lines
+from dist_lstm.translate.inference import (
+    MAX_BEAM,
+    SearchOptions,
+    Translator,
+    load_model,
+    load_models,
+)
+from tests.helpers.corpus import write_lines
+from tests.helpers.hardware import needs_bf16
+from tests.helpers.paths import ROOT
 
 SENTENCES = [
     "Ein Mann fährt Fahrrad.",
@@ -302,6 +310,18 @@ def test_not_a_checkpoint(tmp_path, capsys):
     assert code == 2 and "is not a dist-lstm checkpoint" in err
     code, _, err = call(["translate", "--checkpoint", tmp_path], capsys)
     assert code == 2 and "directory without a checkpoint" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("command", ["translate", "evaluate", "tune-search", "serve"])
+def test_device_cuda_without_cuda_is_refused_naming_the_option(run_dir, capsys, command):
+    """Every decoding command resolves --device through topology.resolve_device, which
+    names the option as the command line spells it."""
+    extra = ["--split", "valid"] if command == "evaluate" else []
+    code, out, err = call([command, "--checkpoint", run_dir, "--device", "cuda", *extra], capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert f"dist-lstm {command}: error: --device cuda is invalid" in err
+    assert "use --device cpu or --device auto" in err
 
 
 @pytest.mark.parametrize("missing", ["tokenizer", "config"])

@@ -10,11 +10,12 @@ import random
 
 import torch
 
-from dist_lstm.inference import SearchOptions, Translator, load_model
-from dist_lstm.run import train
-from dist_lstm.search import beam_search, greedy_search
-from tests.conftest import compose_config, write_lines
-from tests.unit.test_search import sequence_log_prob
+from dist_lstm.config.compose import compose_config
+from dist_lstm.train.run import train
+from dist_lstm.translate.inference import SearchOptions, Translator, load_model
+from dist_lstm.translate.search import beam_search, greedy_search
+from tests.helpers.corpus import write_lines
+from tests.helpers.models import sequence_log_prob
 
 SYMBOLS = list("abcdefghij")
 

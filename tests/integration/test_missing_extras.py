@@ -5,7 +5,8 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT, SHORT_SMOKE_RUN
+from tests.helpers.configs import SHORT_SMOKE_RUN
+from tests.helpers.paths import ROOT
 
 EXTRA_MODULES = (
     "deepspeed",

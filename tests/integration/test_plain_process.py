@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, SHORT_SMOKE_RUN
+from tests.helpers.configs import SHORT_SMOKE_RUN
+from tests.helpers.paths import ROOT
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

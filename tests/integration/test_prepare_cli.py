@@ -12,17 +12,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from dist_lstm import cli
+from dist_lstm.config.compose import compose_config
 from dist_lstm.data import prepared
 from dist_lstm.data.build import build_data
 from dist_lstm.data.corpus import sha256_of
-from tests.conftest import (
-    ROOT,
-    SHORT_SMOKE_RUN,
-    TINY_RUN,
-    compose_config,
-    reversal_corpus,
-    write_lines,
-)
+from tests.helpers.configs import SHORT_SMOKE_RUN, TINY_RUN
+from tests.helpers.corpus import reversal_corpus, write_lines
+from tests.helpers.paths import ROOT
 
 
 def run(args, tmp_path):

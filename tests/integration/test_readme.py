@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from dist_lstm.checkpoint import load_checkpoint
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 MARKER = "<!-- the block below is run as written by tests/integration/test_readme.py -->"
 

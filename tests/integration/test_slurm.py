@@ -17,11 +17,11 @@ from typing import List
 import pytest
 
 from dist_lstm.checkpoint import read_meta
-from tests.conftest import ROOT
+from tests.helpers.configs import DISTRIBUTED_RUN
+from tests.helpers.paths import ROOT
 from tests.helpers.runs import assert_same_training, logged, wait_for_step
 from tests.helpers.slurm_cluster import SlurmCluster, why_it_cannot_start
 from tests.helpers.wandb_records import offline_runs
-from tests.integration.test_distributed import corpus  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SLURM runs on Linux")
 
@@ -69,13 +69,13 @@ def rank_logs(run_dir: Path) -> List[Path]:
 
 def test_a_preempted_job_checkpoints_requeues_and_ends_as_an_unbroken_one(
     slurm,
-    corpus,  # noqa: F811
+    corpus,
     tmp_path,
 ):
     """Both jobs span the two nodes; `scancel --signal=USR1 --batch` is what the template's
     `--signal=B:USR1@120` delivers before a time limit or a preemption."""
     # long enough that no machine finishes it between step 8 and the signal
-    training = [*corpus, "trainer.max_steps=300", "trainer.val_every_steps=150"]
+    training = [*corpus, *DISTRIBUTED_RUN, "trainer.max_steps=300", "trainer.val_every_steps=150"]
     whole, whole_dir = submit(slurm, tmp_path, "whole", training, wandb="offline")
     broken, broken_dir = submit(slurm, tmp_path, "broken", training, wandb="offline")
     wait_for_step(broken_dir, 8)
@@ -105,7 +105,7 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_as_an_unbroken_one(
 
 def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     slurm,
-    corpus,  # noqa: F811
+    corpus,
     tmp_path,
 ):
     """Everything of node n2 is killed (its slurmd, step daemon, torchrun and worker): the
@@ -113,7 +113,7 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     the node is back the job continues from its newest complete checkpoint. n2 is not
     the first node, which hosts the rendezvous store (the template says so; the loss of
     that host is tests/integration/test_two_hosts.py's)."""
-    training = [*corpus, "trainer.max_steps=400", "trainer.val_every_steps=0"]
+    training = [*corpus, *DISTRIBUTED_RUN, "trainer.max_steps=400", "trainer.val_every_steps=0"]
     job, run_dir = submit(slurm, tmp_path, "lost", [*training, "checkpoint.every_steps=20"])
     wait_for_step(run_dir, 30)
     lost_at = time.monotonic()
@@ -141,7 +141,7 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
 
 def test_hydra_slurm_launcher_runs_a_sweep_of_two_node_jobs(
     slurm,
-    corpus,  # noqa: F811
+    corpus,
     tmp_path,
 ):
     slurm.restart_lost_nodes()
@@ -160,6 +160,7 @@ def test_hydra_slurm_launcher_runs_a_sweep_of_two_node_jobs(
             "hydra.launcher.partition=debug",
             f"hydra.sweep.dir={sweep_dir}",
             *corpus,
+            *DISTRIBUTED_RUN,
             "trainer.max_steps=4",
             "trainer.val_every_steps=4",
             "optim.lr=1e-3,3e-3",
@@ -181,12 +182,12 @@ def test_hydra_slurm_launcher_runs_a_sweep_of_two_node_jobs(
 
 def test_a_time_limit_warning_checkpoints_and_the_requeued_job_resumes_there(
     slurm,
-    corpus,  # noqa: F811
+    corpus,
     tmp_path,
 ):
     """The template's own path: `--signal=B:USR1@N` before `--time` runs out (SLURM's
     controller sends it; here N=30 of a 1-minute limit), checkpoint, requeue, resume."""
-    training = [*corpus, "trainer.max_steps=1000000", "trainer.val_every_steps=0"]
+    training = [*corpus, *DISTRIBUTED_RUN, "trainer.max_steps=1000000", "trainer.val_every_steps=0"]
     job, run_dir = submit(
         slurm, tmp_path, "limited", training, sbatch_args=["--time=1", "--signal=B:USR1@30"]
     )

@@ -11,23 +11,19 @@ import pytest
 import yaml
 
 from dist_lstm.checkpoint import read_meta
-from tests.conftest import ROOT, TINIER_MODEL, TINY_RUN, reversal_corpus
+from tests.helpers.configs import TINIER_MODEL, TINY_RUN
+from tests.helpers.corpus import with_test_split
+from tests.helpers.paths import ROOT
 from tests.helpers.wandb_records import offline_runs
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return [
-        *reversal_corpus(root, 3, {"train": 300, "valid": 30, "test": 20}, "abcdef", 6),
-        "data.tokenizer.vocab_size=12",
-        "data.max_tokens=200",
-        *TINY_RUN,
-        *TINIER_MODEL,
-        "trainer.max_epochs=null",
-        "trainer.max_steps=6",
-        "trainer.val_every_steps=3",
-    ]
+# Every job trains 6 steps on the shared corpus, with a test split for the test scores.
+SWEEP_RUN = (
+    *TINY_RUN,
+    *TINIER_MODEL,
+    "trainer.max_epochs=null",
+    "trainer.max_steps=6",
+    "trainer.val_every_steps=3",
+)
 
 
 def sweep(sweep_dir, *overrides, env=None, timeout=300):
@@ -49,7 +45,13 @@ def summary(sweep_dir):
 def test_grid_sweep_runs_every_job_and_summarises_a_failed_one(corpus, tmp_path):
     """The failing job comes first: the jobs after it still run and complete."""
     sweep_dir = tmp_path / "grid"
-    proc = sweep(sweep_dir, *corpus, "optim.lr=-1,0.003,0.01", env={"WANDB_MODE": "offline"})
+    proc = sweep(
+        sweep_dir,
+        *with_test_split(corpus),
+        *SWEEP_RUN,
+        "optim.lr=-1,0.003,0.01",
+        env={"WANDB_MODE": "offline"},
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output  # a job failed: the sweep says so in its status
     assert "1 of 3 jobs did not complete" in output
@@ -91,7 +93,7 @@ def test_grid_sweep_runs_every_job_and_summarises_a_failed_one(corpus, tmp_path)
 
 def test_unknown_override_key_fails_before_any_job_starts(corpus, tmp_path):
     sweep_dir = tmp_path / "typo"
-    proc = sweep(sweep_dir, *corpus, "optim.lrr=0.1,0.2")
+    proc = sweep(sweep_dir, *with_test_split(corpus), *SWEEP_RUN, "optim.lrr=0.1,0.2")
     assert proc.returncode != 0
     assert "optim.lrr" in proc.stderr
     assert not any(p.is_dir() for p in sweep_dir.glob("*"))  # no job directory
@@ -99,7 +101,9 @@ def test_unknown_override_key_fails_before_any_job_starts(corpus, tmp_path):
 
 def test_sweep_job_with_two_processes_trains(corpus, tmp_path):
     sweep_dir = tmp_path / "ddp"
-    proc = sweep(sweep_dir, *corpus, "launcher.nproc_per_node=2", "seed=1,2")
+    proc = sweep(
+        sweep_dir, *with_test_split(corpus), *SWEEP_RUN, "launcher.nproc_per_node=2", "seed=1,2"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [r["status"] for r in summary(sweep_dir)] == ["completed", "completed"]
     for job in ("0", "1"):
@@ -115,7 +119,8 @@ def test_optuna_search_returns_the_better_trial(corpus, tmp_path):
     sweep_dir = tmp_path / "optuna"
     proc = sweep(
         sweep_dir,
-        *corpus,
+        *with_test_split(corpus),
+        *SWEEP_RUN,
         "hparams_search=optuna",
         "trainer.monitor=val_loss",
         "hydra.sweeper.direction=minimize",
@@ -142,7 +147,9 @@ def test_optuna_search_returns_the_better_trial(corpus, tmp_path):
 
 def test_submitit_local_job_trains(corpus, tmp_path):
     sweep_dir = tmp_path / "submitit"
-    proc = sweep(sweep_dir, *corpus, "hydra/launcher=submitit_local", "seed=1")
+    proc = sweep(
+        sweep_dir, *with_test_split(corpus), *SWEEP_RUN, "hydra/launcher=submitit_local", "seed=1"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (row,) = summary(sweep_dir)
     assert row["status"] == "completed" and row["step"] == "6"

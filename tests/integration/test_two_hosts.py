@@ -9,13 +9,10 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers.configs import DISTRIBUTED_RUN
+from tests.helpers.launch import run, torchrun
+from tests.helpers.paths import ROOT
 from tests.helpers.runs import assert_same_training, logged, wait_for_step
-from tests.integration.test_distributed import (  # noqa: F401  (corpus is a fixture)
-    corpus,
-    run,
-    torchrun,
-)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # two_hosts.py serves benchmarks/multinode.py too
 from two_hosts import TwoHosts, why_they_cannot_start  # noqa: E402
@@ -40,20 +37,28 @@ def hosts():
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory):  # noqa: F811
+def reference(corpus, tmp_path_factory):
     """The same training on one host, never interrupted."""
     run_dir = tmp_path_factory.mktemp("unbroken")
-    run(torchrun(*corpus, *STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}"))
+    run(torchrun(*corpus, *DISTRIBUTED_RUN, *STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}"))
     return run_dir
 
 
-def training(corpus, run_dir):  # noqa: F811
-    return ["train.py", *corpus, *STEPS, "strategy=ddp", f"hydra.run.dir={run_dir}", "resume=auto"]
+def training(corpus, run_dir):
+    return [
+        "train.py",
+        *corpus,
+        *DISTRIBUTED_RUN,
+        *STEPS,
+        "strategy=ddp",
+        f"hydra.run.dir={run_dir}",
+        "resume=auto",
+    ]
 
 
 def test_a_node_lost_and_brought_back_rejoins_and_the_run_continues_exactly(
     hosts,
-    corpus,  # noqa: F811
+    corpus,
     reference,
     tmp_path,
 ):
@@ -77,7 +82,7 @@ def test_a_node_lost_and_brought_back_rejoins_and_the_run_continues_exactly(
 
 def test_the_rendezvous_host_lost_ends_the_job_and_resume_continues_it_exactly(
     hosts,
-    corpus,  # noqa: F811
+    corpus,
     reference,
     tmp_path,
 ):

@@ -18,8 +18,8 @@ from dist_lstm.evaluation import (
     summarize,
 )
 from dist_lstm.model import build_model
-from dist_lstm.search import greedy_search
-from tests.conftest import model_config
+from dist_lstm.translate.search import greedy_search
+from tests.helpers.configs import model_config
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,8 @@ from dist_lstm.config.schema import SingleStrategyConfig
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment
-from tests.conftest import ROOT, bf16_supported, needs_bf16
+from tests.helpers.hardware import bf16_supported, needs_bf16
+from tests.helpers.paths import ROOT
 from tests.helpers.typed_config import strategy_config
 
 CPU = torch.device("cpu")
@@ -54,7 +55,7 @@ CAPPED_PROBE = """
 import json, torch
 from dist_lstm import precision
 from dist_lstm.errors import ConfigError
-from tests.conftest import bf16_supported
+from tests.helpers.hardware import bf16_supported
 supported = bf16_supported()
 try:
     precision.check_precision("bf16", torch.device("cpu"))

@@ -19,7 +19,7 @@ from dist_lstm.topology import (
     launcher_rank,
     scheduler_environment,
 )
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 
 SLURM_TASK = {
     "SLURM_JOB_ID": "81234",

@@ -20,8 +20,9 @@ from dist_lstm.errors import UserError
 from dist_lstm.model import build_model
 from dist_lstm.strategy import SingleDeviceStrategy
 from dist_lstm.topology import from_environment
-from tests.conftest import ROOT, model_config
+from tests.helpers.configs import model_config
 from tests.helpers.gpu_saved import save_as_on_a_gpu
+from tests.helpers.paths import ROOT
 
 MODEL = model_config()
 TOKENIZER = {"src": b"src-model", "tgt": b"tgt-model"}

@@ -10,11 +10,11 @@ import pytest
 
 from dist_lstm.checkpoint.manager import read_meta
 from dist_lstm.checkpoint.resume import as_override, check_same_data
+from dist_lstm.config.compose import compose_config
 from dist_lstm.data import shaping
 from dist_lstm.errors import UserError
 from dist_lstm.exit_policy import user_errors
-from dist_lstm.run import train
-from tests.conftest import compose_config
+from dist_lstm.train.run import train
 from tests.helpers.data_options import another_value, concrete_keys, value_at, with_value
 
 

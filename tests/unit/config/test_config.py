@@ -3,13 +3,11 @@
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ValidationError
 
 from dist_lstm.config import validate_config
+from dist_lstm.config.compose import CONF_DIR, compose_config
 from dist_lstm.config.durations import parse_duration
 from dist_lstm.errors import ConfigError
-from tests.conftest import CONF_DIR, compose_config
 
 
 def option_names(group):
@@ -63,15 +61,13 @@ def test_language_pairs_select_files(pair):
 
 
 def test_unknown_key_fails_naming_it():
-    with pytest.raises(ConfigCompositionException) as info:
+    with pytest.raises(ConfigError, match="trainer.max_stepz"):
         compose_config(["trainer.max_stepz=5"])
-    assert "max_stepz" in str(info.value) + str(info.value.__cause__)
 
 
 def test_wrong_type_fails_naming_the_key():
-    with pytest.raises((ConfigCompositionException, ValidationError)) as info:
+    with pytest.raises(ConfigError, match="optim.lr"):
         compose_config(["optim.lr=fast"])
-    assert "lr" in str(info.value) + str(info.value.__cause__)
 
 
 def test_custom_data_without_paths_names_missing_key():
@@ -137,7 +133,7 @@ def test_gradient_communication_keys_belong_to_ddp():
     """auto becomes DDP under a launcher, so it has them too; DeepSpeed has none of them."""
     validate_config(compose_config([*POWERSGD, "strategy.powersgd_start_step=20"]))
     validate_config(compose_config(["strategy.comm_hook=fp16", "strategy.bucket_cap_mb=4"]))
-    with pytest.raises(ConfigCompositionException, match="strategy.comm_hook"):
+    with pytest.raises(ConfigError, match="strategy.comm_hook"):
         compose_config(["strategy=deepspeed", "strategy.comm_hook=fp16"])
 
 
@@ -170,10 +166,8 @@ def test_parse_duration(text, seconds):
 )
 def test_a_moved_key_stops_with_the_new_key(old, new):
     """Before Hydra composes: the schema has no field for the old key."""
-    from dist_lstm.config.compose import compose_config as compose_run_config
-
     with pytest.raises(ConfigError, match=f"has moved to .*set {new} instead of {old}"):
-        compose_run_config([old])
+        compose_config([old])
 
 
 def test_each_strategy_has_only_its_own_keys():
@@ -181,7 +175,7 @@ def test_each_strategy_has_only_its_own_keys():
     assert cfg.strategy.zero_stage == 3 and "find_unused_parameters" not in cfg.strategy
     assert "zero_stage" not in compose_config(["strategy=ddp"]).strategy
     assert "backend" not in compose_config(["strategy=single"]).strategy
-    with pytest.raises(ConfigCompositionException, match="strategy.zero_stage"):
+    with pytest.raises(ConfigError, match="strategy.zero_stage"):
         compose_config(["strategy=ddp", "strategy.zero_stage=2"])
 
 
@@ -233,7 +227,7 @@ def test_group_files_set_only_keys_of_their_own_group(group):
 def test_validation_offers_the_config_choices_and_the_registries_implement_each():
     from dist_lstm.config.choices import OPTIMIZERS
     from dist_lstm.config.schema import STRATEGY_SCHEMAS
-    from dist_lstm.optim import OPTIMIZER_BUILDERS
+    from dist_lstm.train.optim import OPTIMIZER_BUILDERS
 
     assert tuple(OPTIMIZER_BUILDERS) == OPTIMIZERS
     with pytest.raises(ConfigError, match="choose one of " + ", ".join(OPTIMIZERS)):

@@ -4,7 +4,7 @@ import pytest
 
 from dist_lstm.data.corpus import load_parallel, read_checksums, read_lines, sha256_of
 from dist_lstm.errors import DataError
-from tests.conftest import write_lines
+from tests.helpers.corpus import write_lines
 
 
 def test_reads_plain_and_gzip(tmp_path):

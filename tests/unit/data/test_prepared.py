@@ -12,13 +12,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from dist_lstm.batch import BOS_ID, EOS_ID
+from dist_lstm.config.compose import compose_config
 from dist_lstm.config.schema import DataConfig
 from dist_lstm.data import prepared
 from dist_lstm.data.build import build_data, collate
 from dist_lstm.data.mapped import MappedSplit
 from dist_lstm.data.prepared import ensure_prepared, prepared_location
 from dist_lstm.errors import DataError
-from tests.conftest import compose_config, write_lines
+from tests.helpers.corpus import write_lines
 
 SRC = ["ein kleiner hund läuft", "zwei männer spielen fußball", "eine frau liest ein buch"]
 TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"]

@@ -7,7 +7,7 @@ from dist_lstm.batch import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from dist_lstm.config.schema import TokenizerConfig
 from dist_lstm.data import tokenizer as tok
 from dist_lstm.data.prepared import tokenizer_options
-from tests.conftest import write_lines
+from tests.helpers.corpus import write_lines
 
 SRC = ["ein kleiner hund läuft", "zwei männer spielen fußball", "eine frau liest ein buch"] * 40
 TGT = ["a small dog runs", "two men play soccer", "a woman reads a book"] * 40

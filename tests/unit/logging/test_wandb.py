@@ -10,8 +10,15 @@ import pytest
 from dist_lstm.checkpoint import read_meta
 from dist_lstm.errors import ConfigError, UserError
 from dist_lstm.logging.wandb import resolve_mode
+from tests.helpers.configs import TINIER_MODEL, TINY_RUN
+from tests.helpers.runs import train_here
 from tests.helpers.wandb_records import offline_runs
-from tests.unit.checkpoint.test_resume import corpus, run  # noqa: F401  (the fixture and the runner)
+
+WANDB_RUN = (*TINY_RUN, *TINIER_MODEL, "trainer.log_every_steps=1")
+
+
+def run(run_dir, corpus, *overrides):
+    train_here(run_dir, [*corpus, *WANDB_RUN, *overrides])
 
 
 @pytest.fixture
@@ -22,7 +29,7 @@ def wandb_on(monkeypatch, tmp_path):
 
 
 def test_offline_run_holds_config_and_metrics_and_resumes_with_its_id(
-    corpus,  # noqa: F811
+    corpus,
     tmp_path,
     wandb_on,
 ):
@@ -59,7 +66,7 @@ def test_mode_resolution_never_waits_for_a_login(wandb_on, monkeypatch):
     assert resolve_mode("online") == "disabled"  # the environment variable wins
 
 
-def test_unknown_mode_is_refused(corpus, tmp_path):  # noqa: F811
+def test_unknown_mode_is_refused(corpus, tmp_path):
     with pytest.raises(ConfigError, match="logger.wandb.mode"):
         run(tmp_path, corpus, "trainer.max_steps=1", "logger.wandb.mode=sometimes")
 

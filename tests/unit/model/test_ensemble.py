@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from dist_lstm.model import Ensemble
-from dist_lstm.search import beam_search, greedy_search
-from tests.unit.model.test_model import SRC, padded, tiny
-from tests.unit.test_search import sequence_log_prob, source_dependent_model
+from dist_lstm.translate.search import beam_search, greedy_search
+from tests.helpers.models import SRC, padded, sequence_log_prob, source_dependent_model, tiny
 
 
 def test_an_ensemble_of_one_decodes_exactly_like_its_model():
@@ -57,7 +56,7 @@ def test_models_with_different_target_vocabularies_are_refused():
 def _with_target_vocab(size):
     from dist_lstm.batch import PAD_ID
     from dist_lstm.model import build_model
-    from tests.conftest import model_config
+    from tests.helpers.configs import model_config
 
     torch.manual_seed(0)
     return build_model(model_config(emb_dim=12, hidden_size=16), 30, size, PAD_ID)

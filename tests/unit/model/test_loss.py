@@ -4,7 +4,7 @@ import torch
 import dist_lstm.model.loss as loss_module
 from dist_lstm.batch import PAD_ID
 from dist_lstm.model.loss import linear_cross_entropy
-from tests.unit.model.test_model import tiny
+from tests.helpers.models import tiny
 
 
 def logits_loss(logits, targets, label_smoothing):

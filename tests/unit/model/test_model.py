@@ -4,29 +4,10 @@ import pytest
 import torch
 
 from dist_lstm.batch import PAD_ID
-from dist_lstm.model import build_model
 from dist_lstm.model.attention import Attention
 from dist_lstm.model.encoder import Encoder
-from tests.conftest import model_config
+from tests.helpers.models import SRC, SRC_V, TGT_V, padded, tiny
 
-SRC_V, TGT_V = 30, 40
-
-
-def tiny(**overrides):
-    sizes = {"emb_dim": 12, "hidden_size": 16, "encoder_layers": 2, "decoder_layers": 2}
-    cfg = model_config(**{**sizes, **overrides})
-    torch.manual_seed(0)
-    return build_model(cfg, SRC_V, TGT_V, PAD_ID).eval()
-
-
-def padded(seqs):
-    out = torch.full((len(seqs), max(map(len, seqs))), PAD_ID, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s)
-    return out, torch.tensor([len(s) for s in seqs])
-
-
-SRC = [[5, 6, 7, 8, 9], [4, 11], [12, 13, 14]]
 TGT = [[2, 7, 8, 9], [2, 10], [2, 5, 6, 7, 8, 9]]
 
 
@@ -127,54 +108,7 @@ def test_model_code_knows_nothing_of_distribution():
 
     import dist_lstm.model as pkg
 
-    for path in Path(pkg.__file__).parent.glob("*.py"):
+    for path in Path(pkg.__file__).parent.rglob("*.py"):  # model/cpu/ too
         text = path.read_text()
         for word in ("torch.distributed", "RANK", "deepspeed", "torch.save"):
             assert word not in text, f"{path.name} mentions {word}"
-
-
-def test_decoder_lstm_cells_match_nn_lstm_in_values_and_gradients():
-    from dist_lstm.model.lstm import DecoderLSTM
-
-    torch.manual_seed(0)
-    reference = torch.nn.LSTM(6, 8, num_layers=2, batch_first=True).double()
-    cells = DecoderLSTM(6, 8, num_layers=2, batch_first=True).double()
-    cells.load_state_dict(reference.state_dict())  # same parameters, same keys
-    x = torch.randn(3, 1, 6, dtype=torch.double)
-    state = (torch.randn(2, 3, 8, dtype=torch.double), torch.randn(2, 3, 8, dtype=torch.double))
-    results = []
-    for lstm in (reference, cells):
-        out, (h, c) = lstm(x, state)
-        (out.sum() + h.pow(2).sum() + c.sum()).backward()
-        results.append([out, h, c, *(p.grad for p in lstm.parameters())])
-    for expected, got in zip(*results):
-        torch.testing.assert_close(got, expected)
-    with torch.no_grad():  # search's path: no gradients, GEMMs into one gates tensor
-        for expected, got in zip(reference(x, state), cells(x, state)):
-            torch.testing.assert_close(got, expected)
-
-
-@pytest.mark.parametrize("bidirectional", [True, False])
-def test_encoder_lstm_recurrence_matches_nn_lstm_in_values_and_gradients(bidirectional):
-    """The packed recurrence the encoder runs when training on CPU against nn.LSTM's own."""
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    from dist_lstm.model.lstm import EncoderLSTM
-
-    torch.manual_seed(0)
-    kwargs = dict(num_layers=2, batch_first=True, bidirectional=bidirectional)
-    reference = torch.nn.LSTM(6, 8, **kwargs).double()
-    own = EncoderLSTM(6, 8, **kwargs).double()
-    own.load_state_dict(reference.state_dict())  # same parameters, same keys
-    lengths = torch.tensor([3, 7, 1, 7, 5])  # unsorted, with ties and a one-token sentence
-    x = torch.randn(5, 7, 6, dtype=torch.double)
-    results = []
-    for lstm in (reference, own):
-        inputs = x.clone().requires_grad_()
-        packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
-        out, (h, c) = lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True)
-        (out.pow(2).sum() + h.pow(2).sum() + c.sum()).backward()
-        results.append([out, h, c, inputs.grad, *(p.grad for p in lstm.parameters())])
-    for expected, got in zip(*results):
-        torch.testing.assert_close(got, expected)

@@ -8,7 +8,7 @@ from dist_lstm.checkpoint import load_checkpoint
 from dist_lstm.checkpoint.average import average_checkpoints
 from dist_lstm.model import build_model
 from dist_lstm.model.word_dropout import WordDropout
-from tests.conftest import model_config
+from tests.helpers.configs import model_config
 
 
 def test_training_zeroes_whole_tokens_and_scales_the_rest():
@@ -49,7 +49,7 @@ def test_model_trains_with_word_dropout_and_evaluates_deterministically():
 
 def test_checkpoints_saved_before_the_key_load_with_it_filled_in(tmp_path):
     """Loading fills model.word_dropout into an older checkpoint's config, so building,
-    averaging and resuming (tests/unit/checkpoint/test_resume.py) all accept it."""
+    averaging and resuming (tests/integration/test_resume.py) all accept it."""
     cfg = dict(model_config())
     model = build_model(cfg, 20, 20, PAD_ID)
     old_cfg = {k: v for k, v in cfg.items() if k != "word_dropout"}

@@ -1,6 +1,6 @@
 """DDP's gradient communication hooks (strategy.comm_hook): what is refused at start-up,
 PowerSGD's checkpoint state, and PowerSGD under gloo with many buckets. Exact resume of
-whole runs: tests/integration/test_distributed.py and tests/unit/checkpoint/test_resume.py."""
+whole runs: tests/integration/test_distributed.py and tests/integration/test_resume.py."""
 
 import logging
 import os
@@ -21,7 +21,7 @@ from dist_lstm.strategy.comm_hooks import (
     register_comm_hook,
 )
 from dist_lstm.topology import free_local_port, from_environment
-from tests.conftest import ROOT
+from tests.helpers.paths import ROOT
 from tests.helpers.typed_config import strategy_config
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from dist_lstm.config.compose import CONF_DIR, compose_config
 from dist_lstm.config.schema import StrategyConfig
 from dist_lstm.errors import ConfigError
 from dist_lstm.strategy import SingleDeviceStrategy, build_strategy
 from dist_lstm.topology import from_environment, loopback_rendezvous
-from tests.conftest import CONF_DIR, compose_config, needs_bf16
+from tests.helpers.hardware import needs_bf16
 from tests.helpers.typed_config import strategy_config
 
 
@@ -73,7 +74,7 @@ def test_single_under_a_launcher_names_the_fix():
 def test_cuda_request_without_cuda_is_a_config_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(ConfigError, match="trainer.device='cuda'"):
+    with pytest.raises(ConfigError, match="trainer.device=cuda is invalid"):
         from_environment("cuda", env={})
 
 
