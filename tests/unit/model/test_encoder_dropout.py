@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from dist_lstm.model.cpu.lstm import packed_recurrence
 from dist_lstm.model.encoder import Encoder
 from dist_lstm.model.lstm import EncoderLSTM
 
@@ -73,7 +74,7 @@ def test_layer_by_layer_dropout_is_torchs_generator_as_the_cpu_recurrence_draws_
     state = torch.get_rng_state()
     out, (h, c) = lstm._layer_by_layer(packed)
     torch.set_rng_state(state)
-    cpu_out, (cpu_h, cpu_c) = lstm._packed_forward(packed)
+    cpu_out, (cpu_h, cpu_c) = packed_recurrence(lstm, packed)
     torch.testing.assert_close(out.data, cpu_out.data)
     torch.testing.assert_close(h, cpu_h)
     torch.testing.assert_close(c, cpu_c)

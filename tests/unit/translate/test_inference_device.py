@@ -5,8 +5,8 @@ tests/gpu/test_cuda.py)."""
 import pytest
 import torch
 
-from dist_lstm import inference
 from dist_lstm.model import build_model
+from dist_lstm.translate import inference
 from dist_lstm.translate.inference import LoadedModel, SearchOptions, Translator
 from tests.helpers.configs import model_config
 
