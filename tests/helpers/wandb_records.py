@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -74,3 +75,32 @@ def offline_runs(run_dir: Path) -> List[Dict[str, Any]]:
     """Every offline W&B run under run_dir/wandb, oldest first."""
     files = sorted((Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb"))
     return [read_run(f) for f in files]
+
+
+def wait_until_finished(run_dir: Path, runs: int, timeout: float = 60.0) -> None:
+    """Wait until `runs` offline runs under run_dir/wandb each end with their exit record.
+    W&B's service writes the file behind `finish()`: on a busy machine a file read at once
+    can still lack what finish() has already acknowledged."""
+    deadline = time.monotonic() + timeout
+    files: List[Path] = []
+    while time.monotonic() < deadline:
+        files = sorted((Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb"))
+        if len(files) >= runs and all(_has_exit(f) for f in files[:runs]):
+            return
+        time.sleep(0.2)
+    found = {str(f): (f.stat().st_size, _kinds(f)) for f in files}
+    raise AssertionError(f"W&B offline runs not finished after {timeout} s: {found}")
+
+
+def _kinds(path: Path) -> List[str]:
+    try:
+        return [r.WhichOneof("record_type") for r in records(path)]
+    except Exception as exc:  # noqa: BLE001 - the point is to show what the file holds
+        return [f"unreadable: {exc}"]
+
+
+def _has_exit(path: Path) -> bool:
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in records(path))
+    except Exception:  # noqa: BLE001 - a file still being written may end mid-record
+        return False

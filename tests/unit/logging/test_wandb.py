@@ -12,7 +12,7 @@ from dist_lstm.errors import ConfigError, UserError
 from dist_lstm.logging.wandb import resolve_mode
 from tests.helpers.configs import TINIER_MODEL, TINY_RUN
 from tests.helpers.runs import train_here
-from tests.helpers.wandb_records import offline_runs
+from tests.helpers.wandb_records import offline_runs, wait_until_finished
 
 WANDB_RUN = (*TINY_RUN, *TINIER_MODEL, "trainer.log_every_steps=1")
 
@@ -26,6 +26,13 @@ def wandb_on(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc credentials
+    # a W&B service of this test's own, not one an earlier test of this worker started
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()
 
 
 def test_offline_run_holds_config_and_metrics_and_resumes_with_its_id(
@@ -35,6 +42,7 @@ def test_offline_run_holds_config_and_metrics_and_resumes_with_its_id(
 ):
     logging = ["logger.wandb.mode=auto", "logger.wandb.tags=[smoke]", "trainer.val_every_steps=2"]
     run(tmp_path, corpus, "trainer.max_steps=4", *logging)
+    wait_until_finished(tmp_path, runs=1)
     (first,) = offline_runs(tmp_path)
     meta = read_meta((tmp_path / "checkpoints" / "last").resolve())
     assert first["id"] == meta["wandb_run_id"]
@@ -51,6 +59,7 @@ def test_offline_run_holds_config_and_metrics_and_resumes_with_its_id(
     assert "best_val_bleu" in first["summary"]
 
     run(tmp_path, corpus, "trainer.max_steps=6", "resume=auto", *logging)
+    wait_until_finished(tmp_path, runs=2)
     first_again, second = offline_runs(tmp_path)
     assert second["id"] == first["id"]  # the same W&B run continues
     assert [h["_step"] for h in second["history"] if "loss" in h] == [5, 6]
