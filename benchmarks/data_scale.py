@@ -3,7 +3,7 @@
     python benchmarks/data_scale.py                    # 4.5M pairs (WMT14 en-de size)
     python benchmarks/data_scale.py --pairs 1000000
     python benchmarks/data_scale.py --ranks 1 8        # memory per rank at 1 and 8 ranks
-    python benchmarks/data_scale.py --smoke            # 3,000 pairs, 2 ranks, no file
+    python benchmarks/data_scale.py --smoke            # 3,000 pairs, 2 ranks, 6 steps, no file
     python benchmarks/data_scale.py --old-code DIR     # also the in-memory path of an
                                                        # older checkout DIR, at --old-pairs
 
@@ -104,14 +104,19 @@ class PeakRss:
 
 
 def run_training(
-    overrides: List[str], nproc: int, env: Dict[str, str], run_dir: Path, code: Path = ROOT
+    overrides: List[str],
+    nproc: int,
+    env: Dict[str, str],
+    run_dir: Path,
+    code: Path = ROOT,
+    steps: int = 20,
 ) -> Dict[str, Any]:
     """`python train.py` for a few steps; seconds to the first optimizer step and the
     peak RSS of each rank (the worker processes at 2 ranks, the process itself at 1)."""
     args = [
         *overrides,
         "model=tiny",
-        "trainer.max_steps=20",
+        f"trainer.max_steps={steps}",
         "trainer.val_every_steps=1000",
         "trainer.log_every_steps=1",
         "trainer.progress_bar=false",
@@ -208,7 +213,11 @@ def main() -> None:
     parser.add_argument(
         "--ranks", type=int, nargs="+", default=[1, 2], help="processes per training run"
     )
-    parser.add_argument("--smoke", action="store_true", help="3,000 pairs, 2 ranks, no file")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="3,000 pairs, 2 ranks, 6 steps, vocabulary 1,000, no file",
+    )
     parser.add_argument("--old-code", type=Path, help="a checkout with the in-memory path")
     parser.add_argument("--old-pairs", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -221,7 +230,7 @@ def main() -> None:
     env.setdefault("OMP_NUM_THREADS", "1")
     tokenizer = [
         "data.max_valid_examples=64",  # prepared with the runs' own options: no re-prepare
-        "data.tokenizer.vocab_size=8000",
+        f"data.tokenizer.vocab_size={1000 if args.smoke else 8000}",
         f"data.tokenizer.input_sentence_size={min(200_000, 2 * pairs)}",
     ]
     report: Dict[str, Any] = {"pairs": pairs, "tokenizer": tokenizer}
@@ -231,7 +240,7 @@ def main() -> None:
         report[f"prepare_{label}"] = prepare(corpus, env)
         for nproc in ranks:
             runs[f"{label}_{nproc}rank"] = run_training(
-                corpus, nproc, env, work / f"run_{label}_{nproc}"
+                corpus, nproc, env, work / f"run_{label}_{nproc}", steps=6 if args.smoke else 20
             )
         if label == "large":
             report["loader_batches_per_sec"] = round(

@@ -3,7 +3,7 @@ training uninterrupted: are the weights, the optimizer state and every logged lo
 same?
 
     python benchmarks/resume_identity.py                     # cpu_small, 360 steps (~8 min)
-    python benchmarks/resume_identity.py --smoke             # smoke model, 60 steps, no file
+    python benchmarks/resume_identity.py --smoke             # smoke model, 30 steps, no file
     python benchmarks/resume_identity.py --experiment bench_lstm512 --steps 60 \
         --stop-after 30 --atol 1e-4                           # on a GPU (gpu_check.sh)
 
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        args.experiment, args.steps, args.stop_after = "smoke", 60, 25
+        args.experiment, args.steps, args.stop_after = "smoke", 30, 12
 
     with tempfile.TemporaryDirectory() as scratch:
         whole, cut = Path(scratch) / "whole", Path(scratch) / "interrupted"

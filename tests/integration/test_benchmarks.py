@@ -290,17 +290,17 @@ def test_ablations_smoke_trains_each_variant_and_skips_finished_ones(tmp_path):
 
 
 def test_resume_identity_smoke_compares_an_interrupted_run_with_a_whole_one():
-    """The stop is asked for at step 25 of 60; the run must say it stopped there and the
+    """The stop is asked for at step 12 of 30; the run must say it stopped there and the
     resumed run that it continued from there (no window of steps: no timing decides)."""
     report = run_benchmark("resume_identity.py", "--smoke")
-    assert report["sigterm_exit_status"] == 143 and report["sigterm_at_step"] == 25
-    assert report["stopped_at_step"] == report["resumed_from_step"] == 25
-    assert report["final_step"] == [60, 60]
+    assert report["sigterm_exit_status"] == 143 and report["sigterm_at_step"] == 12
+    assert report["stopped_at_step"] == report["resumed_from_step"] == 12
+    assert report["final_step"] == [30, 30]
     assert report["weights_identical"] and report["logged_losses_identical"]
     # bitwise on a CPU: the tolerance gpu_check gives a GPU is not needed here
     assert report["atol"] == report["max_abs_weight_difference"] == 0.0
     assert report["weights_within_atol"] and report["logged_losses_within_atol"]
-    assert report["logged_losses_compared"] == report["logged_losses_uninterrupted"] >= 6
+    assert report["logged_losses_compared"] == report["logged_losses_uninterrupted"] >= 3
 
 
 def test_translate_speed_checkouts_smoke_runs_a_commit_from_its_own_worktree(smoke_run):

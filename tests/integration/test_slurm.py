@@ -113,7 +113,7 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     the node is back the job continues from its newest complete checkpoint. n2 is not
     the first node, which hosts the rendezvous store (the template says so; the loss of
     that host is tests/integration/test_two_hosts.py's)."""
-    training = [*corpus, *DISTRIBUTED_RUN, "trainer.max_steps=400", "trainer.val_every_steps=0"]
+    training = [*corpus, *DISTRIBUTED_RUN, "trainer.max_steps=200", "trainer.val_every_steps=0"]
     job, run_dir = submit(slurm, tmp_path, "lost", [*training, "checkpoint.every_steps=20"])
     wait_for_step(run_dir, 30)
     lost_at = time.monotonic()
@@ -136,7 +136,7 @@ def test_a_node_lost_mid_run_ends_with_a_named_error_and_the_job_continues(
     slurm.wait_until_completed(job, timeout=300, logs=logs)
     resumed = re.search(r"resumed from \S+/(step_\d+)", logged(logs[0]))
     assert resumed and resumed.group(1) == complete[-1]  # the newest, intact
-    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 400
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 200
 
 
 def test_hydra_slurm_launcher_runs_a_sweep_of_two_node_jobs(
