@@ -58,19 +58,21 @@ def training(corpus, run_dir):
 
 
 def assert_the_loss_was_reported(run_dir, agent_log):
-    """The surviving rank says in one line that it lost the rest of the job; where gloo
-    ended it first from its own thread (an uncaught gloo::IoException aborts the process,
-    upstream), its launcher's log shows that abort or the signal that ended it."""
+    """The surviving rank says in one line that it lost the rest of the job. Where it is
+    ended before it can (gloo aborts it from its own thread on an uncaught
+    gloo::IoException, upstream; or its launcher, having lost the rendezvous store with
+    the first host, stops it), the launcher's log shows why."""
     said = logged(run_dir / "train.log") + logged(run_dir / "train.rank1.log")
     if "lost contact with the rest of the job" in said:
         return
     launcher = logged(agent_log)
     assert re.search(
         r"terminate called after throwing an instance of 'gloo::|"
-        r"Signal \d+ \(SIG[A-Z]+\) received by PID",
+        r"Signal \d+ \(SIG[A-Z]+\) received by PID|"
+        r"The connection to the C10d store has failed",
         launcher,
     ), (
-        "the surviving rank neither said it lost contact nor was ended by gloo or a signal:"
+        "the surviving rank did not say it lost contact, and its launcher does not say why:"
         f"\n{said[-2000:]}\n--- its launcher:\n{launcher[-4000:]}"
     )
 
