@@ -170,6 +170,17 @@ class SearchOptions:
             )
 
 
+def run_output_limit(loaded: "LoadedModel") -> Tuple[float, int]:
+    """The (a, b) of the output limit a x source_length + b that the checkpoint's run
+    validated with (trainer.decode_max_len_*), so a served or translated sentence is cut
+    where validation cut it; the schema's default for a checkpoint saved without one."""
+    trainer = loaded.config.get("trainer", {})
+    return (
+        trainer.get("decode_max_len_a", TrainerConfig.decode_max_len_a),
+        trainer.get("decode_max_len_b", TrainerConfig.decode_max_len_b),
+    )
+
+
 @dataclass
 class DetailedTranslation:
     """One sentence as `serve` and `translate --alignments` show it."""

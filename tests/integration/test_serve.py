@@ -25,6 +25,8 @@ import uvicorn
 from dist_lstm import cli
 from dist_lstm.translate.inference import MAX_BEAM, SearchOptions, Translator, load_model
 from dist_lstm.translate.serve import ServeLimits, TranslationService, create_app
+from dist_lstm.translate.serve import service as service_module
+from dist_lstm.translate.serve.service import JobOptions
 from tests.helpers.paths import ROOT
 
 SENTENCE = "Ein Hund läuft durch den Schnee."
@@ -309,6 +311,26 @@ def test_a_full_queue_answers_503_with_retry_after_over_http(checkpoints):
     for status, _, reply in answers:
         if status == 200:
             assert reply["results"][0]["translations"][0]["translation"] == alone[0]
+
+
+def test_each_model_decodes_with_the_output_limit_its_run_validated_with(checkpoints, monkeypatch):
+    """A run validated with a x source_length + b output pieces: serve cuts there too, and
+    /info says so (models side by side may come from runs with different limits)."""
+
+    def validated_with_a_short_limit(path, device):
+        loaded = load_model(path, device)
+        trainer = {**loaded.config.get("trainer", {}), "decode_max_len_a": 0.0}
+        loaded.config["trainer"] = {**trainer, "decode_max_len_b": 2}
+        return loaded
+
+    unlimited = Translator(load_model(checkpoints[0]), SearchOptions(beam=2))
+    assert len(unlimited.translate_detailed([LONGER])[0].target_pieces) > 2
+    monkeypatch.setattr(service_module, "load_model", validated_with_a_short_limit)
+    service = TranslationService([checkpoints[0]], SearchOptions(beam=2), "cpu")
+    info = service.info(ServeLimits())["models"][0]
+    assert info["output_limit"] == {"max_len_a": 0.0, "max_len_b": 2}
+    (served,) = service.run(JobOptions(service.names[0], 2, False), [LONGER])
+    assert 1 <= len(served["target_pieces"]) <= 2
 
 
 # ------------------------------------------------------------------------ browser

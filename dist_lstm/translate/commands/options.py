@@ -11,7 +11,6 @@ from typing import List, Tuple
 import torch
 
 from dist_lstm.config.choices import DEVICES, PRECISIONS
-from dist_lstm.config.schema import TrainerConfig
 from dist_lstm.data.corpus import read_lines
 from dist_lstm.errors import UserError
 from dist_lstm.topology import resolve_device
@@ -22,6 +21,7 @@ from dist_lstm.translate.inference import (
     Translator,
     dataset_split_files,
     load_models,
+    run_output_limit,
 )
 
 ENSEMBLE_HELP = (
@@ -102,10 +102,7 @@ def device(args: argparse.Namespace) -> torch.device:
 
 def model_and_options(args: argparse.Namespace) -> Tuple[LoadedModel, SearchOptions]:
     loaded = load_models(args.checkpoint, device(args))
-    # The run's own length limit; the schema's default for a checkpoint saved without one.
-    trainer = loaded.config.get("trainer", {})
-    run_a = trainer.get("decode_max_len_a", TrainerConfig.decode_max_len_a)
-    run_b = trainer.get("decode_max_len_b", TrainerConfig.decode_max_len_b)
+    run_a, run_b = run_output_limit(loaded)
     options = SearchOptions(
         beam=args.beam,
         alpha=args.alpha,

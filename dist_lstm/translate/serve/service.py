@@ -13,7 +13,13 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from dist_lstm.translate.inference import LoadedModel, SearchOptions, Translator, load_model
+from dist_lstm.translate.inference import (
+    LoadedModel,
+    SearchOptions,
+    Translator,
+    load_model,
+    run_output_limit,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class ServedModel:
     name: str
     loaded: LoadedModel
     scores: Dict[str, float]  # BLEU etc. the checkpoint's run recorded, if found
+    options: SearchOptions  # the server's search, with this run's output limit
 
     def info(self) -> Dict[str, Any]:
         config = self.loaded.config
@@ -57,6 +64,10 @@ class ServedModel:
             "tgt_vocab_size": self.loaded.tokenizer.tgt_vocab_size,
             "parameters": sum(p.numel() for p in self.loaded.model.parameters()),
             "recorded_scores": self.scores,
+            "output_limit": {
+                "max_len_a": self.options.max_len_a,
+                "max_len_b": self.options.max_len_b,
+            },
         }
 
 
@@ -94,18 +105,20 @@ def model_names(paths: Sequence[Path]) -> List[str]:
 
 
 class TranslationService:
-    """The models a server offers, each with the search options it was started with."""
+    """The models a server offers, each with the search options the server was started
+    with and the output limit its own run validated with (models side by side may come
+    from runs with different limits)."""
 
     def __init__(self, checkpoints: Sequence[str | Path], options: SearchOptions, device: str):
         loaded = [load_model(path, device) for path in checkpoints]
         names = model_names([item.path for item in loaded])
-        self.models: Dict[str, ServedModel] = {
-            name: ServedModel(name, item, recorded_scores(item.path, item.step))
-            for name, item in zip(names, loaded)
-        }
+        self.models: Dict[str, ServedModel] = {}
+        for name, item in zip(names, loaded):
+            max_len_a, max_len_b = run_output_limit(item)
+            own = replace(options, max_len_a=max_len_a, max_len_b=max_len_b)
+            Translator(item, own)  # a bad option fails now, not per request
+            self.models[name] = ServedModel(name, item, recorded_scores(item.path, item.step), own)
         self.options = options
-        for served in self.models.values():  # a bad option fails now, not per request
-            Translator(served.loaded, options)
 
     @property
     def names(self) -> List[str]:
@@ -115,7 +128,7 @@ class TranslationService:
         """Translate `texts` with one model and one beam; the attention matrix and word
         alignment of each only when the job asks for alignments."""
         served = self.models[job.model]
-        translator = Translator(served.loaded, replace(self.options, beam=job.beam))
+        translator = Translator(served.loaded, replace(served.options, beam=job.beam))
         with torch.no_grad():
             details = translator.translate_detailed(texts, with_attention=job.alignments)
         out = []
@@ -129,11 +142,6 @@ class TranslationService:
     def info(self, limits: ServeLimits) -> Dict[str, Any]:
         return {
             "models": [served.info() for served in self.models.values()],
-            "search": {
-                "beam": self.options.beam,
-                "alpha": self.options.alpha,
-                "max_len_a": self.options.max_len_a,
-                "max_len_b": self.options.max_len_b,
-            },
+            "search": {"beam": self.options.beam, "alpha": self.options.alpha},
             "limits": asdict(limits),
         }
