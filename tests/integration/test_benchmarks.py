@@ -4,7 +4,6 @@ relations between them that hold on any machine (a rate is its count over its ti
 achieved over peak, a size follows from the parameters), so a mistake in how a figure is
 derived fails even though its value is unknown."""
 
-import ast
 import importlib.metadata
 import json
 import math
@@ -19,6 +18,7 @@ import pytest
 
 from dist_lstm.config.compose import compose_config
 from dist_lstm.model import build_model
+from tests.helpers.imports import imported_top_level_modules
 from tests.helpers.paths import ROOT
 
 
@@ -321,17 +321,6 @@ def test_translate_speed_checkouts_smoke_runs_a_commit_from_its_own_worktree(smo
         ["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True
     )
     assert "speed-checkouts-" not in worktrees.stdout  # removed afterwards
-
-
-def imported_top_level_modules(path) -> Set[str]:
-    """Every absolute import in a script, module level or inside functions, by top name."""
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules.add(node.module.split(".")[0])
-    return modules
 
 
 def base_install_distributions() -> Set[str]:

@@ -10,12 +10,13 @@ import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Set
+from typing import Dict, List
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.helpers.imports import imported_top_level_modules
 from tests.helpers.paths import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -97,18 +98,6 @@ def test_nothing_the_project_needs_is_missing_and_nothing_present_is_shadowed():
             assert f"-{importlib.metadata.version(name)}-" in filename, filename
 
 
-def top_level_imports(path: Path) -> Set[str]:
-    import ast
-
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
-    return found
-
-
 @needs_folder
 def test_every_module_gpu_check_runs_imports_comes_from_the_image_or_a_wheel():
     """The package, train.py, the benchmarks and the CUDA tests (what gpu_check runs): each
@@ -119,11 +108,12 @@ def test_every_module_gpu_check_runs_imports_comes_from_the_image_or_a_wheel():
     files += list((ROOT / "tests" / "gpu").glob("*.py"))
     own = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"dist_lstm", "tests"}
     optional = {"optuna", "hydra_plugins", "submitit"}  # dist_lstm/extras.py names the extra
+    not_wheels = own | set(sys.stdlib_module_names) | optional
     have = gpu_wheels.GPU_IMAGE_PACKAGES | set(gpu_wheels.wheel_names(WHEELS))
     providers: Dict[str, List[str]] = importlib.metadata.packages_distributions()
     unmet = set()
     for path in files:
-        for module in top_level_imports(path) - own - set(sys.stdlib_module_names) - optional:
+        for module in imported_top_level_modules(path) - not_wheels:
             distributions = {canonicalize_name(d) for d in providers.get(module, [])}
             if not distributions & have:
                 unmet.add(f"{path.relative_to(ROOT)}: {module} ({sorted(distributions)})")
