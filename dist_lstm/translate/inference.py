@@ -170,7 +170,7 @@ class SearchOptions:
             )
 
 
-def run_output_limit(loaded: "LoadedModel") -> Tuple[float, int]:
+def run_output_limit(loaded: LoadedModel) -> Tuple[float, int]:
     """The (a, b) of the output limit a x source_length + b that the checkpoint's run
     validated with (trainer.decode_max_len_*), so a served or translated sentence is cut
     where validation cut it; the schema's default for a checkpoint saved without one."""
